@@ -1,0 +1,3 @@
+from lipgraph.cli import run
+
+run()

@@ -1,0 +1,209 @@
+"""The walker: passes, then every data-path node's rule in topological order (SPEC sec. 3)."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from lipgraph.errors import LipgraphError, Refusal, Refuse, UnsupportedModelError
+from lipgraph.graph import FLOAT_TYPES, Graph, Node, build_graph
+from lipgraph.loader import load_model, model_sha256
+from lipgraph.rules.registry import Bound, RuleContext, lookup
+
+
+@dataclass
+class NodeBound:
+    """One row of the per-node table."""
+
+    name: str
+    op_type: str
+    domain: str
+    method: str
+    bound: float  # the node's own factor (or its output bound, for multi-input nodes)
+    cumulative: float  # L of its (first) output w.r.t. the model input
+    lower: float | None = None
+    origin: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "op_type": self.op_type,
+            "bound": self.bound,
+            "method": self.method,
+            "cumulative": self.cumulative,
+        }
+        if self.domain != "ai.onnx":
+            out["domain"] = self.domain
+        if self.lower is not None:
+            out["lower"] = self.lower
+        if self.origin and self.origin != [self.name]:
+            out["origin"] = self.origin
+        return out
+
+
+@dataclass
+class Analysis:
+    """The result of :func:`analyze`: the network bound and where it comes from."""
+
+    bound: float
+    nodes: list[NodeBound]
+    warnings: list[str]
+    meta: dict[str, Any]
+    graph: Graph
+    tensor_bounds: dict[str, float]
+
+    @property
+    def input_name(self) -> str:
+        return self.graph.input_name
+
+    @property
+    def logits_name(self) -> str:
+        return self.graph.output_name
+
+    def bound_of(self, tensor: str) -> float:
+        return self.tensor_bounds[tensor]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "lipschitz_bound": self.bound,
+            "nodes": [n.to_json() for n in self.nodes],
+            "warnings": list(self.warnings),
+            "meta": dict(self.meta),
+        }
+
+
+def versions() -> dict[str, str]:
+    import click
+    import networkx
+    import scipy
+
+    from lipgraph import __version__
+
+    out = {
+        "lipgraph": __version__,
+        "onnx": onnx.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "networkx": networkx.__version__,
+        "click": click.__version__,
+    }
+    try:
+        import onnxruntime
+
+        out["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        out["onnxruntime"] = "not installed"
+    return out
+
+
+def analyze(model: str | os.PathLike[str] | onnx.ModelProto, input_name: str | None = None) -> Analysis:
+    """Bound the L2 Lipschitz constant of ``model`` from its input to its logits.
+
+    ``model`` is a path or a ``ModelProto``. Raises :class:`UnsupportedModelError` listing every
+    node without a sound bound, or another :class:`LipgraphError` for unreadable input.
+    """
+    from lipgraph.passes import run_passes
+    from lipgraph.rules import load_rules
+
+    load_rules()
+    t0 = time.perf_counter()
+    if isinstance(model, onnx.ModelProto):
+        proto, sha = model, model_sha256(model)
+        source = "<ModelProto>"
+    else:
+        proto, sha = load_model(model)
+        source = str(model)
+    graph = build_graph(proto, input_name)
+    run_passes(graph)
+    nodes, tensor_bounds, warnings_ = _walk(graph)
+    bound = tensor_bounds.get(graph.output_name)
+    if bound is None:
+        raise LipgraphError(f"the logits '{graph.output_name}' do not depend on the input '{graph.input_name}'")
+    elapsed = time.perf_counter() - t0
+    meta = {
+        "model": source,
+        "model_sha256": sha,
+        "opset": graph.opsets.get("ai.onnx"),
+        "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
+        "input": graph.input_name,
+        "input_shape": [d if d is not None else "?" for d in (graph.shape_of(graph.input_name) or ())],
+        "logits": graph.output_name,
+        "versions": versions(),
+        "time_bound_s": round(elapsed, 4),
+    }
+    return Analysis(float(bound), nodes, graph.warnings + warnings_, meta, graph, tensor_bounds)
+
+
+def _walk(graph: Graph) -> tuple[list[NodeBound], dict[str, float], list[str]]:
+    bounds: dict[str, float] = {graph.input_name: 1.0}
+    rows: list[NodeBound] = []
+    refusals: list[Refusal] = []
+    warnings_: list[str] = []
+    for node in graph.nodes:
+        in_bounds: list[float | None] = [bounds.get(i) if (i and graph.is_variable(i)) else None
+                                         for i in node.inputs]
+        n_out = len(node.outputs)
+        try:
+            _check_data_path_types(graph, node)
+            spec = lookup(node.domain, node.op_type, node.opset)
+            if spec is None:
+                raise Refuse(_unknown_reason(node))
+            result: Bound = spec.fn(RuleContext(node, graph, in_bounds))
+            outs = result.output_bounds(n_out)
+            if any(math.isnan(v) or v < 0 for v in outs):
+                raise Refuse("the bound is not a number (are there NaN or Inf values among its constants?)")
+            if any(math.isinf(v) for v in outs) and all(
+                b is None or math.isfinite(b) for b in in_bounds
+            ):
+                raise Refuse("the bound is infinite (are there NaN or Inf values among its constants?)")
+        except Refuse as r:
+            refusals.append(Refusal(node.domain, node.op_type, node.opset, node.name, r.reason))
+            for o in node.outputs:
+                bounds[o] = math.inf
+            continue
+        for o, v in zip(node.outputs, outs, strict=True):
+            if o:
+                bounds[o] = v
+        warnings_.extend(f"{node.name} ({node.op_type}): {w}" for w in result.warnings)
+        rows.append(
+            NodeBound(
+                name=node.name,
+                op_type=node.op_type,
+                domain=node.domain,
+                method=result.method,
+                bound=float(result.factor) if result.factor is not None else float(outs[0]),
+                cumulative=float(outs[0]),
+                lower=result.lower,
+                origin=list(node.origin),
+            )
+        )
+    if refusals:
+        raise UnsupportedModelError(refusals)
+    return rows, bounds, warnings_
+
+
+def _check_data_path_types(graph: Graph, node: Node) -> None:
+    """Integer or boolean tensors computed from the input are discontinuous in it: refuse."""
+    for i in node.inputs:
+        if not i or not graph.is_variable(i):
+            continue
+        t = graph.tensors[i]
+        if t.elem_type is not None and t.elem_type not in FLOAT_TYPES and t.elem_type != 0:
+            raise Refuse(
+                f"input '{i}' is a non-float tensor computed from the model input "
+                "(data-dependent indices or masks are discontinuous)"
+            )
+
+
+def _unknown_reason(node: Any) -> str:
+    if node.has_subgraph:
+        return "control flow with subgraphs (If/Loop/Scan) is not supported"
+    if node.domain != "ai.onnx":
+        return f"custom-domain op '{node.domain}' has no known Lipschitz bound"
+    return "no Lipschitz rule for this op; see `lipgraph rules` for the supported ops"

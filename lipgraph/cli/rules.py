@@ -1,0 +1,33 @@
+"""`lipgraph rules` and `lipgraph rule OP`: the supported ops and how each is bounded."""
+
+from __future__ import annotations
+
+import click
+
+from lipgraph.errors import LipgraphError
+
+
+@click.command()
+def rules() -> int:
+    """List every op lipgraph bounds, by family, with the rule's one-line summary."""
+    from lipgraph.report.tables import text_table
+    from lipgraph.rules.registry import all_rules
+
+    rows = [[s.family, f"{s.domain}:{s.op_type}", str(s.since), s.summary] for s in all_rules()]
+    click.echo(text_table(["family", "op", "since", "bound"], rows), nl=False)
+    return 0
+
+
+@click.command()
+@click.argument("op")
+def rule(op: str) -> int:
+    """Show the full rule for OP (what it bounds, how, how tight, source)."""
+    from lipgraph.rules.registry import rules_for
+
+    specs = rules_for(op)
+    if not specs:
+        raise LipgraphError(f"no rule for op '{op}'; `lipgraph rules` lists the supported ops")
+    for s in specs:
+        click.echo(f"{s.domain}:{s.op_type} (since opset {s.since}, family {s.family})\n")
+        click.echo(s.doc + "\n")
+    return 0

@@ -1,0 +1,430 @@
+"""The analysis graph: ONNX nodes in topological order, every tensor variable or constant.
+
+A tensor is *variable* when it depends on the values of the certified input; otherwise it is
+*constant* and, where possible, folded to a value with onnx's own reference evaluator (so shape
+arithmetic such as ``Shape -> Gather -> Concat -> Reshape`` from torch's legacy exporter becomes
+plain constants, SPEC sec. 3).
+"""
+
+from __future__ import annotations
+
+import warnings as _warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, shape_inference
+
+from lipgraph.errors import ModelLoadError
+from lipgraph.rules.registry import normalize_domain
+
+FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.BFLOAT16,
+}
+# Ops whose output is random: never folded, never a data path.
+_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"}
+# Constant tensors larger than this are not folded (a huge declared shape must not blow up memory).
+_MAX_FOLD_ELEMENTS = 50_000_000
+
+
+@dataclass
+class Node:
+    name: str
+    op_type: str
+    domain: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any]
+    opset: int
+    origin: list[str] = field(default_factory=list)  # original node names a fused node stands for
+    has_subgraph: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.domain}:{self.op_type}@{self.opset}"
+
+
+@dataclass
+class Tensor:
+    name: str
+    shape: tuple[int | None, ...] | None = None
+    elem_type: int | None = None
+    value: np.ndarray | None = None
+    variable: bool = False
+
+
+def _attr_value(attr: onnx.AttributeProto) -> Any:
+    if attr.type == onnx.AttributeProto.TENSOR:
+        return numpy_helper.to_array(attr.t)
+    if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+        return attr  # kept opaque; nodes with subgraphs get no rule
+    value = helper.get_attribute_value(attr)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, list) and value and isinstance(value[0], bytes):
+        return [v.decode("utf-8", errors="replace") for v in value]
+    return value
+
+
+def _dims(type_proto: onnx.TypeProto) -> tuple[int | None, ...] | None:
+    if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
+        return None
+    out: list[int | None] = []
+    for d in type_proto.tensor_type.shape.dim:
+        out.append(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None)
+    return tuple(out)
+
+
+class Graph:
+    """Nodes in topological order plus a table of tensors. Passes edit it in place."""
+
+    def __init__(self) -> None:
+        self.nodes: list[Node] = []
+        self.tensors: dict[str, Tensor] = {}
+        self.input_name: str = ""
+        self.output_name: str = ""
+        self.opsets: dict[str, int] = {}
+        self.warnings: list[str] = []
+        self.model: onnx.ModelProto | None = None
+        self._name_counter = 0
+
+    # ------------------------------------------------------------------ queries
+    def tensor(self, name: str) -> Tensor:
+        t = self.tensors.get(name)
+        if t is None:
+            t = self.tensors[name] = Tensor(name)
+        return t
+
+    def shape_of(self, name: str) -> tuple[int | None, ...] | None:
+        t = self.tensors.get(name)
+        if t is None:
+            return None
+        if t.value is not None:
+            return tuple(int(d) for d in t.value.shape)
+        return t.shape
+
+    def is_variable(self, name: str) -> bool:
+        t = self.tensors.get(name)
+        return bool(t and t.variable)
+
+    def producer(self, name: str) -> Node | None:
+        for n in self.nodes:
+            if name in n.outputs:
+                return n
+        return None
+
+    def consumers(self, name: str) -> list[Node]:
+        return [n for n in self.nodes if name in n.inputs]
+
+    def is_graph_output(self, name: str) -> bool:
+        return name == self.output_name
+
+    @property
+    def dag(self) -> nx.DiGraph:
+        """The node-level DAG: an edge ``u -> v`` (labelled with the tensor) when v reads u's output."""
+        g = nx.DiGraph()
+        producers: dict[str, str] = {}
+        for n in self.nodes:
+            g.add_node(n.name, op_type=n.op_type)
+            for o in n.outputs:
+                producers[o] = n.name
+        for n in self.nodes:
+            for i in n.inputs:
+                if i in producers:
+                    g.add_edge(producers[i], n.name, tensor=i)
+        return g
+
+    def fresh_name(self, stem: str) -> str:
+        names = {n.name for n in self.nodes} | set(self.tensors)
+        while True:
+            self._name_counter += 1
+            cand = f"{stem}__lg{self._name_counter}"
+            if cand not in names:
+                return cand
+
+    # ------------------------------------------------------------------ edits
+    def replace(self, old: Iterable[Node], new: Iterable[Node]) -> None:
+        """Remove ``old`` nodes, add ``new`` ones, and restore topological order."""
+        old_ids = {id(n) for n in old}
+        self.nodes = [n for n in self.nodes if id(n) not in old_ids] + list(new)
+        self.sort()
+
+    def sort(self) -> None:
+        """Topological order (stable: ties keep the file's order). Raises on cycles or dangling inputs."""
+        available = {name for name, t in self.tensors.items() if self.producer_free(t)}
+        available.add("")
+        produced_by: dict[str, int] = {}
+        for idx, n in enumerate(self.nodes):
+            for o in n.outputs:
+                if o:
+                    produced_by[o] = idx
+        g = nx.DiGraph()
+        g.add_nodes_from(range(len(self.nodes)))
+        for idx, n in enumerate(self.nodes):
+            for i in n.inputs:
+                if i in produced_by:
+                    g.add_edge(produced_by[i], idx)
+                elif i not in available and not n.has_subgraph:
+                    raise ModelLoadError(
+                        f"node '{n.name}' ({n.op_type}) reads tensor '{i}' that no node, input or "
+                        "initializer provides; the model is malformed"
+                    )
+        try:
+            order = list(nx.lexicographical_topological_sort(g, key=lambda k: k))
+        except nx.NetworkXUnfeasible:
+            cycle = nx.find_cycle(g)
+            names = " -> ".join(self.nodes[a].name for a, _ in cycle)
+            raise ModelLoadError(f"the graph has a cycle ({names}); lipgraph needs a DAG") from None
+        self.nodes = [self.nodes[k] for k in order]
+
+    def producer_free(self, t: Tensor) -> bool:
+        """A tensor no node produces: an input or an initializer (or a folded constant)."""
+        return t.value is not None or t.name == self.input_name or getattr(t, "_graph_input", False)
+
+    def prune_to_output(self) -> None:
+        """Drop nodes that do not contribute to the logits (label outputs, side branches)."""
+        needed = {self.output_name}
+        keep: list[Node] = []
+        for n in reversed(self.nodes):
+            if any(o in needed for o in n.outputs):
+                keep.append(n)
+                needed.update(i for i in n.inputs if i)
+        self.nodes = list(reversed(keep))
+
+
+# ---------------------------------------------------------------------- construction
+def build_graph(model: onnx.ModelProto, input_name: str | None = None) -> Graph:
+    """Build the analysis graph of ``model``: sort, choose the certified input, fold constants."""
+    g = Graph()
+    g.model = model
+    for imp in model.opset_import:
+        g.opsets[normalize_domain(imp.domain)] = int(imp.version)
+    default_opset = g.opsets.get("ai.onnx")
+    if default_opset is None:
+        raise ModelLoadError("the model declares no ai.onnx opset; re-export it with a standard opset")
+    newest = onnx.defs.onnx_opset_version()
+    if default_opset < 1 or default_opset > newest:
+        raise ModelLoadError(
+            f"the model uses ai.onnx opset {default_opset}, but this onnx package knows opsets 1..{newest}; "
+            "upgrade onnx or re-export the model"
+        )
+    graph = model.graph
+
+    for init in graph.initializer:
+        try:
+            arr = numpy_helper.to_array(init)
+        except Exception as exc:  # noqa: BLE001 - malformed tensor payloads take many shapes
+            raise ModelLoadError(f"initializer '{init.name}' cannot be decoded ({exc})") from None
+        g.tensors[init.name] = Tensor(init.name, tuple(arr.shape), init.data_type, arr, False)
+    for sp in graph.sparse_initializer:
+        arr = numpy_helper.to_array(sp)
+        g.tensors[sp.values.name] = Tensor(sp.values.name, tuple(arr.shape), sp.values.data_type, arr, False)
+
+    candidates: list[tuple[str, int]] = []
+    for inp in graph.input:
+        if inp.name in g.tensors:
+            continue  # an initializer also listed as an input (old exporters): a constant
+        elem = inp.type.tensor_type.elem_type if inp.type.HasField("tensor_type") else 0
+        candidates.append((inp.name, elem))
+        t = Tensor(inp.name, _dims(inp.type), elem, None, False)
+        t._graph_input = True  # type: ignore[attr-defined]
+        g.tensors[inp.name] = t
+    float_inputs = [name for name, elem in candidates if elem in FLOAT_TYPES]
+    if input_name is not None:
+        if input_name not in {name for name, _ in candidates}:
+            listed = ", ".join(name for name, _ in candidates) or "none"
+            raise ModelLoadError(f"--input '{input_name}' is not a graph input; the inputs are: {listed}")
+        g.input_name = input_name
+    elif len(float_inputs) == 1:
+        g.input_name = float_inputs[0]
+    elif not float_inputs:
+        raise ModelLoadError("the model has no float input to certify")
+    else:
+        raise ModelLoadError(
+            "the model has several float inputs (" + ", ".join(float_inputs) + "); choose one with --input NAME"
+        )
+    if g.tensors[g.input_name].elem_type not in FLOAT_TYPES:
+        raise ModelLoadError(f"input '{g.input_name}' is not a float tensor; lipgraph certifies float inputs")
+    g.tensors[g.input_name].variable = True
+
+    if not graph.output:
+        raise ModelLoadError("the model declares no output")
+    outs = list(graph.output)
+    float_outs = [o for o in outs if o.type.tensor_type.elem_type in FLOAT_TYPES]
+    chosen = float_outs[0] if float_outs else outs[0]
+    g.output_name = chosen.name
+    if len(outs) > 1:
+        g.warnings.append(f"the model has {len(outs)} outputs; certifying '{chosen.name}'")
+
+    seen_names: set[str] = set()
+    for idx, np_ in enumerate(graph.node):
+        name = np_.name or f"{np_.op_type}_{idx}"
+        if name in seen_names:
+            name = f"{name}_{idx}"
+        seen_names.add(name)
+        domain = normalize_domain(np_.domain)
+        has_sub = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in np_.attribute)
+        node = Node(
+            name=name,
+            op_type=np_.op_type,
+            domain=domain,
+            inputs=list(np_.input),
+            outputs=list(np_.output),
+            attrs={a.name: _attr_value(a) for a in np_.attribute},
+            opset=g.opsets.get(domain, default_opset if domain == "ai.onnx" else 1),
+            origin=[name],
+            has_subgraph=has_sub,
+        )
+        g.nodes.append(node)
+        for o in node.outputs:
+            if o:
+                g.tensor(o)
+    for inp in graph.input:
+        g.tensor(inp.name)
+    g.sort()
+    if not any(g.output_name in n.outputs for n in g.nodes) and g.output_name != g.input_name:
+        raise ModelLoadError(f"no node produces the output '{g.output_name}'")
+    g.prune_to_output()
+    _mark_and_fold(g, model)
+    return g
+
+
+def _concrete_model(model: onnx.ModelProto, g: Graph) -> onnx.ModelProto:
+    """A copy whose certified input has a concrete batch dimension (symbolic batch -> 1)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for inp in m.graph.input:
+        if inp.name != g.input_name:
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        if len(dims) >= 2 and not (dims[0].HasField("dim_value") and dims[0].dim_value > 0):
+            dims[0].Clear()
+            dims[0].dim_value = 1
+    return m
+
+
+def _infer_shapes(g: Graph, base: onnx.ModelProto) -> None:
+    """Record inferred shapes of every tensor, with folded constants given as initializers."""
+    m = onnx.ModelProto()
+    m.CopyFrom(base)
+    del m.graph.value_info[:]
+    known_inits = {i.name for i in m.graph.initializer}
+    remove = {t.name for t in g.tensors.values() if t.value is not None and t.name not in known_inits}
+    # Nodes whose outputs are all folded become initializers, so Reshape etc. see real shapes.
+    keep_nodes = [n for n in m.graph.node if not (set(n.output) and set(n.output) <= remove)]
+    del m.graph.node[:]
+    m.graph.node.extend(keep_nodes)
+    for name in sorted(remove):
+        val = g.tensors[name].value
+        if val is None or val.size > _MAX_FOLD_ELEMENTS or val.dtype == object:
+            continue
+        m.graph.initializer.append(numpy_helper.from_array(np.asarray(val), name))
+    try:
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("ignore")
+            inferred = shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
+    except Exception as exc:  # noqa: BLE001 - shape inference failing is not fatal
+        g.warnings.append(f"ONNX shape inference failed ({type(exc).__name__}); some bounds may be looser")
+        return
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
+        t = g.tensors.get(vi.name)
+        if t is None or t.value is not None:
+            continue
+        dims = _dims(vi.type)
+        if dims is not None:
+            t.shape = dims
+        if vi.type.tensor_type.elem_type:
+            t.elem_type = vi.type.tensor_type.elem_type
+
+
+def _fold_node(g: Graph, node: Node, model: onnx.ModelProto) -> list[np.ndarray] | None:
+    """Evaluate a node whose inputs are all known constants, with onnx's reference evaluator."""
+    from onnx.reference import ReferenceEvaluator
+
+    feeds: dict[str, np.ndarray] = {}
+    for i in node.inputs:
+        if not i:
+            continue
+        val = g.tensors[i].value
+        if val is None:
+            return None
+        feeds[i] = val
+    if node.op_type == "Constant":
+        pass
+    proto = helper.make_node(node.op_type, node.inputs, node.outputs, name=node.name, domain=(
+        "" if node.domain == "ai.onnx" else node.domain))
+    src = next((n for n in model.graph.node if list(n.output) == node.outputs), None)
+    if src is not None:
+        proto.ClearField("attribute")
+        proto.attribute.extend(src.attribute)
+    in_vis = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+              for k, v in feeds.items()]
+    out_vis = [helper.make_empty_tensor_value_info(o) for o in node.outputs if o]
+    mini = helper.make_model(
+        helper.make_graph([proto], "fold", in_vis, out_vis),
+        opset_imports=[helper.make_opsetid("" if d == "ai.onnx" else d, v) for d, v in g.opsets.items()],
+    )
+    mini.ir_version = model.ir_version or 8
+    try:
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("ignore")
+            outs = ReferenceEvaluator(mini).run(None, feeds)
+    except Exception:  # noqa: BLE001 - an op the evaluator cannot run stays unfolded
+        return None
+    return [np.asarray(o) for o in outs]
+
+
+def _mark_and_fold(g: Graph, model: onnx.ModelProto) -> None:
+    concrete = _concrete_model(model, g)
+    _infer_shapes(g, concrete)
+    for _round in range(3):
+        changed = False
+        for node in g.nodes:
+            outs = [g.tensor(o) for o in node.outputs if o]
+            if all(t.value is not None for t in outs):
+                continue
+            var_in = any(g.is_variable(i) for i in node.inputs if i)
+            if node.op_type in ("Shape", "Size") and node.domain == "ai.onnx":
+                for t in outs:
+                    t.variable = False
+                shape = g.shape_of(node.inputs[0])
+                if shape is not None and all(d is not None for d in shape):
+                    arr = _shape_op_value(node, shape)
+                    if arr is not None:
+                        outs[0].value = arr
+                        changed = True
+                continue
+            if var_in:
+                for t in outs:
+                    t.variable = True
+                continue
+            if node.op_type in _NONDETERMINISTIC or node.has_subgraph:
+                continue
+            values = _fold_node(g, node, model)
+            if values is None:
+                continue
+            for t, v in zip(outs, values, strict=False):
+                if v.size <= _MAX_FOLD_ELEMENTS:
+                    t.value = v
+                    t.shape = tuple(int(d) for d in v.shape)
+            changed = True
+        if not changed:
+            break
+        _infer_shapes(g, concrete)
+    # Nodes whose outputs are all constant are not part of the data path: drop them.
+    g.nodes = [n for n in g.nodes if any(g.is_variable(o) for o in n.outputs if o)]
+
+
+def _shape_op_value(node: Node, shape: tuple[int | None, ...]) -> np.ndarray | None:
+    dims = np.array(shape, dtype=np.int64)
+    if node.op_type == "Size":
+        return np.array(int(np.prod(dims)), dtype=np.int64)
+    start = int(node.attrs.get("start", 0))
+    end = node.attrs.get("end")
+    return dims[start:end if end is not None else None].copy()

@@ -1,0 +1,97 @@
+"""Reading ONNX files safely: external data only from the model's own folder."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from lipgraph.errors import ModelLoadError
+
+# Protobuf refuses messages over 2 GiB; larger models keep their weights in external files.
+_MAX_MODEL_BYTES = 2**31
+
+
+def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    from onnx.external_data_helper import _get_all_tensors
+
+    return [t for t in _get_all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
+
+
+def _check_external_paths(model: onnx.ModelProto, base_dir: Path) -> None:
+    """Refuse absolute locations and locations that resolve outside ``base_dir``."""
+    base = base_dir.resolve()
+    for tensor in _external_tensors(model):
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        if not location:
+            raise ModelLoadError(f"tensor '{tensor.name}' is marked external but names no file")
+        if os.path.isabs(location) or Path(location).is_absolute() or location.startswith(("/", "\\")):
+            raise ModelLoadError(
+                f"tensor '{tensor.name}' points to an absolute external-data path '{location}'; "
+                "lipgraph only reads external data from the model's own folder"
+            )
+        target = (base / location).resolve()
+        if base != target and base not in target.parents:
+            raise ModelLoadError(
+                f"tensor '{tensor.name}' points to external data outside the model's folder "
+                f"('{location}'); move the data file next to the model"
+            )
+        if not target.is_file():
+            raise ModelLoadError(
+                f"external data file '{location}' for tensor '{tensor.name}' is missing; "
+                "copy it next to the model"
+            )
+        for key in ("offset", "length"):
+            if key in info and (not info[key].isdigit()):
+                raise ModelLoadError(f"tensor '{tensor.name}' has a malformed external-data {key}")
+        size = target.stat().st_size
+        offset = int(info.get("offset", 0) or 0)
+        length = int(info["length"]) if info.get("length") else size - offset
+        if offset + length > size:
+            raise ModelLoadError(
+                f"tensor '{tensor.name}' asks for bytes {offset}..{offset + length} of '{location}', "
+                f"which has only {size}; the external data file is truncated"
+            )
+
+
+def load_model(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, str]:
+    """Load an ONNX model file and return it with the sha256 of its bytes.
+
+    External data is read only from files inside the model's folder; anything else is refused.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ModelLoadError(f"model file '{p}' does not exist")
+    if p.is_dir():
+        raise ModelLoadError(f"'{p}' is a directory; pass the path of an .onnx file")
+    size = p.stat().st_size
+    if size == 0:
+        raise ModelLoadError(f"model file '{p}' is empty")
+    if size >= _MAX_MODEL_BYTES:
+        raise ModelLoadError(f"model file '{p}' is over 2 GiB; store its weights as external data")
+    raw = p.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    try:
+        model = onnx.ModelProto()
+        model.ParseFromString(raw)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise ModelLoadError(f"'{p}' is not a readable ONNX model ({type(exc).__name__})") from None
+    if not model.HasField("graph") or not model.graph.node:
+        raise ModelLoadError(f"'{p}' holds no ONNX graph with nodes; is it an ONNX model file?")
+    if _external_tensors(model):
+        _check_external_paths(model, p.parent)
+        from onnx.external_data_helper import load_external_data_for_model
+
+        try:
+            load_external_data_for_model(model, str(p.parent.resolve()))
+        except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+            raise ModelLoadError(f"cannot read the external data of '{p}': {exc}") from None
+    return model, digest
+
+
+def model_sha256(model: onnx.ModelProto) -> str:
+    return hashlib.sha256(model.SerializeToString()).hexdigest()

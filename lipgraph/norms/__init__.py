@@ -1,0 +1,34 @@
+"""Operator norms. Rules call these; nothing else in lipgraph computes a norm.
+
+Every function that returns a :class:`NormBound` promises ``value >= ||A||_2`` in real arithmetic
+(rounding allowances included, SPEC sec. 7). ``lower``, when present, is a lower estimate
+(power iteration or an attained vector) for the slack report and is never used as a bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EPS64 = float(2.0**-53)  # unit roundoff of float64
+
+
+@dataclass(frozen=True)
+class NormBound:
+    value: float
+    method: str
+    lower: float | None = None
+
+
+def inflate(sigma_hat: float, p: int) -> float:
+    """Upper bound of a singular value computed in float64 by a backward-stable SVD.
+
+    LAPACK guarantees ``|sigma_hat - sigma| <= p(m, n) eps ||A||_2``; SPEC sec. 7 takes
+    ``p = max(m, n)`` (a conservative choice), so ``sigma <= sigma_hat / (1 - p eps)``.
+    The result is nudged up one more ulp so that the division's own rounding cannot lower it.
+    """
+    import numpy as np
+
+    factor = 1.0 - max(int(p), 1) * 4.0 * EPS64
+    if factor <= 0.0:
+        return float("inf")
+    return float(np.nextafter(sigma_hat / factor, np.inf))

@@ -1,0 +1,40 @@
+"""Plain-text and Markdown tables (no dependency, stable output for tests and CI logs)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def fmt_float(x: float | None, digits: int = 6) -> str:
+    if x is None:
+        return "-"
+    if x != x:  # NaN
+        return "nan"
+    if x in (float("inf"), float("-inf")):
+        return "inf" if x > 0 else "-inf"
+    return f"{x:.{digits}g}"
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None) -> str:
+    widths = [len(h) for h in headers]
+    for r in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, r, strict=True)]
+    right = right or [False] * len(headers)
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if rj else c.ljust(w) for c, w, rj in zip(cells, widths, right, strict=True))
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), sep, *(line(r) for r in rows)]).rstrip() + "\n"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None) -> str:
+    right = right or [False] * len(headers)
+
+    def esc(c: str) -> str:
+        return c.replace("|", "\\|")
+
+    out = ["| " + " | ".join(esc(h) for h in headers) + " |"]
+    out.append("|" + "|".join("---:" if r else "---" for r in right) + "|")
+    out.extend("| " + " | ".join(esc(c) for c in row) + " |" for row in rows)
+    return "\n".join(out) + "\n"

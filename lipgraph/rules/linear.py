@@ -1,0 +1,82 @@
+"""Dense linear ops: Gemm and MatMul with a constant operand (SPEC sec. 4, "Dense linear")."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lipgraph.errors import Refuse
+from lipgraph.norms import NormBound
+from lipgraph.norms.dense import spectral_norm
+from lipgraph.rules.registry import Bound, RuleContext, rule
+from lipgraph.rules.shapes import broadcast_factor
+
+
+@rule("Gemm")
+def gemm(ctx: RuleContext) -> Bound:
+    """Gemm ``alpha * A' B' + beta * C``: ``|alpha| ||W'||_2`` for the constant operand W.
+
+    How: exact float64 SVD of the constant matrix (transposes do not change its norm; the
+    variable operand may be transposed too, since ``||X^T W||_F <= ||X||_F ||W||_2``), plus the
+    rounding allowance of SPEC sec. 7. A variable C adds ``|beta| sqrt(k) L_C`` (broadcast k times).
+    Tightness: exact for the op. Source: SPEC sec. 4; Virmaux & Scaman 2018 (AutoLip).
+    """
+    alpha = float(ctx.attr("alpha", 1.0))
+    beta = float(ctx.attr("beta", 1.0))
+    var_a, var_b = ctx.is_variable(0), ctx.is_variable(1)
+    if var_a and var_b:
+        raise Refuse("both Gemm operands depend on the input (a bilinear map is not globally Lipschitz)")
+    total = 0.0
+    factor = 0.0
+    nb: NormBound | None = None
+    if var_a or var_b:
+        const_idx = 1 if var_a else 0
+        w = ctx.const(const_idx)
+        if w is None:
+            raise Refuse("the constant Gemm operand has no known value")
+        nb = spectral_norm(np.atleast_2d(w))
+        factor = abs(alpha) * nb.value
+        total += factor * float(ctx.input_bounds[0 if var_a else 1] or 0.0)
+    if ctx.is_variable(2):
+        k = broadcast_factor(ctx, 2)
+        total += abs(beta) * np.sqrt(k) * float(ctx.input_bounds[2] or 0.0)
+    method = nb.method if nb else "bias only"
+    lower = abs(alpha) * nb.lower if nb and nb.lower is not None else None
+    return Bound(total, method, factor=factor if not ctx.is_variable(2) else None, lower=lower)
+
+
+def _batched_norm(w: np.ndarray, right: bool) -> NormBound:
+    """Norm bound of ``X -> X @ W`` (right) or ``X -> W @ X`` (left) for a possibly batched W.
+
+    A 2-D W acts the same on every row block: ``||W||``. A batched W either pairs one slice with
+    each batch element (max over slices) or, under broadcasting, several slices with one element;
+    the concatenation of all slices bounds both cases.
+    """
+    if w.ndim <= 2:
+        return spectral_norm(np.atleast_2d(w) if right or w.ndim == 2 else w.reshape(-1, 1))
+    mats = w.reshape(-1, w.shape[-2], w.shape[-1])
+    joined = np.concatenate(list(mats), axis=1 if right else 0)
+    nb = spectral_norm(joined)
+    return NormBound(nb.value, nb.method + " (batched, slices joined)", None)
+
+
+@rule("MatMul")
+def matmul(ctx: RuleContext) -> Bound:
+    """MatMul with one constant operand: ``||W||_2`` (numpy matmul semantics, batching included).
+
+    How: exact SVD with rounding allowance. ``x @ W`` acts on each row as ``W^T``; ``W @ x`` on each
+    column as W; a 1-D W is a vector (its Euclidean norm). A batched constant joins its slices,
+    which covers both batch-wise pairing and broadcasting (sound; exact when W is 2-D).
+    Two variable operands (attention) are not globally Lipschitz: refused.
+    Source: SPEC sec. 4; research/bounds.md sec. 0.
+    """
+    var0, var1 = ctx.is_variable(0), ctx.is_variable(1)
+    if var0 and var1:
+        raise Refuse("both MatMul operands depend on the input (not globally Lipschitz, e.g. attention)")
+    const_idx = 1 if var0 else 0
+    w = ctx.const(const_idx)
+    if w is None:
+        raise Refuse("the constant MatMul operand has no known value")
+    w = np.asarray(w, dtype=np.float64)
+    nb = spectral_norm(w.reshape(1, -1)) if w.ndim == 1 else _batched_norm(w, right=var0)
+    lin = float(ctx.input_bounds[0 if var0 else 1] or 0.0)
+    return Bound(nb.value * lin, nb.method, factor=nb.value, lower=nb.lower)

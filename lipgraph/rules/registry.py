@@ -1,0 +1,172 @@
+"""The rule registry: one bound rule per ``(domain, op_type, since_version)``.
+
+A rule is a pure function of the node (attributes, constant inputs, shapes) and the Lipschitz
+bounds of its variable inputs. It returns a :class:`Bound` or raises :class:`~lipgraph.errors.Refuse`.
+Versions resolve like ONNX itself: the rule with the largest ``since`` not above the model's opset.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from lipgraph.graph import Graph, Node
+
+DEFAULT_DOMAIN = "ai.onnx"
+LIPGRAPH_DOMAIN = "lipgraph"  # fused nodes made by the passes (GroupSort, folded affine ops, ...)
+
+
+def normalize_domain(domain: str | None) -> str:
+    return DEFAULT_DOMAIN if domain in (None, "", "ai.onnx") else domain
+
+
+@dataclass
+class Bound:
+    """What a rule returns.
+
+    ``outputs``: the Lipschitz bound of each output tensor w.r.t. the certified input (one value
+    used for every output when a single float is given). ``factor``: the op's own constant, shown
+    in the per-node table (for a unary op, ``outputs == factor * L_in``). ``lower``: a lower
+    estimate of the op's own norm, for the slack report, never used as a bound.
+    """
+
+    outputs: float | Sequence[float]
+    method: str
+    factor: float | None = None
+    lower: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def output_bounds(self, n: int) -> list[float]:
+        if isinstance(self.outputs, int | float | np.floating):
+            return [float(self.outputs)] * n
+        vals = [float(v) for v in self.outputs]
+        if len(vals) != n:
+            raise ValueError(f"rule returned {len(vals)} output bounds for {n} outputs")
+        return vals
+
+
+@dataclass
+class RuleContext:
+    """Everything a rule may look at. Rules do not touch the graph otherwise."""
+
+    node: Node
+    graph: Graph
+    input_bounds: list[float | None]  # None: constant input (L = 0); '' inputs are None too
+
+    @property
+    def opset(self) -> int:
+        return self.node.opset
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        return self.node.attrs.get(name, default)
+
+    def is_variable(self, i: int) -> bool:
+        return i < len(self.input_bounds) and self.input_bounds[i] is not None
+
+    def variable_indices(self) -> list[int]:
+        return [i for i, b in enumerate(self.input_bounds) if b is not None]
+
+    def const(self, i: int) -> np.ndarray | None:
+        """The folded value of input ``i`` (None when absent, variable or unknown)."""
+        if i >= len(self.node.inputs) or not self.node.inputs[i]:
+            return None
+        t = self.graph.tensors.get(self.node.inputs[i])
+        return None if t is None or t.variable else t.value
+
+    def has_input(self, i: int) -> bool:
+        return i < len(self.node.inputs) and bool(self.node.inputs[i])
+
+    def in_shape(self, i: int = 0) -> tuple[int | None, ...] | None:
+        return self.graph.shape_of(self.node.inputs[i]) if self.has_input(i) else None
+
+    def out_shape(self, i: int = 0) -> tuple[int | None, ...] | None:
+        return self.graph.shape_of(self.node.outputs[i]) if i < len(self.node.outputs) else None
+
+    def single_variable_input(self) -> tuple[int, float]:
+        """The index and bound of the one variable input; refuses otherwise."""
+        from lipgraph.errors import Refuse
+
+        idx = self.variable_indices()
+        if len(idx) != 1:
+            raise Refuse(f"expected exactly one input that depends on the model input, got {len(idx)}")
+        b = self.input_bounds[idx[0]]
+        assert b is not None
+        return idx[0], b
+
+
+RuleFn = Callable[[RuleContext], Bound]
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    domain: str
+    op_type: str
+    since: int
+    family: str
+    fn: RuleFn
+
+    @property
+    def doc(self) -> str:
+        return inspect.cleandoc(self.fn.__doc__ or "")
+
+    @property
+    def summary(self) -> str:
+        return self.doc.splitlines()[0] if self.doc else ""
+
+
+class DuplicateRuleError(RuntimeError):
+    pass
+
+
+_REGISTRY: dict[tuple[str, str], dict[int, RuleSpec]] = {}
+
+
+def rule(*op_types: str, domain: str = DEFAULT_DOMAIN, since: int = 1) -> Callable[[RuleFn], RuleFn]:
+    """Register ``fn`` as the bound rule of each of ``op_types`` from opset ``since`` on."""
+
+    def deco(fn: RuleFn) -> RuleFn:
+        if not fn.__doc__:
+            raise ValueError(f"rule {fn.__name__} needs a docstring (what, how, how tight, source)")
+        family = fn.__module__.rsplit(".", 1)[-1]
+        for op in op_types:
+            key = (normalize_domain(domain), op)
+            versions = _REGISTRY.setdefault(key, {})
+            if since in versions:
+                raise DuplicateRuleError(f"rule for {key[0]}:{op} since {since} registered twice")
+            versions[since] = RuleSpec(key[0], op, since, family, fn)
+        return fn
+
+    return deco
+
+
+def lookup(domain: str, op_type: str, opset: int) -> RuleSpec | None:
+    _ensure_loaded()
+    versions = _REGISTRY.get((normalize_domain(domain), op_type))
+    if not versions:
+        return None
+    usable = [v for v in versions if v <= opset]
+    return versions[max(usable)] if usable else None
+
+
+def all_rules() -> list[RuleSpec]:
+    _ensure_loaded()
+    return sorted(
+        (spec for versions in _REGISTRY.values() for spec in versions.values()),
+        key=lambda s: (s.family, s.domain, s.op_type, s.since),
+    )
+
+
+def rules_for(op_type: str) -> list[RuleSpec]:
+    _ensure_loaded()
+    return [s for s in all_rules() if s.op_type.lower() == op_type.lower()]
+
+
+def _ensure_loaded() -> None:
+    from lipgraph.rules import load_rules
+
+    load_rules()
