@@ -184,8 +184,12 @@ class Graph:
         self.nodes = [self.nodes[k] for k in order]
 
     def producer_free(self, t: Tensor) -> bool:
-        """A tensor no node produces: an input or an initializer (or a folded constant)."""
-        return t.value is not None or t.name == self.input_name or getattr(t, "_graph_input", False)
+        """A tensor that needs no producing node: the input, an initializer or any constant.
+
+        Constant nodes are dropped after folding, so a constant whose value could not be computed
+        (it depends on a symbolic dimension, say) has no producer either.
+        """
+        return t.value is not None or t.name == self.input_name or not t.variable
 
     def prune_to_output(self) -> None:
         """Drop nodes that do not contribute to the logits (label outputs, side branches)."""
@@ -232,9 +236,7 @@ def build_graph(model: onnx.ModelProto, input_name: str | None = None) -> Graph:
             continue  # an initializer also listed as an input (old exporters): a constant
         elem = inp.type.tensor_type.elem_type if inp.type.HasField("tensor_type") else 0
         candidates.append((inp.name, elem))
-        t = Tensor(inp.name, _dims(inp.type), elem, None, False)
-        t._graph_input = True  # type: ignore[attr-defined]
-        g.tensors[inp.name] = t
+        g.tensors[inp.name] = Tensor(inp.name, _dims(inp.type), elem, None, False)
     float_inputs = [name for name, elem in candidates if elem in FLOAT_TYPES]
     if input_name is not None:
         if input_name not in {name for name, _ in candidates}:
