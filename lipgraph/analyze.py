@@ -79,7 +79,9 @@ class Analysis:
 
 
 def versions() -> dict[str, str]:
-    import click
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as _dist_version
+
     import networkx
     import scipy
 
@@ -91,8 +93,11 @@ def versions() -> dict[str, str]:
         "numpy": np.__version__,
         "scipy": scipy.__version__,
         "networkx": networkx.__version__,
-        "click": click.__version__,
     }
+    try:  # click.__version__ is deprecated (click 8.2+); ask the installed distribution
+        out["click"] = _dist_version("click")
+    except PackageNotFoundError:
+        out["click"] = "unknown"
     try:
         import onnxruntime
 
