@@ -154,6 +154,24 @@ def _walk(graph: Graph) -> tuple[list[NodeBound], dict[str, float], list[str]]:
         in_bounds: list[float | None] = [bounds.get(i) if (i and graph.is_variable(i)) else None
                                          for i in node.inputs]
         n_out = len(node.outputs)
+        # Downstream of a refused node (an input bound is inf): still run the rule, so that a node
+        # that is unsupported in its own right is named too; but a refusal caused only by shapes the
+        # refused node left unknown is its echo, not a second problem.
+        tainted = [i for i, b in zip(node.inputs, in_bounds, strict=True) if b is not None and math.isinf(b)]
+        if tainted:
+            spec = None
+            try:
+                _check_data_path_types(graph, node)
+                spec = lookup(node.domain, node.op_type, node.opset)
+                if spec is None:
+                    raise Refuse(_unknown_reason(node))
+                spec.fn(RuleContext(node, graph, in_bounds))
+            except Refuse as r:
+                if spec is None or all(graph.shape_of(i) is not None for i in tainted):
+                    refusals.append(Refusal(node.domain, node.op_type, node.opset, node.name, r.reason))
+            for o in node.outputs:
+                bounds[o] = math.inf
+            continue
         try:
             _check_data_path_types(graph, node)
             spec = lookup(node.domain, node.op_type, node.opset)
