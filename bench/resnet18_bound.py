@@ -97,7 +97,7 @@ def run_cli(model: Path, out_json: Path) -> dict[str, Any]:
     if proc.returncode == 0:
         res["bound"] = json.loads(out_json.read_text())["lipschitz_bound"]
     else:
-        res["stderr"] = stderr[-2000:]
+        res["stderr"] = stderr[:2000]
     return res
 
 
@@ -277,6 +277,13 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "passed": all(r["within_target"] for r in runs),
     }
+    # A few headline numbers for bench/run_all.py's SUMMARY.md.
+    results["summary"] = {
+        f"{r['exporter']} {k}": v
+        for r in runs
+        for k, v in (("wall_s", r["cli"]["wall_s"]), ("peak_MiB", r["cli"]["peak_rss_mib"]),
+                     ("bound", r["cli"].get("bound")))
+    } | {"passed": results["passed"]}
     text = render(results)
     print(text, end="")
     for r in runs:
