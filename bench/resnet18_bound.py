@@ -1,6 +1,7 @@
 """Benchmark: `lipgraph bound` on a CIFAR ResNet-18 exported from torch (issue 2; target <= 20 s, <= 3 GiB).
 
-What it measures, per exporter (torch's default ``dynamo=True`` exporter; ``--legacy`` adds ``dynamo=False``):
+What it measures, per exporter (torch's default ``dynamo=True`` exporter, the legacy
+``dynamo=False`` one, and the legacy one without constant folding so that BatchNormalization nodes stay):
 
 * the whole ``lipgraph bound MODEL --format json`` process, run as a subprocess: wall time and peak
   resident memory (``ru_maxrss`` of that child, from ``os.wait4``);
@@ -10,8 +11,8 @@ What it measures, per exporter (torch's default ``dynamo=True`` exporter; ``--le
 
 Run from the repository root::
 
-    python bench/resnet18_bound.py            # default exporter, writes bench/results/resnet18_bound.json
-    python bench/resnet18_bound.py --legacy   # both exporters
+    python bench/resnet18_bound.py            # three exports, writes bench/results/resnet18_bound.json
+    python bench/resnet18_bound.py --quick    # torch's default (dynamo) exporter only
     python bench/resnet18_bound.py --profile  # also a cProfile of analyze() (top 25 by cumulative time)
 """
 
@@ -39,7 +40,13 @@ TARGET_S = 20.0
 TARGET_GIB = 3.0
 
 
-def export_resnet18(path: Path, dynamo: bool, seed: int = 0) -> dict[str, Any]:
+EXPORTERS = ("dynamo", "legacy", "legacy-bn")
+
+
+def export_resnet18(path: Path, exporter: str, seed: int = 0) -> dict[str, Any]:
+    """Export with torch's default exporter ("dynamo"), the legacy one ("legacy"), or the legacy one
+    without constant folding ("legacy-bn"), which keeps the 20 BatchNormalization nodes for lipgraph
+    to fold (both other exporters fold BN into the convs themselves)."""
     import torch
 
     from tests.e2e.resnet import make_resnet18
@@ -49,19 +56,23 @@ def export_resnet18(path: Path, dynamo: bool, seed: int = 0) -> dict[str, Any]:
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if dynamo:
+        if exporter == "dynamo":
             torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["x"], output_names=["logits"],
                               verbose=False)
         else:
             torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"],
-                              output_names=["logits"])
+                              output_names=["logits"], do_constant_folding=exporter != "legacy-bn")
     import onnx
 
     m = onnx.load(str(path), load_external_data=False)
+    ops: dict[str, int] = {}
+    for n in m.graph.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
     n_params = sum(p.numel() for p in model.parameters())
     return {
         "export_s": round(time.perf_counter() - t0, 2),
         "nodes": len(m.graph.node),
+        "op_counts": ops,
         "opset": next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None),
         "parameters": n_params,
         "size_mib": round(sum(f.stat().st_size for f in path.parent.iterdir() if f.is_file()) / 2**20, 1),
@@ -242,8 +253,9 @@ def render(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="default exporter only, no in-process breakdown repeat")
-    ap.add_argument("--legacy", action="store_true", help="also the legacy (dynamo=False) exporter")
+    ap.add_argument("--quick", action="store_true", help="torch's default exporter only")
+    ap.add_argument("--exporters", default=",".join(EXPORTERS),
+                    help=f"comma-separated subset of {','.join(EXPORTERS)} (default: all)")
     ap.add_argument("--profile", action="store_true", help="cProfile the in-process analyze()")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "resnet18_bound.json")
     args = ap.parse_args(argv)
@@ -251,14 +263,17 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    exporters = [("dynamo", True)] + ([("legacy", False)] if args.legacy and not args.quick else [])
+    exporters = ["dynamo"] if args.quick else [e.strip() for e in args.exporters.split(",") if e.strip()]
+    bad = [e for e in exporters if e not in EXPORTERS]
+    if bad:
+        ap.error(f"unknown exporter(s) {bad}; choose from {EXPORTERS}")
     runs = []
     with tempfile.TemporaryDirectory(prefix="lipgraph-bench-") as tmp:
-        for name, dynamo in exporters:
+        for name in exporters:
             d = Path(tmp) / name
             d.mkdir()
             model = d / "resnet18.onnx"
-            info = export_resnet18(model, dynamo)
+            info = export_resnet18(model, name)
             cli = run_cli(model, d / "bound.json")
             run: dict[str, Any] = {"exporter": name, "export": info, "cli": cli}
             if cli["exit_code"] == 0:
@@ -272,8 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         "targets": {"wall_s": TARGET_S, "peak_gib": TARGET_GIB},
         "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
                     "python": platform.python_version(), "torch": torch.__version__},
-        "command": "python bench/resnet18_bound.py" + (" --legacy" if args.legacy else "")
-        + (" --quick" if args.quick else ""),
+        "command": "python bench/resnet18_bound.py" + (" --quick" if args.quick else "")
+        + (f" --exporters {args.exporters}" if args.exporters != ",".join(EXPORTERS) else ""),
         "runs": runs,
         "passed": all(r["within_target"] for r in runs),
     }
