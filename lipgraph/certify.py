@@ -1,0 +1,322 @@
+"""Margins -> certified radii -> metrics (SPEC sec. 2 and 7).
+
+For a sample with target class ``t`` (its label, or the prediction when there are no labels):
+
+* global radius ``(F_t - max_{i != t} F_i - delta) / (sqrt(2) L)``;
+* pairwise radius ``min_{i != t} (F_t - F_i - delta) / (||a_t - a_i||_2 L_h)`` for every split
+  point of the affine tail (``lipgraph.tail``);
+* a single logit ``z`` (class 1 iff ``z > 0``): ``(|z| - delta) / L``, or ``/ (||a|| L_h)``.
+
+The reported radius is the largest of these sound radii, 0 when the prediction is wrong.
+Float allowance: ``delta = 1e-5 * max_j |F_j|`` per sample (ONNX Runtime's float32 logits against
+the real-arithmetic network), norms and bounds are upper bounds (rounding included), and every
+radius is rounded down. Ties: only ``i = t`` is excluded from the max, so a tie gives radius 0.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from lipgraph.errors import DataError, LipgraphError
+
+DEFAULT_EPS: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
+MARGIN_REL = 1e-5  # SPEC sec. 7: margins are reduced by at least this times max|logit|
+_EPS64 = float(2.0**-53)
+_SQRT2_UP = float(np.nextafter(math.sqrt(2.0), math.inf))
+
+
+def eps_key(e: float) -> str:
+    """The JSON key of a radius: ``str(float)`` ("0.5", "1.0", "1e-05")."""
+    return str(float(e))
+
+
+@dataclass
+class Radii:
+    radius: np.ndarray  # the reported radius per sample (0 when misclassified)
+    global_radius: np.ndarray
+    pairwise_radius: np.ndarray | None  # best pairwise radius per sample, None when no tail
+    prediction: np.ndarray
+    target: np.ndarray  # label, or the prediction when there are no labels
+    correct: np.ndarray
+    method: str  # "pairwise" or "global"
+
+
+def _round_down(r: np.ndarray) -> np.ndarray:
+    """Absorb the few float64 roundings of a quotient, then step one ulp towards zero."""
+    out = np.nextafter(r * (1.0 - 16.0 * _EPS64), 0.0)
+    return np.maximum(out, 0.0)
+
+
+def compute_radii(logits: np.ndarray, labels: np.ndarray | None, lipschitz: float,
+                  tails: Sequence[Any] = ()) -> Radii:
+    """Certified radii for ``logits`` (N, K) given the network bound and optional tail candidates."""
+    f = np.asarray(logits, dtype=np.float64)
+    if f.ndim != 2 or f.shape[1] < 1:
+        raise LipgraphError(f"the logits have shape {f.shape}; expected (samples, classes)")
+    n, k = f.shape
+    if not np.all(np.isfinite(f)):
+        bad = int(np.flatnonzero(~np.isfinite(f).all(axis=1))[0])
+        raise LipgraphError(f"the model produced NaN or Inf logits (first at sample {bad}); check the inputs")
+    if not (lipschitz >= 0):
+        raise LipgraphError(f"the Lipschitz bound is {lipschitz}; cannot certify")
+    delta = MARGIN_REL * np.max(np.abs(f), axis=1)
+    rows = np.arange(n)
+    if k == 1:
+        z = f[:, 0]
+        pred = (z > 0).astype(np.int64)
+        target = pred if labels is None else labels
+        signed = np.where(target == 1, z, -z)
+        usable = np.maximum(signed - delta, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            glob = _round_down(np.where(usable > 0, usable / lipschitz, 0.0))
+            pair = None
+            for cand in tails:
+                den = float(cand.row_norms()[0]) * cand.l_h * (1.0 + 4 * _EPS64)
+                r = _round_down(np.where(usable > 0, usable / den, 0.0))
+                pair = r if pair is None else np.maximum(pair, r)
+    else:
+        pred = np.argmax(f, axis=1)
+        target = pred if labels is None else labels
+        ft = f[rows, target]
+        others = f.copy()
+        others[rows, target] = -np.inf  # exclude only index t itself (SPEC sec. 2, ties)
+        margin = ft - np.max(others, axis=1)
+        usable = np.maximum(margin - delta, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            glob = _round_down(np.where(usable > 0, usable / (_SQRT2_UP * lipschitz), 0.0))
+        pair = None
+        for cand in tails:
+            r = _pairwise(f, target, delta, cand)
+            pair = r if pair is None else np.maximum(pair, r)
+    correct = pred == target
+    best = glob if pair is None else np.maximum(glob, pair)
+    best = np.where(correct, best, 0.0)
+    method = "pairwise" if pair is not None else "global"
+    return Radii(best, np.where(correct, glob, 0.0), None if pair is None else np.where(correct, pair, 0.0),
+                 pred.astype(np.int64), np.asarray(target, dtype=np.int64), correct, method)
+
+
+def _pairwise(f: np.ndarray, target: np.ndarray, delta: np.ndarray, cand: Any) -> np.ndarray:
+    n, k = f.shape
+    if cand.matrix.shape[0] != k:
+        raise LipgraphError(
+            f"the affine tail has {cand.matrix.shape[0]} outputs but the model gives {k} logits"
+        )
+    norms = np.empty((k, k))
+    for t in np.unique(target):
+        norms[t] = cand.pair_norms(int(t))
+    den = norms[target] * (cand.l_h * (1.0 + 4 * _EPS64))  # (N, K)
+    rows = np.arange(n)
+    diff = f[rows, target][:, None] - f - delta[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(diff > 0, diff / den, 0.0)  # a zero-norm pair with positive margin: +inf (never flips)
+    q = np.where((diff > 0) & (den == 0), np.inf, q)
+    q[rows, target] = np.inf
+    return _round_down(np.min(q, axis=1))
+
+
+@dataclass
+class Certificate:
+    """The result of :func:`certify`; :meth:`to_json` is the report's source of truth."""
+
+    lipschitz_bound: float
+    samples: int
+    clean_accuracy: float | None  # None without labels
+    certified_accuracy: dict[str, float]
+    median_radius: float
+    mean_radius: float
+    radius_method: str
+    nodes: list[dict[str, Any]]
+    meta: dict[str, Any]
+    eps: list[float]
+    radii: np.ndarray
+    predictions: np.ndarray
+    labels: np.ndarray | None
+    correct: np.ndarray
+    warnings: list[str] = field(default_factory=list)
+    gates: list[dict[str, Any]] = field(default_factory=list)
+    passed: bool = True
+    per_sample: bool = False
+    baseline: dict[str, Any] | None = None
+
+    def certified_at(self, eps: float) -> float:
+        """Fraction of samples correctly classified with a radius of at least ``eps``."""
+        return float(np.mean(self.correct & (self.radii >= eps))) if self.samples else 0.0
+
+    def to_json(self, per_sample: bool | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "lipschitz_bound": self.lipschitz_bound,
+            "samples": self.samples,
+            "clean_accuracy": self.clean_accuracy,
+            "certified_accuracy": dict(self.certified_accuracy),
+            "median_radius": self.median_radius,
+            "mean_radius": self.mean_radius,
+            "radius_method": self.radius_method,
+            "passed": self.passed,
+            "gates": list(self.gates),
+            "nodes": list(self.nodes),
+            "warnings": list(self.warnings),
+            "meta": dict(self.meta),
+        }
+        if self.baseline is not None:
+            out["baseline"] = dict(self.baseline)
+        if self.per_sample if per_sample is None else per_sample:
+            labels = self.labels
+            out["per_sample"] = [
+                {
+                    "index": i,
+                    "label": int(labels[i]) if labels is not None else None,
+                    "prediction": int(self.predictions[i]),
+                    "radius": float(self.radii[i]),
+                }
+                for i in range(self.samples)
+            ]
+        return out
+
+
+def _check_eps(eps: Iterable[float]) -> list[float]:
+    vals: list[float] = []
+    for e in eps:
+        try:
+            v = float(e)
+        except (TypeError, ValueError):
+            raise LipgraphError(f"eps '{e}' is not a number") from None
+        if not math.isfinite(v) or v < 0:
+            raise LipgraphError(f"eps must be a finite number >= 0, got {e}")
+        if v not in vals:
+            vals.append(v)
+    return sorted(vals)
+
+
+def _logits_choice(analysis: Any) -> tuple[str, float, list[str]]:
+    """The tensor to certify and its bound; a final Sigmoid on one logit is recognised (SPEC sec. 2)."""
+    graph = analysis.graph
+    name = analysis.logits_name
+    shape = graph.shape_of(name)
+    if shape is not None and len(shape) >= 2 and all(d is not None for d in shape[1:]):
+        dims = [int(d) for d in shape[1:]]  # type: ignore[arg-type]
+        if int(np.prod(dims)) != max(dims):
+            raise LipgraphError(
+                f"the output '{name}' has per-sample shape {tuple(dims)}; lipgraph certifies classifiers "
+                "with one vector of logits per sample"
+            )
+    prod = graph.producer(name)
+    if prod is not None and prod.domain == "ai.onnx" and prod.op_type in {"ArgMax", "ArgMin", "TopK", "Hardmax"}:
+        raise LipgraphError(f"the model ends in {prod.op_type}; export it with the logits as the output")
+    if prod is not None and prod.op_type == "Sigmoid" and shape is not None and all(d == 1 for d in shape[1:]):
+        z = prod.inputs[0]
+        lz = analysis.tensor_bounds.get(z)
+        if lz is not None:
+            return z, float(lz), [f"final Sigmoid on a single logit: certifying the logit '{z}' (class 1 iff > 0)"]
+    return name, float(analysis.bound), []
+
+
+def certify(
+    model: str | os.PathLike[str] | onnx.ModelProto,
+    x: np.ndarray,
+    y: np.ndarray | None = None,
+    eps: Iterable[float] = DEFAULT_EPS,
+    *,
+    input_name: str | None = None,
+    batch_size: int | None = None,
+    providers: str | list[str] | None = None,
+    per_sample: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    analysis: Any = None,
+    source: str = "data",
+) -> Certificate:
+    """Certify ``model`` on inputs ``x`` (N, ...) with optional labels ``y`` (N,).
+
+    Returns a :class:`Certificate` with clean and certified accuracy at every ``eps`` (L2 radius in
+    the model's input space). Raises :class:`~lipgraph.errors.LipgraphError` (``DataError`` for
+    data that does not fit the model) with a one-line message.
+    """
+    from lipgraph.analyze import analyze
+    from lipgraph.data import fit_inputs, fit_labels
+    from lipgraph.inference import DEFAULT_BATCH_SIZE, Runner, logits_model, model_input, resolve_providers
+    from lipgraph.tail import find_tail
+
+    t_start = time.perf_counter()
+    eps_list = _check_eps(eps)
+    prov = resolve_providers(providers)
+    if analysis is None:
+        analysis = analyze(model, input_name=input_name)
+    graph = analysis.graph
+    proto = graph.model
+    if proto is None:
+        raise LipgraphError("the analysis holds no model to run")
+    logits_name, lipschitz, warns = _logits_choice(analysis)
+    inp = model_input(proto, analysis.input_name)
+    if inp.dtype.kind != "f":
+        raise LipgraphError(f"the model input '{inp.name}' is not a float tensor")
+    x = np.asarray(x)
+    if x.dtype == object:
+        raise DataError(f"{source}: inputs are an object array; lipgraph needs a numeric array")
+    xf = fit_inputs(x, inp.shape, inp.dtype, source)
+    elem = graph.tensors[logits_name].elem_type if logits_name in graph.tensors else None
+    runner = Runner(logits_model(proto, inp.name, logits_name, elem), inp, logits_name, prov)
+    t_inf = time.perf_counter()
+    logits = runner.run(xf, batch_size or DEFAULT_BATCH_SIZE, progress)
+    t_inf = time.perf_counter() - t_inf
+    n, k = logits.shape
+    labels = fit_labels(y, n, max(k, 2), source)
+
+    t_radii = time.perf_counter()
+    tails = find_tail(graph, logits_name, analysis.tensor_bounds)
+    radii = compute_radii(logits, labels, lipschitz, tails)
+    t_radii = time.perf_counter() - t_radii
+
+    # at eps = 0 a correct sample counts even with radius 0: certified accuracy at 0 == clean accuracy
+    cert_acc = {eps_key(e): float(np.mean(radii.correct & (radii.radius >= e))) for e in eps_list}
+    clean = float(np.mean(radii.correct)) if labels is not None else None
+    meta = dict(analysis.meta)
+    meta.update({
+        "provider": runner.provider,
+        "providers": prov,
+        "batch_size": int(inp.shape[0]) if inp.shape and inp.shape[0] else int(batch_size or DEFAULT_BATCH_SIZE),
+        "certified_tensor": logits_name,
+        "data": {
+            "source": source,
+            "samples": int(n),
+            "labels": labels is not None,
+            "input_dtype": str(np.asarray(x).dtype),
+            "input_min": float(np.min(xf)),
+            "input_max": float(np.max(xf)),
+        },
+        "tail": (
+            {"h": tails[-1].h, "l_h": tails[-1].l_h, "ops": tails[-1].ops, "candidates": len(tails)}
+            if tails else None
+        ),
+        "float_allowance": f"margins reduced by {MARGIN_REL:g} * max|logit| per sample; radii rounded down",
+        "time_inference_s": round(t_inf, 4),
+        "time_radii_s": round(t_radii, 4),
+        "time_total_s": round(time.perf_counter() - t_start, 4),
+    })
+    if labels is None:
+        warns.append("no labels in the data: certifying the model's own predictions")
+    return Certificate(
+        lipschitz_bound=lipschitz,
+        samples=int(n),
+        clean_accuracy=clean,
+        certified_accuracy=cert_acc,
+        median_radius=float(np.median(radii.radius)),
+        mean_radius=float(np.mean(radii.radius)),
+        radius_method=radii.method,
+        nodes=[nd.to_json() for nd in analysis.nodes],
+        meta=meta,
+        eps=eps_list,
+        radii=radii.radius,
+        predictions=radii.prediction,
+        labels=labels,
+        correct=radii.correct,
+        warnings=list(analysis.warnings) + warns,
+        per_sample=per_sample,
+    )

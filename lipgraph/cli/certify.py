@@ -1,0 +1,117 @@
+"""`lipgraph certify MODEL --data DATA.npz`: certified radii, certified accuracy, CI gates."""
+
+from __future__ import annotations
+
+import click
+
+from lipgraph.certify import DEFAULT_EPS
+from lipgraph.errors import LipgraphError
+
+_FORMATS = ["text", "json", "junit", "markdown", "html"]
+
+
+def _eps_cb(_ctx: click.Context, _param: click.Parameter, values: tuple[float, ...]) -> tuple[float, ...]:
+    for v in values:
+        if not v >= 0 or v == float("inf"):
+            raise click.BadParameter(f"eps must be a finite number >= 0, got {v}")
+    return values
+
+
+def _renderer(fmt: str):  # noqa: ANN202
+    if fmt == "html":
+        try:
+            from lipgraph.report import html as html_mod  # written for the HTML report issue
+        except ModuleNotFoundError:
+            raise LipgraphError("the html format is not available in this version; use json, text, "
+                                "junit or markdown") from None
+        fn = getattr(html_mod, "render_certificate", None) or getattr(html_mod, "render_html", None)
+        if fn is None:
+            raise LipgraphError("the html renderer is not available in this version")
+        return fn
+    from lipgraph.report.certify import RENDERERS
+
+    return RENDERERS[fmt]
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", type=click.Path(dir_okay=True, path_type=str))
+@click.option("--data", "data", required=True, type=click.Path(path_type=str), metavar="DATA.npz",
+              help="Inputs under x / inputs / images / x_test; optional labels under y / labels / y_test.")
+@click.option("--eps", "eps", multiple=True, type=float, callback=_eps_cb, metavar="EPS",
+              help="L2 radius at which to report certified accuracy (repeatable; default: "
+                   + ", ".join(f"{e:g}" for e in DEFAULT_EPS) + ").")
+@click.option("--min-certified-accuracy", "min_cert", multiple=True, metavar="EPS=ACC",
+              help="Gate: certified accuracy at EPS must be at least ACC (repeatable).")
+@click.option("--min-clean-accuracy", "min_clean", type=float, metavar="ACC", help="Gate: clean accuracy >= ACC.")
+@click.option("--max-lipschitz", "max_lip", type=float, metavar="L", help="Gate: Lipschitz bound <= L.")
+@click.option("--baseline", "baseline", type=click.Path(path_type=str), metavar="OLD.json",
+              help="An earlier JSON report; fail when certified accuracy drops by more than --max-drop.")
+@click.option("--max-drop", "max_drop", type=float, metavar="D",
+              help="Largest allowed drop in certified accuracy against --baseline (default 0).")
+@click.option("--format", "fmt", type=click.Choice(_FORMATS), default="text", show_default=True)
+@click.option("-o", "--output", "output", type=click.Path(path_type=str), help="Write the report here.")
+@click.option("--batch-size", "batch_size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--providers", "providers", metavar="LIST",
+              help="ONNX Runtime providers in order, e.g. cuda,cpu (default: CUDA when available, else CPU).")
+@click.option("--limit", "limit", type=click.IntRange(min=1), metavar="N", help="Use only the first N samples.")
+@click.option("--input", "input_name", metavar="NAME", help="The graph input to certify (when there are several).")
+@click.option("--per-sample", "per_sample", is_flag=True, help="Add per-sample radii to the JSON report.")
+@click.option("--exit-zero", "exit_zero", is_flag=True, help="Exit 0 even when a gate fails.")
+@click.option("-q", "--quiet", "quiet", is_flag=True, help="No progress bar.")
+def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, ...], min_clean: float | None,
+            max_lip: float | None, baseline: str | None, max_drop: float | None, fmt: str, output: str | None,
+            batch_size: int, providers: str | None, limit: int | None, input_name: str | None,
+            per_sample: bool, exit_zero: bool, quiet: bool) -> int:
+    """Certify MODEL on DATA: radii, certified accuracy at each --eps, and CI gates.
+
+    Exit code 0 when every gate passes, 1 when a gate fails, 2 on an error. Gates may also come
+    from [tool.lipgraph] in the nearest pyproject.toml (keys: eps, min-certified-accuracy =
+    {"0.5" = 0.8}, min-clean-accuracy, max-lipschitz, baseline, max-drop); flags override them.
+    """
+    import time
+
+    from lipgraph import gates as g
+    from lipgraph.analyze import analyze
+    from lipgraph.certify import certify as run_certify
+    from lipgraph.data import load_npz
+    from lipgraph.inference import stderr_progress
+    from lipgraph.report import check_output_path, write_atomic
+
+    t0 = time.perf_counter()
+    # Everything that can be checked cheaply is checked before the work starts.
+    if output:
+        check_output_path(output)
+    render = _renderer(fmt)
+    flags = g.GateConfig(
+        min_certified_accuracy=dict(g.parse_eps_acc(s) for s in min_cert) if min_cert else None,
+        min_clean_accuracy=g.check_accuracy(min_clean, "--min-clean-accuracy") if min_clean is not None else None,
+        max_lipschitz=g.check_positive(max_lip, "--max-lipschitz") if max_lip is not None else None,
+        baseline=baseline,
+        max_drop=g.check_accuracy(max_drop, "--max-drop") if max_drop is not None else None,
+        eps=list(eps) if eps else None,
+    )
+    pyproject = g.find_pyproject()
+    file_cfg = g.load_config(pyproject) if pyproject else g.GateConfig()
+    cfg = g.merge(file_cfg, flags)
+    base = g.load_baseline(cfg.baseline) if cfg.baseline else None
+    dataset = load_npz(data, limit=limit)
+    if cfg.min_clean_accuracy is not None and dataset.y is None:
+        raise LipgraphError(f"--min-clean-accuracy needs labels, but '{data}' has none (y / labels / y_test)")
+    eps_grid = list(cfg.eps or DEFAULT_EPS) + g.required_eps(cfg, base)
+
+    analysis = analyze(model, input_name=input_name)
+    cert = run_certify(model, dataset.x, dataset.y, eps_grid, batch_size=batch_size, providers=providers,
+                       per_sample=per_sample, progress=stderr_progress(quiet), analysis=analysis,
+                       source=dataset.source)
+    cert.meta["data"]["x_key"] = dataset.x_key
+    cert.meta["data"]["y_key"] = dataset.y_key
+    if cfg.source:
+        cert.meta["config"] = cfg.source
+    g.apply(cert, cfg, base)
+    cert.meta["time_total_s"] = round(time.perf_counter() - t0, 4)
+    text = render(cert)
+    if output:
+        write_atomic(output, text)
+    else:
+        click.echo(text, nl=False)
+    return 0 if (cert.passed or exit_zero) else 1

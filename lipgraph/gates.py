@@ -1,0 +1,259 @@
+"""CI gates for `lipgraph certify`: thresholds from flags and from ``[tool.lipgraph]`` in pyproject.toml.
+
+Settings (flag / pyproject key; underscores are accepted in place of dashes):
+
+* ``--min-certified-accuracy EPS=ACC`` (repeatable) / ``min-certified-accuracy = {"0.5" = 0.8}``
+* ``--min-clean-accuracy ACC`` / ``min-clean-accuracy = 0.9``
+* ``--max-lipschitz L`` / ``max-lipschitz = 10.0``
+* ``--baseline OLD.json`` / ``baseline = "reports/baseline.json"`` (relative to the pyproject's folder)
+* ``--max-drop D`` / ``max-drop = 0.01`` (default 0 when a baseline is given: any drop fails)
+* ``--eps E`` (repeatable) / ``eps = [0.1, 0.25, 0.5, 1.0]``
+
+The nearest ``pyproject.toml`` (the current folder, then its parents) is read. A flag replaces the
+file's value of the same setting as a whole (``--min-certified-accuracy`` replaces the file's table).
+Malformed settings are errors (exit 2), never silently ignored gates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from lipgraph.errors import LipgraphError
+
+_KEYS = {"min-certified-accuracy", "min-clean-accuracy", "max-lipschitz", "baseline", "max-drop", "eps"}
+
+
+@dataclass
+class GateConfig:
+    min_certified_accuracy: dict[float, float] | None = None
+    min_clean_accuracy: float | None = None
+    max_lipschitz: float | None = None
+    baseline: str | None = None
+    max_drop: float | None = None
+    eps: list[float] | None = None
+    source: str | None = None  # the pyproject.toml it came from, if any
+
+    def any_gate(self) -> bool:
+        return bool(self.min_certified_accuracy) or self.min_clean_accuracy is not None or (
+            self.max_lipschitz is not None or self.baseline is not None
+        )
+
+
+@dataclass
+class GateResult:
+    name: str
+    kind: str
+    passed: bool
+    actual: float | None
+    threshold: float
+    message: str
+    eps: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "kind": self.kind,
+            "passed": self.passed,
+            "actual": self.actual,
+            "threshold": self.threshold,
+            "message": self.message,
+        }
+        if self.eps is not None:
+            out["eps"] = self.eps
+        out.update(self.extra)
+        return out
+
+
+# ------------------------------------------------------------------ parsing and validation
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool):
+        raise LipgraphError(f"{what} must be a number, got {value!r}")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise LipgraphError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise LipgraphError(f"{what} must be finite, got {value!r}")
+    return v
+
+
+def check_eps(value: Any, what: str = "eps") -> float:
+    v = _number(value, what)
+    if v < 0:
+        raise LipgraphError(f"{what} must be >= 0, got {value}")
+    return v
+
+
+def check_accuracy(value: Any, what: str) -> float:
+    v = _number(value, what)
+    if not 0.0 <= v <= 1.0:
+        raise LipgraphError(f"{what} must be an accuracy between 0 and 1, got {value}")
+    return v
+
+
+def check_positive(value: Any, what: str) -> float:
+    v = _number(value, what)
+    if v < 0:
+        raise LipgraphError(f"{what} must be >= 0, got {value}")
+    return v
+
+
+def parse_eps_acc(text: str) -> tuple[float, float]:
+    """``"0.5=0.8"`` -> (0.5, 0.8)."""
+    if text.count("=") != 1:
+        raise LipgraphError(f"--min-certified-accuracy expects EPS=ACC (e.g. 0.5=0.8), got '{text}'")
+    e, a = (s.strip() for s in text.split("="))
+    return check_eps(e, f"eps in '{text}'"), check_accuracy(a, f"accuracy in '{text}'")
+
+
+def find_pyproject(start: Path | None = None) -> Path | None:
+    """The nearest pyproject.toml: ``start`` (default: the current folder), then its parents."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        cand = folder / "pyproject.toml"
+        if cand.is_file():
+            return cand
+    return None
+
+
+def load_config(path: Path) -> GateConfig:
+    """``[tool.lipgraph]`` of ``path`` as a GateConfig (empty when the table is absent)."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LipgraphError(f"cannot read '{path}': {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise LipgraphError(f"'{path}' is not valid TOML: {exc}") from None
+    table = data.get("tool", {}).get("lipgraph")
+    if table is None:
+        return GateConfig()
+    if not isinstance(table, dict):
+        raise LipgraphError(f"[tool.lipgraph] in '{path}' must be a table")
+    cfg = GateConfig(source=str(path))
+    where = f"[tool.lipgraph] in '{path}'"
+    for raw_key, value in table.items():
+        key = raw_key.replace("_", "-")
+        if key not in _KEYS:
+            if isinstance(value, dict) and key != "min-certified-accuracy":
+                continue  # sub-tables belong to other commands (e.g. [tool.lipgraph.train])
+            raise LipgraphError(f"unknown key '{raw_key}' in {where} (known: {', '.join(sorted(_KEYS))})")
+        what = f"{raw_key} in {where}"
+        if key == "min-certified-accuracy":
+            if not isinstance(value, dict):
+                raise LipgraphError(f'{what} must be a table like {{"0.5" = 0.8}}')
+            cfg.min_certified_accuracy = {
+                check_eps(e, f"eps '{e}' of {what}"): check_accuracy(a, f"accuracy at eps {e} of {what}")
+                for e, a in value.items()
+            }
+        elif key == "min-clean-accuracy":
+            cfg.min_clean_accuracy = check_accuracy(value, what)
+        elif key == "max-lipschitz":
+            cfg.max_lipschitz = check_positive(value, what)
+        elif key == "max-drop":
+            cfg.max_drop = check_accuracy(value, what)
+        elif key == "baseline":
+            if not isinstance(value, str) or not value:
+                raise LipgraphError(f"{what} must be a path string")
+            cfg.baseline = str(path.parent / value) if not Path(value).is_absolute() else value
+        elif key == "eps":
+            if not isinstance(value, list) or not value:
+                raise LipgraphError(f"{what} must be a non-empty list of numbers")
+            cfg.eps = [check_eps(e, what) for e in value]
+    return cfg
+
+
+def merge(file_cfg: GateConfig, flags: GateConfig) -> GateConfig:
+    """Flags override the file, setting by setting."""
+    out = replace(file_cfg)
+    for name in ("min_certified_accuracy", "min_clean_accuracy", "max_lipschitz", "baseline", "max_drop", "eps"):
+        v = getattr(flags, name)
+        if v is not None:
+            setattr(out, name, v)
+    if out.max_drop is not None and out.baseline is None:
+        raise LipgraphError("--max-drop needs --baseline OLD.json (a report to compare with)")
+    return out
+
+
+def load_baseline(path: str) -> dict[float, float]:
+    """Certified accuracy per eps from an earlier `lipgraph certify --format json` report."""
+    p = Path(path)
+    if not p.is_file():
+        raise LipgraphError(f"baseline report '{p}' does not exist (or is not a file)")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LipgraphError(f"baseline '{p}' is not a readable JSON report ({type(exc).__name__})") from None
+    ca = data.get("certified_accuracy") if isinstance(data, dict) else None
+    if not isinstance(ca, dict):
+        raise LipgraphError(f"baseline '{p}' has no 'certified_accuracy' object; is it a certify JSON report?")
+    return {check_eps(k, f"eps '{k}' in baseline '{p}'"): check_accuracy(v, f"accuracy at {k} in baseline '{p}'")
+            for k, v in ca.items()}
+
+
+def required_eps(cfg: GateConfig, baseline: dict[float, float] | None) -> list[float]:
+    """Radii the gates need evaluated (added to the report's eps grid)."""
+    out = list((cfg.min_certified_accuracy or {}).keys())
+    if baseline:
+        out.extend(baseline.keys())
+    return out
+
+
+# ------------------------------------------------------------------ evaluation
+def evaluate(cert: Any, cfg: GateConfig, baseline: dict[float, float] | None) -> list[GateResult]:
+    """Check every configured gate against ``cert`` (a Certificate)."""
+    res: list[GateResult] = []
+    for e, acc in sorted((cfg.min_certified_accuracy or {}).items()):
+        got = cert.certified_at(e)
+        ok = got >= acc
+        res.append(GateResult(
+            f"certified_accuracy@{e:g}", "min-certified-accuracy", ok, got, acc,
+            f"certified accuracy at eps {e:g} is {got:.4f} ({'>=' if ok else '<'} {acc:.4f})", eps=e))
+    if cfg.min_clean_accuracy is not None:
+        if cert.clean_accuracy is None:
+            raise LipgraphError("--min-clean-accuracy needs labels in the data (y / labels / y_test)")
+        got = cert.clean_accuracy
+        ok = got >= cfg.min_clean_accuracy
+        res.append(GateResult(
+            "clean_accuracy", "min-clean-accuracy", ok, got, cfg.min_clean_accuracy,
+            f"clean accuracy is {got:.4f} ({'>=' if ok else '<'} {cfg.min_clean_accuracy:.4f})"))
+    if cfg.max_lipschitz is not None:
+        got = cert.lipschitz_bound
+        ok = got <= cfg.max_lipschitz
+        res.append(GateResult(
+            "lipschitz_bound", "max-lipschitz", ok, got, cfg.max_lipschitz,
+            f"Lipschitz bound is {got:.6g} ({'<=' if ok else '>'} {cfg.max_lipschitz:.6g})"))
+    if cfg.baseline is not None and baseline is not None:
+        drop_max = cfg.max_drop if cfg.max_drop is not None else 0.0
+        shared = sorted(e for e in baseline if any(math.isclose(e, c) for c in cert.eps))
+        if not shared:
+            res.append(GateResult(
+                "baseline", "max-drop", False, None, drop_max,
+                f"the baseline '{cfg.baseline}' shares no eps with this report; nothing to compare"))
+        for e in shared:
+            old, new = baseline[e], cert.certified_at(e)
+            drop = old - new
+            ok = drop <= drop_max + 1e-12
+            res.append(GateResult(
+                f"baseline_drop@{e:g}", "max-drop", ok, drop, drop_max,
+                f"certified accuracy at eps {e:g}: {old:.4f} -> {new:.4f} (drop {drop:+.4f}, "
+                f"{'within' if ok else 'over'} {drop_max:.4f})",
+                eps=e, extra={"baseline": old, "current": new}))
+    return res
+
+
+def apply(cert: Any, cfg: GateConfig, baseline: dict[float, float] | None) -> None:
+    """Evaluate the gates and record them (and ``passed``) on the certificate."""
+    results = evaluate(cert, cfg, baseline)
+    cert.gates = [r.to_json() for r in results]
+    cert.passed = all(r.passed for r in results)
+    if baseline is not None and cfg.baseline is not None:
+        from lipgraph.certify import eps_key
+
+        accs = {eps_key(e): a for e, a in sorted(baseline.items())}
+        cert.baseline = {"path": cfg.baseline, "certified_accuracy": accs}
