@@ -1,0 +1,75 @@
+"""`lipgraph train`: train a Lipschitz-aware classifier and export it to ONNX (needs the torch extra)."""
+
+from __future__ import annotations
+
+import click
+
+from lipgraph.errors import LipgraphError
+
+TORCH_HINT = 'the trainer needs PyTorch: pip install torch==2.13.0 -e ".[torch]"'
+
+
+@click.command("train")
+@click.option("--dataset", default="digits", show_default=True, help="'digits' (scikit-learn) or an .npz path.")
+@click.option("--arch", default="mlp", show_default=True, help="mlp | mlp-wide | cnn")
+@click.option("--method", default="lmt", show_default=True, help="plain | lmt | groupsort | awp | lmt+awp")
+@click.option("--epochs", default=20, show_default=True, type=click.IntRange(1))
+@click.option("--c", "c", default=1.0, show_default=True, type=float, help="LMT: radius the guard aims at.")
+@click.option("--eps", default=0.5, show_default=True, type=float,
+              help="Training radius: hinge margin (groupsort), PGD radius (awp), progress figure.")
+@click.option("--gamma", default=0.01, show_default=True, type=float, help="AWP relative weight perturbation.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--lr", default=1e-3, show_default=True, type=float)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--attack-norm", default="l2", show_default=True, type=click.Choice(["l2", "linf"]))
+@click.option("--pgd-steps", default=10, show_default=True, type=click.IntRange(0))
+@click.option("--awp-warmup", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--c-ramp-epochs", default=5, show_default=True, type=click.IntRange(0))
+@click.option("--bjorck-iters", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--maxmin-export", default="split", show_default=True, type=click.Choice(["split", "prelu"]),
+              help="How MaxMin is written to ONNX (same function).")
+@click.option("--legacy-exporter", is_flag=True, help="Use torch.onnx.export(dynamo=False).")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(0), help="torch threads (0: torch's).")
+@click.option("--limit-train", default=None, type=click.IntRange(1), help="Use only the first N training samples.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Model file to write (.onnx).")
+@click.option("--test-out", default=None, type=click.Path(dir_okay=False),
+              help="Test split to write (default <model>.test.npz).")
+def train(dataset: str, arch: str, method: str, epochs: int, c: float, eps: float, gamma: float, seed: int,
+          lr: float, batch_size: int, attack_norm: str, pgd_steps: int, awp_warmup: int, c_ramp_epochs: int,
+          bjorck_iters: int, maxmin_export: str, legacy_exporter: bool, threads: int, limit_train: int | None,
+          out: str, test_out: str | None) -> None:
+    """Train a Lipschitz-aware classifier (LMT, GroupSort, AWP) and export it to ONNX.
+
+    Progress goes to stderr; the model and its test split (x, y) are written atomically. The
+    trainer's bound is an estimate: `lipgraph certify MODEL --data TEST.npz` gives the certificate.
+    """
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise LipgraphError(TORCH_HINT) from exc
+    from lipgraph.report import check_output_path
+    from lipgraph.train.loop import TrainConfig
+    from lipgraph.train.pipeline import run
+
+    check_output_path(out)
+    if test_out:
+        check_output_path(test_out)
+    cfg = TrainConfig(arch=arch, method=method, epochs=epochs, c=c, eps=eps, gamma=gamma, awp_warmup=awp_warmup,
+                      attack_norm=attack_norm, pgd_steps=pgd_steps, c_ramp_epochs=c_ramp_epochs, lr=lr,
+                      batch_size=batch_size, bjorck_iters=bjorck_iters, seed=seed)
+    res = run(cfg, dataset, out, test_out, legacy_exporter=legacy_exporter, maxmin_export=maxmin_export,
+              threads=threads or None, limit_train=limit_train, certify_eps=[eps])
+    if not res.history:  # a non-zero DDP rank: rank 0 writes
+        return
+    lines = [f"wrote {res.model_path} and {res.test_path} ({res.seconds:.1f}s training)",
+             f"trainer's bound estimate {res.trainer_bound:.8g}"]
+    if res.analyzer_bound is not None:
+        lines.append(f"analyzer's bound {res.analyzer_bound:.8g}")
+    if res.certificate:
+        ce = res.certificate
+        cert_at = next(iter(ce["certified_accuracy"].values()), float("nan"))
+        lines.append(f"test: clean {ce['clean_accuracy']:.4f}, certified@{eps:g} {cert_at:.4f}, "
+                     f"median radius {ce['median_radius']:.4g} ({ce['radius_method']})")
+    lines.append(f"certify with: lipgraph certify {res.model_path} --data {res.test_path} --eps {eps:g}")
+    for ln in lines:
+        click.echo(ln, err=True)

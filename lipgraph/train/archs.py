@@ -1,0 +1,99 @@
+"""Architecture presets sized for digits (1x8x8) and MNIST (1x28x28).
+
+* ``mlp``: Flatten -> 128 -> 128 -> classes.
+* ``mlp-wide``: Flatten -> 256 -> 256 -> 256 -> classes (MNIST).
+* ``cnn``: Wong & Kolter's small CNN as in LMT's MNIST config: conv16 k4 s2 p1 -> conv32 k4 s2 p1 ->
+  fc100 -> classes (works on 8x8 and 28x28 inputs).
+
+ReLU for ``plain``/``lmt``/``awp``; MaxMin with Björck-orthonormal layers for ``groupsort``.
+Strided convolutions instead of pooling keep the bound a plain product of operator norms.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from lipgraph.errors import LipgraphError
+from lipgraph.train.layers import BoundedConv2d, BoundedLinear, MaxMin
+
+ARCHS = ("mlp", "mlp-wide", "cnn")
+
+
+class LipNet(nn.Module):
+    """A feed-forward stack whose Lipschitz estimate is the product of its layers' estimates.
+
+    ``forward(x)`` returns logits; ``forward(x, with_bound=True)`` returns ``(logits, L_h, W_last)``
+    where ``L_h`` is the trainer's estimate of the Lipschitz constant of the map to the last layer's
+    input and ``W_last`` the effective last weight (for LMT's pairwise guard, SPEC sec. 2).
+    Activations (ReLU, MaxMin) and Flatten are 1-Lipschitz.
+    """
+
+    def __init__(self, layers: list[nn.Module], arch: str, in_shape: tuple[int, ...], n_classes: int):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.arch = arch
+        self.in_shape = tuple(in_shape)
+        self.n_classes = n_classes
+        assert isinstance(layers[-1], BoundedLinear)
+
+    def bounded(self) -> list[nn.Module]:
+        return [m for m in self.layers if isinstance(m, BoundedLinear | BoundedConv2d)]
+
+    def sub_bound(self, update: bool) -> torch.Tensor:
+        l_h = torch.ones(())
+        for m in self.bounded()[:-1]:
+            l_h = l_h * m.lipschitz_estimate(update=update)
+        return l_h
+
+    def forward(self, x: torch.Tensor, with_bound: bool = False, update: bool = True):
+        for m in self.layers:
+            x = m(x)
+        if not with_bound:
+            return x
+        last = self.layers[-1]
+        return x, self.sub_bound(update and self.training), last.effective_weight()
+
+    @torch.no_grad()
+    def refresh(self, iters: int = 30) -> None:
+        """More power-iteration steps on every layer's persistent vector (for reporting/export)."""
+        for m in self.bounded():
+            m.power_step(m.effective_weight().detach(), iters)
+
+    @torch.no_grad()
+    def bound_estimate(self) -> float:
+        """The trainer's estimate of the whole network's L2 Lipschitz constant (a LOWER estimate per layer)."""
+        total = 1.0
+        for m in self.bounded():
+            total *= float(m.lipschitz_estimate(update=False))
+        return total
+
+
+def build_model(arch: str, in_shape: tuple[int, int, int], n_classes: int, method: str,
+                bjorck_iters: int = 10) -> LipNet:
+    ortho = method == "groupsort"
+
+    def act(_c: int) -> nn.Module:
+        return MaxMin() if ortho else nn.ReLU()
+
+    layers: list[nn.Module] = []
+    d = math.prod(in_shape)
+    if arch in ("mlp", "mlp-wide"):
+        widths = [128, 128] if arch == "mlp" else [256, 256, 256]
+        layers.append(nn.Flatten())
+        for w in widths:
+            layers += [BoundedLinear(d, w, ortho, bjorck_iters), act(w)]
+            d = w
+        layers.append(BoundedLinear(d, n_classes, ortho, bjorck_iters))
+    elif arch == "cnn":
+        c1 = BoundedConv2d(in_shape, 16, 4, stride=2, padding=1, ortho=ortho, bjorck_iters=bjorck_iters)
+        c2 = BoundedConv2d(c1.out_shape(), 32, 4, stride=2, padding=1, ortho=ortho, bjorck_iters=bjorck_iters)
+        flat = math.prod(c2.out_shape())
+        layers = [c1, act(16), c2, act(32), nn.Flatten(),
+                  BoundedLinear(flat, 100, ortho, bjorck_iters), act(100),
+                  BoundedLinear(100, n_classes, ortho, bjorck_iters)]
+    else:
+        raise LipgraphError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    return LipNet(layers, arch, in_shape, n_classes)
