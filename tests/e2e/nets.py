@@ -156,6 +156,50 @@ def make_cnn(seed: int = 0) -> nn.Module:
     return m.eval()
 
 
+def _randomise_bn(m: nn.Module) -> None:
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm1d | nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.3, 3.0)
+                mod.weight.uniform_(-1.5, 1.5)  # some negative scales: folding must use |s| across Tanh
+                mod.bias.uniform_(-0.2, 0.2)
+
+
+def make_mlp_bn(seed: int = 0) -> nn.Module:
+    """Linear -> BN1d -> Relu -> Linear -> BN1d -> Tanh -> Linear, plus a BN on the input."""
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.BatchNorm1d(12), nn.Linear(12, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 16),
+                      nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 5))
+    _randomise_bn(m)
+    return m.eval()
+
+
+class PreActNet(nn.Module):
+    """Pre-activation residual CNN (BN -> Relu -> Conv inside the blocks), which no exporter can fold."""
+
+    def __init__(self, c: int = 8, n_out: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.bn1, self.conv1 = nn.BatchNorm2d(c), nn.Conv2d(c, c, 3, padding=1)
+        self.bn2, self.conv2 = nn.BatchNorm2d(c), nn.Conv2d(c, c, 3, padding=1)
+        self.bn3 = nn.BatchNorm2d(c)
+        self.head = nn.Linear(c, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x + self.conv2(torch.relu(self.bn2(self.conv1(torch.relu(self.bn1(x))))))
+        x = torch.relu(self.bn3(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def make_preact(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    m = PreActNet()
+    _randomise_bn(m)
+    return m.eval()
+
+
 class L2PoolNet(nn.Module):
     """Conv -> LPPool2d(p=2, k=2) -> Linear (torch exports LPPool as Pow/AveragePool/Sign/.../Pow)."""
 
@@ -176,6 +220,8 @@ def make_l2pool(seed: int = 0) -> nn.Module:
 
 INPUT_SHAPES = {
     "mlp": (1, 12),
+    "mlp_bn": (1, 12),
+    "preact": (1, 3, 8, 8),
     "cnn": (1, 3, 8, 8),
     "l2pool": (1, 2, 6, 6),
     "groupsort": (1, 16),
@@ -190,6 +236,10 @@ def make(name: str) -> nn.Module:
         return make_mlp()
     if name == "cnn":
         return make_cnn()
+    if name == "mlp_bn":
+        return make_mlp_bn()
+    if name == "preact":
+        return make_preact()
     if name == "l2pool":
         return make_l2pool()
     return make_sorting_net(name)
