@@ -31,7 +31,9 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):  # disk full, permissions: the user's to fix, not an internal error
+            raise LipgraphError(f"cannot write the report to '{p}': {exc.strerror or exc}") from None
         raise
