@@ -25,6 +25,7 @@ from typing import Any
 
 from lipgraph.errors import LipgraphError
 
+_OTHER_TABLES = {"train", "bound", "report", "html", "rules"}
 _KEYS = {"min-certified-accuracy", "min-clean-accuracy", "max-lipschitz", "baseline", "max-drop", "eps"}
 
 
@@ -140,8 +141,8 @@ def load_config(path: Path) -> GateConfig:
     for raw_key, value in table.items():
         key = raw_key.replace("_", "-")
         if key not in _KEYS:
-            if isinstance(value, dict) and key != "min-certified-accuracy":
-                continue  # sub-tables belong to other commands (e.g. [tool.lipgraph.train])
+            if isinstance(value, dict) and key in _OTHER_TABLES:
+                continue  # sub-tables of other commands (e.g. [tool.lipgraph.train])
             raise LipgraphError(f"unknown key '{raw_key}' in {where} (known: {', '.join(sorted(_KEYS))})")
         what = f"{raw_key} in {where}"
         if key == "min-certified-accuracy":
