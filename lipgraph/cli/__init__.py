@@ -72,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("lipgraph: aborted", err=True)
         return EXIT_ERROR
     except click.ClickException as e:
+        no_args = getattr(click.exceptions, "NoArgsIsHelpError", None)
+        if no_args is not None and isinstance(e, no_args):
+            # Bare `lipgraph`: show the help as click does (stderr, exit 2), not squashed into one line.
+            click.echo(e.format_message(), err=True)
+            return EXIT_ERROR
         msg = e.format_message().replace("\n", " ")
         click.echo(f"lipgraph: error: {msg} (see `lipgraph --help`)", err=True)
         return EXIT_ERROR
