@@ -193,6 +193,13 @@ def test_usage_errors_are_one_line(args: list[str], model_path: Path, capsys: py
     _assert_one_error_line(err)
 
 
+def test_bare_command_shows_help(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = _run(capsys)
+    assert rc == 2
+    assert "Usage:" in err and "\n  bound" in err  # the real multi-line help, commands listed
+    assert "error" not in err.splitlines()[0]
+
+
 def test_rules_table(capsys: pytest.CaptureFixture[str]) -> None:
     from lipgraph.rules.registry import all_rules
 
