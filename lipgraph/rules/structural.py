@@ -107,18 +107,30 @@ def gather(ctx: RuleContext) -> Bound:
 
 
 def _pad_counts(n: int, before: int, after: int, mode: str) -> int:
-    """Largest number of times one input element appears along an axis after padding."""
+    """Largest number of times one input element appears along an axis after padding.
+
+    Negative pads crop. Runtimes differ on the order: onnxruntime crops first and pads the cropped
+    axis (so ``wrap`` repeats only the kept elements), a pad-then-crop reading repeats others. Both
+    are counted and the larger is used, so the bound holds for either.
+    """
     if n <= 0:
         return 1
-    src = np.arange(n)
-    b, a = max(before, 0), max(after, 0)
     np_mode = {"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode]
-    if np_mode == "reflect" and n == 1:
-        np_mode = "edge"
-    padded = np.pad(src, (b, a), mode=np_mode)
-    lo, hi = max(-before, 0), len(padded) - max(-after, 0)
-    padded = padded[lo:hi]
-    return int(np.bincount(padded, minlength=n).max()) if padded.size else 0
+    b, a = max(before, 0), max(after, 0)
+    lo, hi = max(-before, 0), max(-after, 0)
+
+    def counts(src: np.ndarray, crop_after: bool) -> int:
+        if src.size == 0:
+            return 0
+        m = "edge" if np_mode == "reflect" and src.size == 1 else np_mode
+        padded = np.pad(src, (b, a), mode=m)
+        if crop_after:
+            padded = padded[lo:len(padded) - hi]
+        return int(np.bincount(padded, minlength=n).max()) if padded.size else 0
+
+    pad_then_crop = counts(np.arange(n), crop_after=True)
+    crop_then_pad = counts(np.arange(n)[lo:n - hi], crop_after=False)
+    return max(pad_then_crop, crop_then_pad)
 
 
 @rule("Pad")
