@@ -30,3 +30,36 @@ def crelu(ctx: RuleContext) -> Bound:
     """
     _, lin = ctx.single_variable_input()
     return Bound(lin, "CReLU, 1-Lipschitz", factor=1.0)
+
+
+# Suprema of |f'| rounded up in the 4th decimal (SPEC sec. 4; checked on a dense grid in
+# tests/passes/test_activation_patterns.py).
+SILU_SUP = 1.0999
+GELU_SUP = 1.1290
+MISH_SUP = 1.0886
+
+
+@rule("Silu", "Mish", domain=LIPGRAPH_DOMAIN)
+def smooth_gate(ctx: RuleContext) -> Bound:
+    """SiLU ``x sigmoid(x)``: 1.0999; Mish ``x tanh(softplus(x))``: 1.0886 (``sup |f'|``, rounded up).
+
+    Fused by lipgraph/passes/activation_patterns.py from torch's primitive-op exports (the product
+    ``x * s(x)`` alone has no global bound). SiLU's slope peaks at x ~ 2.40 with 1.09984; Mish's at
+    x ~ 1.49 with 1.08850. Source: SPEC sec. 4 "Activations"; research/bounds.md sec. 4.6.
+    """
+    _, lin = ctx.single_variable_input()
+    c = SILU_SUP if ctx.node.op_type == "Silu" else MISH_SUP
+    return Bound(c * lin, "elementwise, sup |f'| rounded up", factor=c)
+
+
+@rule("Gelu", domain=LIPGRAPH_DOMAIN)
+def gelu_erf(ctx: RuleContext) -> Bound:
+    """GELU written ``a x (1 + erf(x / c))``: ``|2a| * 1.1290`` (1.1290 for torch's a = 1/2).
+
+    ``f'(x) = a (1 + erf(u) + 2 u exp(-u^2) / sqrt(pi))`` with ``u = x/c``, so the supremum does not
+    depend on c; for a = 1/2 it is 1.128904 at u = 1 (rounded up). The pass stores ``scale = 2a``.
+    Source: SPEC sec. 4 "Activations".
+    """
+    _, lin = ctx.single_variable_input()
+    c = abs(float(ctx.attr("scale", 1.0))) * GELU_SUP
+    return Bound(c * lin, "GELU (erf form), sup |f'| rounded up", factor=c)
