@@ -27,7 +27,7 @@ from lipgraph.rules.registry import Bound, RuleContext, rule
 _PASS_ATTRS = ("mode", "coordinate_transformation_mode", "nearest_mode", "cubic_coeff_a", "exclude_outside",
                "extrapolation_value", "antialias")
 _PROBE_OPSET = 19
-_MAX_AXIS = 4096  # a per-axis probe runs n + 1 basis vectors
+_MAX_AXIS = 1024  # a per-axis probe runs n + 1 basis vectors (an (n+1) x n float64 input)
 
 
 @dataclass(frozen=True)

@@ -264,7 +264,7 @@ def test_maxpool_used_indices_refused():
     ]
     g = helper.make_graph(nodes, "g", [x], [y])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-    with pytest.raises(UnsupportedModelError):
+    with pytest.raises(UnsupportedModelError, match="Indices output of MaxPool is used"):
         analyze(model)
 
 
@@ -327,6 +327,24 @@ def test_global_average_and_max_pool():
     g = _model("GlobalMaxPool", shape, 13)
     assert analyze(g).bound >= math.sqrt(_spike_count(g, shape)) * LOW
     assert analyze(g).bound == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("p", [2, 1])
+def test_global_lp_pool(p):
+    shape = [1, 2, 3, 3]
+    m = _model("GlobalLpPool", shape, 13, p=p)
+    bound = analyze(m).bound
+    sess = _session(m)
+    # p = 2: a basis vector gives |y| = |x| (ratio 1); p = 1: the all-ones direction gives sqrt(9) per channel.
+    x = np.zeros(shape, np.float32)
+    x[0, 0, 1, 1] = 1.0
+    if p == 1:
+        x[:] = 1.0
+    y = sess.run(["y"], {"x": x})[0].astype(np.float64)
+    ratio = np.linalg.norm(y) / np.linalg.norm(x.astype(np.float64))
+    assert ratio == pytest.approx(1.0 if p == 2 else 3.0, rel=1e-6)
+    assert bound >= ratio * (1 - 1e-6)
+    assert bound <= ratio * (1 + 1e-6)
 
 
 REDUCE_CASES = [
