@@ -106,4 +106,4 @@ def test_torch_exports_recognised(act: str, dynamo: bool, tmp_path) -> None:
         lower = max(lower, float(torch.linalg.matrix_norm(jac, ord=2)))
     assert a.bound >= lower
     ops = {n.op_type for n in a.nodes}
-    assert {"Silu": "Silu", "GELU": "Gelu", "Mish": "Mish"}[act] in ops  # Mish: ai.onnx op (dynamo) or fused
+    assert {"SiLU": "Silu", "GELU": "Gelu", "Mish": "Mish"}[act] in ops  # Mish: ai.onnx op (dynamo) or fused
