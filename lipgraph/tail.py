@@ -115,8 +115,11 @@ def _compose(graph: Graph, chain: list[tuple[Node, int]], shape: tuple[int | Non
     x, xa = basis, basis.copy()
     n_ops = 0
     for node, vi in chain:
-        x, inner = _apply(graph, node, vi, x, absolute=False)
-        xa, _ = _apply(graph, node, vi, xa, absolute=True)
+        try:
+            x, inner = _apply(graph, node, vi, x, absolute=False)
+            xa, _ = _apply(graph, node, vi, xa, absolute=True)
+        except (ValueError, IndexError, TypeError) as exc:  # shapes that do not fit a per-sample map
+            raise _NotAffine(str(exc)) from None
         n_ops += inner + 1
     if x.ndim < 1 or x.shape[0] != d:
         raise _NotAffine("the batch axis was lost")
@@ -243,9 +246,8 @@ def _apply(graph: Graph, node: Node, vi: int, x: np.ndarray, absolute: bool) -> 
         if axes is None and len(node.inputs) > 1 and node.inputs[1]:
             axes = [int(v) for v in _const(graph, node, 1).reshape(-1)]
         if axes is None:
-            if op == "Unsqueeze":
-                raise _NotAffine("Unsqueeze without axes")
-            axes = [i for i in range(1, x.ndim) if x.shape[i] == 1]
+            # without axes, Squeeze would also drop the batch axis of the batch-1 analysis graph
+            raise _NotAffine(f"{op} without axes")
         rank = x.ndim + (len(axes) if op == "Unsqueeze" else 0)
         axes = sorted(a + rank if a < 0 else a for a in axes)
         if 0 in axes:
