@@ -74,6 +74,17 @@ def test_composed_tail_matches_ort_jacobian() -> None:
         got = longest.pair_norms(t)
         assert np.all(got >= exact * (1 - 1e-5))
         np.testing.assert_allclose(got, exact, rtol=1e-4, atol=1e-5)
+    # an affine classifier's exact L2 radius is min_i (F_t - F_i) / ||a_t - a_i||: pairwise attains it
+    x = rng.normal(size=(40, 2, 3)).astype(np.float32)
+    cert = certify(m, x, eps=[0.1])
+    f = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    f = f.astype(np.float64)
+    t = f.argmax(1)
+    exact = np.array([min((f[s, t[s]] - f[s, i]) / np.linalg.norm(oracle[t[s]] - oracle[i])
+                          for i in range(f.shape[1]) if i != t[s]) for s in range(len(x))])
+    assert cert.radius_method == "pairwise"
+    assert np.all(cert.radii <= exact * (1 + 1e-5))
+    np.testing.assert_allclose(cert.radii, exact, rtol=2e-3)
 
 
 def test_nonlinear_op_ends_the_tail() -> None:
