@@ -64,7 +64,7 @@ def render_text(cert: Any) -> str:
         out.append(text_table(["result", "gate", "detail"], _gate_rows(d)))
     out.append(f"verdict: {_verdict(d)}")
     out.extend(f"warning: {w}" for w in d["warnings"])
-    return "\n".join(out) + "\n"
+    return "\n".join(line.rstrip() for line in "\n".join(out).splitlines()) + "\n"
 
 
 def render_json(cert: Any) -> str:

@@ -141,3 +141,19 @@ def test_limit_and_labels_optional(tmp_path, model_file, capsys) -> None:
     assert rc == 0
     assert d["samples"] == 7 and len(d["per_sample"]) == 7
     assert d["clean_accuracy"] is None and all(s["label"] is None for s in d["per_sample"])
+
+
+def test_progress_only_on_a_terminal(monkeypatch, capsys) -> None:
+    import sys
+
+    from lipgraph.inference import stderr_progress
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert stderr_progress() is None
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert stderr_progress(quiet=True) is None
+    bar = stderr_progress()
+    assert bar is not None
+    bar(10, 10)
+    err = capsys.readouterr().err
+    assert "10/10" in err and err.startswith("\r")
