@@ -198,3 +198,31 @@ def test_mean_of_branches() -> None:
     model = one_node("Mean", [2, 3], {"c": _rand(2, 3)}, input_order=["x", "c", "x"])
     bound, exact = _check_linear(model, [2, 3], exact_claimed=True)
     assert exact == pytest.approx(2 / 3, rel=1e-6)
+
+
+# ------------------------------------------------------------------------------ seeded fuzz
+@pytest.mark.parametrize("seed", range(3))
+def test_fuzz_broadcast_ops(seed: int) -> None:
+    """Random broadcast shapes (symbolic dims too) for Add/Sub/Mul/Div/Expand: bound >= exact, = for one input."""
+    rng = np.random.default_rng(200 + seed)
+    for _ in range(15):
+        r = int(rng.integers(1, 4))
+        out = [int(rng.integers(1, 4)) for _ in range(r)]
+        xs = [d if rng.random() < 0.6 else 1 for d in out][int(rng.integers(0, r)):] or [out[-1]]
+        cs = [d if rng.random() < 0.6 else 1 for d in out][int(rng.integers(0, r)):]
+        decl: list = [f"S{i}" if rng.random() < 0.25 else d for i, d in enumerate(xs)]
+        op = str(rng.choice(["Add", "Sub", "Mul", "Div", "Expand"]))
+        if op == "Expand":
+            model = one_node(op, decl, {"s": np.array(out, np.int64)})
+        else:
+            c = (rng.uniform(0.5, 2, cs) * rng.choice([-1, 1], cs)).astype(np.float32)
+            order = ["c", "x"] if op != "Div" and rng.random() < 0.5 else ["x", "c"]
+            model = one_node(op, decl, {"c": c}, input_order=order)
+        try:
+            bound = analyze(model).bound
+        except UnsupportedModelError:
+            continue  # refusing is sound
+        exact = exact_norm(model, xs)
+        assert exact * (1 - 1e-7) <= bound, (op, decl, cs, bound, exact)
+        if all(isinstance(d, int) for d in decl):
+            assert bound <= exact * EXACT, (op, decl, cs, bound, exact)

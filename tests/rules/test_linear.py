@@ -139,3 +139,22 @@ def test_scaled_weights_keep_float64_accuracy() -> None:
 def test_rules_are_registered() -> None:
     for op in ("Gemm", "MatMul"):
         assert lookup("ai.onnx", op, 13) is not None
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fuzz_matmul_batched_shapes(seed: int) -> None:
+    """Random batch broadcasting on either side: always bound >= exact, exact for a 2-D constant."""
+    rng = np.random.default_rng(300 + seed)
+    for _ in range(15):
+        k, m, n = (int(v) for v in rng.integers(1, 4, size=3))
+        nb = int(rng.integers(0, 3))
+        batch = [int(rng.integers(1, 3)) for _ in range(nb)]
+        xb = [d if rng.random() < 0.5 else 1 for d in batch][int(rng.integers(0, nb + 1)):]
+        wb = [d if rng.random() < 0.5 else 1 for d in batch][int(rng.integers(0, nb + 1)):]
+        left = bool(rng.random() < 0.5)
+        ws, xs = (wb + [m, k], xb + [k, n]) if left else (wb + [k, n], xb + [m, k])
+        if rng.random() < 0.2:
+            ws = [k]
+        w = rng.standard_normal(ws).astype(np.float32)
+        model = one_node("MatMul", xs, {"W": w}, input_order=["W", "x"] if left else ["x", "W"])
+        _check(model, xs, exact_claimed=w.ndim <= 2 or int(np.prod(xb or [1])) == 1)
