@@ -302,6 +302,10 @@ def certify(
     })
     if labels is None:
         warns.append("no labels in the data: certifying the model's own predictions")
+    if x.dtype.kind in "iu" and meta["data"]["input_max"] > 1.5:
+        # DESIGN: no silent rescaling. Say so, since a model trained on [0, 1] then sees other data.
+        warns.append(f"integer inputs ({x.dtype}, up to {meta['data']['input_max']:g}) are used as-is, "
+                     "not rescaled; radii are in these units")
     return Certificate(
         lipschitz_bound=lipschitz,
         samples=int(n),
