@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from lipgraph.analyze import Analysis
-from lipgraph.report.tables import fmt_float, markdown_table, text_table
+from lipgraph.report.tables import fmt_upper, markdown_table, text_table
 
 _HEADERS = ["node", "op", "method", "node bound", "cumulative"]
 _RIGHT = [False, False, False, True, True]
@@ -13,7 +13,7 @@ _RIGHT = [False, False, False, True, True]
 
 def _rows(analysis: Analysis) -> list[list[str]]:
     return [
-        [n.name, n.op_type, n.method, fmt_float(n.bound), fmt_float(n.cumulative)]
+        [n.name, n.op_type, n.method, fmt_upper(n.bound), fmt_upper(n.cumulative)]
         for n in analysis.nodes
     ]
 
@@ -25,7 +25,7 @@ def render_text(analysis: Analysis) -> str:
         f"input: {m['input']} {m['input_shape']}  ->  logits: {m['logits']}",
         "",
         text_table(_HEADERS, _rows(analysis), _RIGHT),
-        f"Lipschitz bound (L2, input -> logits): {fmt_float(analysis.bound, 8)}",
+        f"Lipschitz bound (L2, input -> logits): {fmt_upper(analysis.bound, 8)}",
     ]
     if analysis.warnings:
         out.append("")
@@ -42,7 +42,7 @@ def render_markdown(analysis: Analysis) -> str:
     out = [
         "## lipgraph bound",
         "",
-        f"**Lipschitz bound (L2, input -> logits): {fmt_float(analysis.bound, 8)}**",
+        f"**Lipschitz bound (L2, input -> logits): {fmt_upper(analysis.bound, 8)}**",
         "",
         f"Model `{m['model']}` (sha256 `{m['model_sha256'][:12]}`, opset {m['opset']}); "
         f"input `{m['input']}`, logits `{m['logits']}`.",

@@ -15,6 +15,22 @@ def fmt_float(x: float | None, digits: int = 6) -> str:
     return f"{x:.{digits}g}"
 
 
+def fmt_upper(x: float | None, digits: int = 6) -> str:
+    """Like :func:`fmt_float`, but rounded toward +inf: a printed upper bound stays an upper bound.
+
+    ``f"{x:.8g}"`` rounds to nearest, so a bound of 15.4919334 would print as 15.491933, below
+    the sound value; someone copying the text into a radius computation would over-certify.
+    """
+    import math
+    from decimal import ROUND_CEILING, Decimal
+
+    if x is None or not math.isfinite(x) or x == 0:
+        return fmt_float(x, digits)
+    d = Decimal(x)  # the exact binary value
+    q = d.quantize(Decimal(1).scaleb(d.adjusted() - digits + 1), rounding=ROUND_CEILING)
+    return f"{float(q):.{digits}g}"
+
+
 def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None) -> str:
     widths = [len(h) for h in headers]
     for r in rows:
