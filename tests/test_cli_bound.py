@@ -58,6 +58,10 @@ def test_text(model_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     m = re.search(r"Lipschitz bound \(L2, input -> logits\): ([0-9.eE+-]+)", out)
     assert m, out
     assert float(m.group(1)) == pytest.approx(WANT, rel=1e-6)
+    # The printed bound is rounded up, never below the sound value (a printed 8-digit bound is used).
+    from lipgraph import analyze
+
+    assert float(m.group(1)) >= analyze(model_path).bound
     for name in ("fc1", "act", "fc2"):
         assert re.search(rf"^{name}\s", out, re.M), out
     assert "softmax" in out.lower()  # the cut is reported as a warning
@@ -90,6 +94,8 @@ def test_markdown(model_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cells == [6] * len(table), table
     m = re.search(r"\*\*Lipschitz bound[^:]*: ([0-9.eE+-]+)\*\*", out)
     assert m and float(m.group(1)) == pytest.approx(WANT, rel=1e-6)
+    assert float(m.group(1)) >= json.loads(_run(capsys, "bound", str(model_path), "--format", "json")[1])[
+        "lipschitz_bound"]
 
 
 @pytest.mark.parametrize("fmt", ["text", "json", "markdown"])
@@ -191,6 +197,18 @@ def test_usage_errors_are_one_line(args: list[str], model_path: Path, capsys: py
     rc, _, err = _run(capsys, *args)
     assert rc == 2
     _assert_one_error_line(err)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_printed_bounds_round_up(seed: int) -> None:
+    from lipgraph.report.tables import fmt_upper
+
+    rng = np.random.default_rng(seed)
+    for x in rng.uniform(0, 10, 2000) * 10.0 ** rng.integers(-8, 8, 2000):
+        for digits in (6, 8):
+            s = fmt_upper(float(x), digits)
+            assert float(s) >= x
+            assert float(s) <= x * (1 + 10.0 ** (1 - digits))
 
 
 def test_bare_command_shows_help(capsys: pytest.CaptureFixture[str]) -> None:
