@@ -1,0 +1,136 @@
+"""Trainer benchmark: MNIST (or digits) with lmt, groupsort and lmt+awp; certified accuracy by lipgraph.
+
+For each method: train with `lipgraph.train` on 2 CPU cores, export to ONNX, then `lipgraph.certify`
+the held-out test split (sound bound from the analyzer, never the trainer's estimate). Reports clean
+accuracy, certified accuracy at each eps (L2, pixels in [0, 1]), median radius, the analyzer's and the
+trainer's bounds and wall time; writes bench/results/train_mnist.json (or --json).
+
+Target (issue 4): some method reaches >= 45% certified at eps 1.58 with >= 95% clean within 30 minutes.
+Exit code 1 when no method meets it (only checked on MNIST at full size).
+
+    python bench/train_mnist.py                          # full: MNIST, 60k train, 10k test
+    python bench/train_mnist.py --quick                  # smoke run: 1 epoch on 3000 images
+    python bench/train_mnist.py --dataset digits --methods plain,lmt,groupsort,awp,lmt+awp \
+        --eps 0.25 --eps 0.5 --eps 1.0 --epochs 30 --c 1.0 --hinge-eps 0.5 --json /tmp/digits.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_MNIST = ROOT.parent / "shared" / "data" / "mnist.npz"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default=str(DEFAULT_MNIST), help="an .npz (Keras layout) or 'digits'")
+    ap.add_argument("--methods", default="lmt,groupsort,lmt+awp")
+    ap.add_argument("--arch", default=None, help="one arch for all methods (default: cnn, groupsort mlp-wide)")
+    ap.add_argument("--epochs", type=int, default=None, help="default 10 (MNIST), 30 (digits)")
+    ap.add_argument("--eps", type=float, action="append", default=None, help="certify radii (default 1.58)")
+    ap.add_argument("--c", type=float, default=None, help="LMT guard radius (default 2.0 MNIST, 1.0 digits)")
+    ap.add_argument("--hinge-eps", type=float, default=None, help="groupsort margin radius (1.5 / 0.5)")
+    ap.add_argument("--awp-eps", type=float, default=None, help="PGD radius for awp (default = hinge eps)")
+    ap.add_argument("--gamma", type=float, default=0.01)
+    ap.add_argument("--limit-train", type=int, default=None)
+    ap.add_argument("--limit-test", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="1 epoch, 3000 train / 1000 test images")
+    ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "train_mnist.json"))
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from lipgraph.train.data import load
+    from lipgraph.train.loop import TrainConfig
+    from lipgraph.train.pipeline import run
+
+    digits = args.dataset == "digits"
+    if args.quick:
+        args.epochs = args.epochs or 1
+        args.limit_train = args.limit_train or 3000
+        args.limit_test = args.limit_test or 1000
+    epochs = args.epochs or (30 if digits else 10)
+    eps_list = args.eps or ([0.25, 0.5, 1.0] if digits else [1.58])
+    c = args.c if args.c is not None else (1.0 if digits else 2.0)
+    hinge_eps = args.hinge_eps if args.hinge_eps is not None else (0.5 if digits else 1.5)
+    awp_eps = args.awp_eps if args.awp_eps is not None else hinge_eps
+    torch.set_num_threads(args.threads)
+    data = load(args.dataset, seed=args.seed, limit_train=args.limit_train, limit_test=args.limit_test)
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in args.methods.split(","):
+            arch = args.arch or ("mlp" if digits else ("mlp-wide" if method == "groupsort" else "cnn"))
+            cfg = TrainConfig(arch=arch, method=method, epochs=epochs, c=c,
+                              eps=hinge_eps if method == "groupsort" else (awp_eps if method == "awp" else c),
+                              gamma=args.gamma, seed=args.seed, pgd_steps=10 if method == "awp" else 0)
+            print(f"== {method} ({arch}, {epochs} epochs, {len(data.x_train)} train images)", file=sys.stderr)
+            t0 = time.perf_counter()
+            res = run(cfg, args.dataset, os.path.join(tmp, f"{method}.onnx"), threads=args.threads, data=data,
+                      certify_eps=eps_list)
+            wall = time.perf_counter() - t0
+            ce = res.certificate or {}
+            rows.append({
+                "method": method, "arch": arch, "epochs": epochs, "hyperparameters": cfg.hyperparameters(),
+                "clean_accuracy": ce.get("clean_accuracy"),
+                "certified_accuracy": ce.get("certified_accuracy"),
+                "median_radius": ce.get("median_radius"), "radius_method": ce.get("radius_method"),
+                "analyzer_bound": res.analyzer_bound, "trainer_bound": res.trainer_bound,
+                "train_seconds": round(res.seconds, 1), "wall_seconds": round(wall, 1),
+                "seconds_per_epoch": round(res.seconds / epochs, 2), "warnings": res.warnings,
+            })
+    key = eps_list[0] if len(eps_list) == 1 else None
+    print(f"\n{'method':10} {'arch':9} {'clean':>6} " + " ".join(f"{'cert@' + format(e, 'g'):>9}" for e in eps_list)
+          + f" {'med.r':>6} {'L(anal.)':>9} {'L(train)':>9} {'s/ep':>6} {'wall s':>7}")
+    for r in rows:
+        ca = r["certified_accuracy"] or {}
+        print(f"{r['method']:10} {r['arch']:9} {_f(r['clean_accuracy'])} "
+              + " ".join(f"{_f(_cert(ca, e)):>9}" for e in eps_list)
+              + f" {_f(r['median_radius'])} {_f(r['analyzer_bound'], 9)} {_f(r['trainer_bound'], 9)} "
+              f"{r['seconds_per_epoch']:6.2f} {r['wall_seconds']:7.1f}")
+    full = not digits and not args.quick and args.limit_train is None and args.limit_test is None
+    met = [r["method"] for r in rows if key and (_cert(r["certified_accuracy"] or {}, key) or 0) >= 0.45
+           and (r["clean_accuracy"] or 0) >= 0.95 and r["wall_seconds"] <= 1800]
+    summary = {"dataset": Path(args.dataset).name, "full_size": full, "epochs": epochs,
+               "target": ">= 45% certified at 1.58 with >= 95% clean within 30 min",
+               "target_met_by": ",".join(met) or None}
+    for r in rows:
+        ca = r["certified_accuracy"] or {}
+        summary[f"{r['method']}_clean"] = r["clean_accuracy"]
+        summary[f"{r['method']}_cert@{eps_list[-1]:g}"] = _cert(ca, eps_list[-1])
+    out = {"benchmark": "train_mnist", "summary": summary, "rows": rows,
+           "command": " ".join(["python", "bench/train_mnist.py", *(argv if argv is not None else sys.argv[1:])]),
+           "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
+                       "torch": torch.__version__}}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.json}", file=sys.stderr)
+    return 0 if (not full or met) else 1
+
+
+def _cert(ca: dict, e: float) -> float | None:
+    """certify's keys are eps as strings ("1.0" or "1"): accept either."""
+    for k in (str(float(e)), f"{e:g}", str(e)):
+        if k in ca:
+            return ca[k]
+    return None
+
+
+def _f(v, w: int = 6) -> str:
+    return f"{v:{w}.4f}" if isinstance(v, int | float) and v is not None else f"{'-':>{w}}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
