@@ -74,7 +74,7 @@ def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, 
     from lipgraph.analyze import analyze
     from lipgraph.certify import certify as run_certify
     from lipgraph.data import load_npz
-    from lipgraph.inference import stderr_progress
+    from lipgraph.inference import resolve_providers, stderr_progress
     from lipgraph.report import check_output_path, write_atomic
 
     t0 = time.perf_counter()
@@ -82,6 +82,7 @@ def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, 
     if output:
         check_output_path(output)
     render = _renderer(fmt)
+    provider_list = resolve_providers(providers)
     flags = g.GateConfig(
         min_certified_accuracy=dict(g.parse_eps_acc(s) for s in min_cert) if min_cert else None,
         min_clean_accuracy=g.check_accuracy(min_clean, "--min-clean-accuracy") if min_clean is not None else None,
@@ -100,7 +101,7 @@ def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, 
     eps_grid = list(cfg.eps or DEFAULT_EPS) + g.required_eps(cfg, base)
 
     analysis = analyze(model, input_name=input_name)
-    cert = run_certify(model, dataset.x, dataset.y, eps_grid, batch_size=batch_size, providers=providers,
+    cert = run_certify(model, dataset.x, dataset.y, eps_grid, batch_size=batch_size, providers=provider_list,
                        per_sample=per_sample, progress=stderr_progress(quiet), analysis=analysis,
                        source=dataset.source)
     cert.meta["data"]["x_key"] = dataset.x_key
