@@ -546,7 +546,9 @@ def conv_transpose_adjoint_geometries(
     isometry; cropping to the window ``[p_b, F - p_e')`` makes the op ``R T_full``, whose adjoint is
     the zero-padded conv on the window's length L with pads ``(p_b, p_e')`` -- so the norm is exactly
     that conv's. Where the ONNX spec and runtimes disagree on the split of a SAME padding, both
-    splits are listed; with ``output_shape`` the uncropped T_full is used (sound for any split).
+    splits are listed (ONNX Runtime puts the odd element of SAME_UPPER at the head, the spec at the
+    tail); ``output_shape`` fixes the total crop ``F + output_padding - output_shape`` and both splits
+    are listed too. A total <= 0 crops nothing: the full T_full is visible, an exact case.
     """
     d = len(kernel_spatial)
     s = _per_axis(strides, d, 1, "strides")
@@ -555,19 +557,25 @@ def conv_transpose_adjoint_geometries(
     if isinstance(auto_pad, bytes):
         auto_pad = auto_pad.decode()
     mode = (auto_pad or "NOTSET").upper()
-    full = [(int(n) - 1) * st + (int(k) - 1) * di + 1 for n, k, st, di in zip(in_spatial, kernel_spatial, s, dl)]
+    if len(in_spatial) != d:
+        raise ValueError(f"input has {len(in_spatial)} spatial axes, kernel {d}")
+    full = [
+        (int(n) - 1) * st + (int(k) - 1) * di + 1
+        for n, k, st, di in zip(in_spatial, kernel_spatial, s, dl, strict=True)
+    ]
     per_axis: list[list[tuple[int, int, int]]] = []  # (L, pb, pe) candidates per axis
+    has_shape = output_shape is not None and len(output_shape) > 0
+    if has_shape and len(output_shape) != d:  # type: ignore[arg-type]
+        raise ValueError(f"output_shape has {len(output_shape)} entries for {d} spatial axes")  # type: ignore[arg-type]
     explicit = _per_axis(pads, 2 * d, 0, "pads") if mode == "NOTSET" else None
     for a in range(d):
         f = full[a]
-        if output_shape is not None and len(output_shape) > 0:
+        if mode == "VALID" and not has_shape:
             per_axis.append([(f, 0, 0)])
             continue
-        if mode == "VALID":
-            per_axis.append([(f, 0, 0)])
-            continue
-        if mode in ("SAME_UPPER", "SAME_LOWER"):
-            total = f + op[a] - int(in_spatial[a]) * s[a]
+        if has_shape or mode in ("SAME_UPPER", "SAME_LOWER"):
+            target = int(output_shape[a]) if has_shape else int(in_spatial[a]) * s[a]  # type: ignore[index]
+            total = f + op[a] - target
             if total <= 0:
                 per_axis.append([(f, 0, 0)])
                 continue
@@ -609,7 +617,6 @@ def conv_transpose_bound(
 ) -> NormBound:
     """Sound bound of a ConvTranspose with ONNX weight ``(C_in, C_out/g, k...)``: its adjoint conv's."""
     w = _check(weight, groups)
-    d = w.ndim - 2
     if in_spatial is None or any(v is None for v in in_spatial):
         lmt = conv_lmt_bound(w, groups, strides, dilations)
         return NormBound(lmt.value, f"LMT overlap of the adjoint conv (input size unknown): {lmt.method}", None)
