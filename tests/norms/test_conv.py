@@ -7,8 +7,8 @@ import pytest
 
 from lipgraph.norms.conv import (
     ConvGeometry,
-    circular_norm_same_grid,
     circulant_grid,
+    circular_norm_same_grid,
     conv_circulant_bound,
     conv_dense_bound,
     conv_lmt_bound,
