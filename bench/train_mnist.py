@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hinge-eps", type=float, default=None, help="groupsort margin radius (1.5 / 0.5)")
     ap.add_argument("--awp-eps", type=float, default=None, help="PGD radius for awp (default = hinge eps)")
     ap.add_argument("--gamma", type=float, default=0.01)
+    ap.add_argument("--batch-size", type=int, default=None, help="default 64 (128 for groupsort on MNIST)")
+    ap.add_argument("--bjorck-iters", type=int, default=None, help="training-time Björck iterations (10 / 5)")
     ap.add_argument("--limit-train", type=int, default=None)
     ap.add_argument("--limit-test", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
@@ -75,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
             arch = args.arch or ("mlp" if digits else ("mlp-wide" if method == "groupsort" else "cnn"))
             cfg = TrainConfig(arch=arch, method=method, epochs=epochs, c=c,
                               eps=hinge_eps if method == "groupsort" else (awp_eps if method == "awp" else c),
-                              gamma=args.gamma, seed=args.seed, pgd_steps=10 if method == "awp" else 0)
+                              gamma=args.gamma, seed=args.seed, pgd_steps=10 if method == "awp" else 0,
+                              batch_size=args.batch_size or (128 if method == "groupsort" and not digits else 64),
+                              bjorck_iters=args.bjorck_iters or (10 if digits else 5))
             print(f"== {method} ({arch}, {epochs} epochs, {len(data.x_train)} train images)", file=sys.stderr)
             t0 = time.perf_counter()
             res = run(cfg, args.dataset, os.path.join(tmp, f"{method}.onnx"), threads=args.threads, data=data,

@@ -34,7 +34,7 @@ def bjorck_converged(w: torch.Tensor, tol: float = 1e-13, max_iters: int = 500) 
     if tall:
         a = a.t()
     for _ in range(max_iters):
-        r = a @ (a.t() @ a) - a
+        r = (a @ a.t()) @ a - a
         a = a - 0.5 * r
         if r.abs().max() < tol:
             break

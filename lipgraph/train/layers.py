@@ -38,7 +38,8 @@ def bjorck(w: torch.Tensor, iters: int, beta: float = 0.5) -> torch.Tensor:
     if tall:
         a = a.t()
     for _ in range(iters):
-        a = (1.0 + beta) * a - beta * a @ (a.t() @ a)
+        # a is wide (rows <= cols): the small Gram a a^T keeps the cost at rows^2 * cols
+        a = (1.0 + beta) * a - beta * (a @ a.t()) @ a
     return a.t() if tall else a
 
 
