@@ -257,3 +257,31 @@ def test_torch_dynamo_exporter_mlp(tmp_path: Path) -> None:
     product = _torch_mlp_product(m)
     assert product <= a.bound <= product * TOL
     assert max_jacobian_norm(onnx.load(str(path)), [1, 3, 4], n_points=2) <= a.bound * TOL
+
+
+def test_torch_legacy_symbolic_spatial_dims(tmp_path: Path) -> None:
+    # Dynamic N, H, W: the Shape chain after global pooling still folds (its shape is known there).
+    if lookup("ai.onnx", "GlobalAveragePool", 13) is None:
+        pytest.skip("GlobalAveragePool rule not present yet")
+
+    class Pooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            p = torch.nn.functional.adaptive_avg_pool2d(x, 1)
+            return self.fc(p.view(p.size(0), -1))
+
+    torch.manual_seed(2)
+    m = Pooled().eval()
+    path = tmp_path / "hw.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (torch.randn(2, 3, 4, 5),), str(path), dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "N", 2: "H", 3: "W"}}, opset_version=13)
+    a = analyze(path)
+    assert "Shape" not in {n.op_type for n in a.graph.nodes}
+    w = spectral(m.fc.weight.detach().numpy())
+    assert w <= a.bound * TOL  # the average over an unknown window is at most 1-Lipschitz
+    assert max_jacobian_norm(onnx.load(str(path)), [1, 3, 2, 2], n_points=2) <= a.bound * TOL
