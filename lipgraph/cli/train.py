@@ -59,7 +59,7 @@ def train(dataset: str, arch: str, method: str, epochs: int, c: float, eps: floa
                       batch_size=batch_size, bjorck_iters=bjorck_iters, seed=seed)
     res = run(cfg, dataset, out, test_out, legacy_exporter=legacy_exporter, maxmin_export=maxmin_export,
               threads=threads or None, limit_train=limit_train, certify_eps=[eps])
-    if not res.history:  # a non-zero DDP rank: rank 0 writes
+    if res.rank != 0:  # under torchrun, rank 0 exports and reports
         return
     lines = [f"wrote {res.model_path} and {res.test_path} ({res.seconds:.1f}s training)",
              f"trainer's bound estimate {res.trainer_bound:.8g}"]

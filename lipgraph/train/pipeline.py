@@ -27,6 +27,7 @@ class TrainResult:
     seconds: float
     certificate: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+    rank: int = 0  # under torchrun only rank 0 exports and reports
 
 
 def certify_test(model_path: str, x, y, eps: list[float]) -> dict[str, Any]:
@@ -54,7 +55,9 @@ def run(cfg: TrainConfig, dataset: str, out: str, test_out: str | None = None, l
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     train_seconds = time.perf_counter() - t0
     test_path = test_out or f"{os.path.splitext(out)[0]}.test.npz"
-    result = TrainResult(out, test_path, float("nan"), None, history, train_seconds)
+    result = TrainResult(out, test_path, float("nan"), None, history, train_seconds, rank=rank)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     if rank != 0:
         return result
     model.refresh(200)  # converge the estimate before recording it
