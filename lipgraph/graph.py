@@ -219,6 +219,7 @@ def build_graph(model: onnx.ModelProto, input_name: str | None = None) -> Graph:
             "upgrade onnx or re-export the model"
         )
     graph = model.graph
+    _refuse_unloaded_external_data(model)
 
     for init in graph.initializer:
         try:
@@ -295,6 +296,20 @@ def build_graph(model: onnx.ModelProto, input_name: str | None = None) -> Graph:
     g.prune_to_output()
     _mark_and_fold(g, model)
     return g
+
+
+def _refuse_unloaded_external_data(model: onnx.ModelProto) -> None:
+    """A ModelProto whose external data was never loaded would be read relative to the current
+    directory by numpy_helper, with no check of where the path leads. Only the loader (which
+    confines external data to the model's folder) may read it."""
+    from lipgraph.loader import _external_tensors
+
+    pending = _external_tensors(model)
+    if pending:
+        raise ModelLoadError(
+            f"tensor '{pending[0].name}' refers to external data that is not loaded; pass the model's file "
+            "path (lipgraph reads external data only from the model's own folder)"
+        )
 
 
 def _concrete_model(model: onnx.ModelProto, g: Graph) -> onnx.ModelProto:
