@@ -207,3 +207,16 @@ def test_initializer_listed_as_input_is_not_a_candidate() -> None:
     a = analyze(model)
     assert a.input_name == "x"
     assert spectral(W) <= a.bound <= spectral(W) * (1 + 1e-6)
+
+
+def test_modelproto_with_unloaded_external_data_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A ModelProto handed to analyze() with external references must not be read relative to the cwd
+    # (the path check lives in the loader, which a ModelProto never went through).
+    path = _save_external(_gemm_model(), tmp_path)
+    proto = onnx.load(str(path), load_external_data=False)
+    monkeypatch.chdir(tmp_path)  # where 'weights.bin' would resolve
+    with pytest.raises(ModelLoadError) as exc:
+        analyze(proto)
+    assert "external data" in _one_line(exc)
+    # Loaded properly, the same model is fine.
+    assert analyze(onnx.load(str(path))).bound == pytest.approx(spectral(W), rel=1e-6)
