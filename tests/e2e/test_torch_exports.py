@@ -188,3 +188,31 @@ def test_preact_bn_folded_across_relu(exporter: str, exported) -> None:
     ops = [n.op_type for n in g.nodes]
     assert ops.count("BatchNormalization") == 1  # bn3 feeds Relu -> ReduceMean, which is not folded into
     assert any("across" in w for w in g.warnings)
+
+
+@pytest.mark.parametrize("name", ["cnn", "preact"])
+def test_legacy_export_without_constant_folding_keeps_function(name: str, tmp_path) -> None:
+    """With ``do_constant_folding=False`` the legacy exporter keeps every BatchNormalization: the
+    fold pass must absorb those next to a Conv, and the rewritten graph must compute the same logits."""
+    from tests.passes.graphio import graph_to_model
+
+    model = nets.make(name)
+    shape = nets.INPUT_SHAPES[name]
+    path = str(tmp_path / "m.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(*shape),), path, dynamo=False, opset_version=17,
+                          do_constant_folding=False, input_names=["x"], output_names=["logits"])
+    raw = onnx.load(path)
+    assert sum(n.op_type == "BatchNormalization" for n in raw.graph.node) >= 3
+    g = build_graph(raw)
+    run_passes(g)
+    left = [n.op_type for n in g.nodes].count("BatchNormalization")
+    assert left == (0 if name == "cnn" else 1)  # preact: bn3 -> Relu -> ReduceMean stays
+    if any("bound-only" in w for w in g.warnings):
+        return  # |s| folded across an activation: the values differ on purpose (the bound is the point)
+    x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    got = runner(graph_to_model(g))({"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
