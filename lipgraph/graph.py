@@ -205,6 +205,15 @@ class Graph:
 # ---------------------------------------------------------------------- construction
 def build_graph(model: onnx.ModelProto, input_name: str | None = None) -> Graph:
     """Build the analysis graph of ``model``: sort, choose the certified input, fold constants."""
+    if model.functions:
+        # Exporters (torch's dynamo exporter among them) may wrap layers in model-local functions;
+        # inline them so every primitive op meets its own rule instead of an unknown custom op.
+        from onnx.inliner import inline_local_functions
+
+        try:
+            model = inline_local_functions(model)
+        except Exception as exc:  # noqa: BLE001 - a malformed function body
+            raise ModelLoadError(f"cannot inline the model's local functions ({type(exc).__name__}: {exc})") from None
     g = Graph()
     g.model = model
     for imp in model.opset_import:
