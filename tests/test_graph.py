@@ -285,3 +285,17 @@ def test_torch_legacy_symbolic_spatial_dims(tmp_path: Path) -> None:
     w = spectral(m.fc.weight.detach().numpy())
     assert w <= a.bound * TOL  # the average over an unknown window is at most 1-Lipschitz
     assert max_jacobian_norm(onnx.load(str(path)), [1, 3, 2, 2], n_points=2) <= a.bound * TOL
+
+
+def test_model_local_functions_are_inlined() -> None:
+    body = [helper.make_node("MatMul", ["a", "w"], ["t"]), helper.make_node("Relu", ["t"], ["b"])]
+    fn = helper.make_function("my.fn", "Block", ["a", "w"], ["b"], body, [helper.make_opsetid("", 17)])
+    nodes = [helper.make_node("Block", ["x", "W1t"], ["h"], domain="my.fn"),
+             helper.make_node("Block", ["h", "W2"], ["y"], domain="my.fn")]
+    model = make_model(nodes, [("x", ["N", 12])], ["y"], {"W1t": W1.T.copy(), "W2": W2}, opset=17,
+                       extra_opsets={"my.fn": 1})
+    model.functions.append(fn)
+    a = analyze(model)
+    assert PRODUCT <= a.bound <= PRODUCT * TOL
+    assert {n.op_type for n in a.graph.nodes} == {"MatMul", "Relu"}
+    assert max_jacobian_norm(model, [1, 12], n_points=2) <= a.bound * TOL
