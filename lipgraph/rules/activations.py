@@ -20,14 +20,27 @@ def _unary(ctx: RuleContext, factor: float, method: str) -> Bound:
     return Bound(factor * lin, method, factor=factor)
 
 
-@rule("Relu", "Abs", "Neg", "Tanh", "Softplus", "Softsign", "Sin", "Cos", "Atan", "Asinh", "Celu")
+@rule("Relu", "Abs", "Neg", "Tanh", "Softplus", "Softsign", "Sin", "Cos", "Atan", "Asinh")
 def one_lipschitz(ctx: RuleContext) -> Bound:
     """Elementwise functions with ``sup |f'| = 1``: factor 1 (exact).
 
-    Relu, Abs, Neg, Tanh, Softplus, Softsign, Sin, Cos, Atan, Asinh; Celu is 1-Lipschitz for every
-    alpha (its derivative is ``exp(x/alpha)`` for x < 0). Source: SPEC sec. 4; research/bounds.md sec. 4.6.
+    Relu, Abs, Neg, Tanh, Softplus, Softsign, Sin, Cos, Atan, Asinh. Source: SPEC sec. 4;
+    research/bounds.md sec. 4.6.
     """
     return _unary(ctx, 1.0, "elementwise, |f'| <= 1")
+
+
+@rule("Celu")
+def celu(ctx: RuleContext) -> Bound:
+    """Celu(alpha) ``max(0, x) + min(0, alpha (exp(x/alpha) - 1))``: 1 for alpha > 0 (exact).
+
+    For x < 0 its derivative is ``exp(x/alpha) <= 1`` when alpha > 0. A negative alpha makes
+    ``exp(x/alpha)`` grow without bound as x -> -inf (not Lipschitz): refused. Source: SPEC sec. 4.
+    """
+    alpha = float(ctx.attr("alpha", 1.0))
+    if not alpha > 0:
+        raise Refuse(f"Celu with alpha={alpha:g} <= 0 is not globally Lipschitz")
+    return _unary(ctx, 1.0, f"elementwise, alpha={alpha:g}")
 
 
 @rule("LeakyRelu")
