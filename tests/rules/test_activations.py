@@ -161,6 +161,16 @@ def test_not_lipschitz_refused(op: str, consts: dict) -> None:
         analyze(one_node(op, [1, 3], consts))
 
 
+@pytest.mark.parametrize("alpha", [-1.0, -0.3])
+def test_celu_negative_alpha_refused(alpha: float) -> None:
+    # With alpha < 0, Celu(-10) = alpha (exp(-10 / alpha) - 1) is huge: no Lipschitz constant.
+    model = one_node("Celu", [1, 2], alpha=alpha)
+    out = runner(model)({"x": np.array([[-10.0, -11.0]], np.float32)})[0].ravel()
+    assert abs(out[0] - out[1]) > 100  # the oracle: a secant far above any constant
+    with pytest.raises(UnsupportedModelError, match="Celu"):
+        analyze(model)
+
+
 def test_pow_one_is_identity() -> None:
     assert analyze(one_node("Pow", [1, 3], {"p": np.array(1.0, np.float32)})).bound == 1.0
 
