@@ -202,5 +202,9 @@ def topk(ctx: RuleContext) -> Bound:
     """
     if ctx.is_variable(1):
         raise Refuse("TopK k that depends on the input values")
+    if int(ctx.attr("sorted", 1)) == 0:
+        # ONNX leaves the order of unsorted values undefined; an order that follows the indices
+        # jumps when two values swap ranks, so no Lipschitz constant holds for every runtime.
+        raise Refuse("TopK with sorted=0 returns its values in an undefined order (possibly discontinuous)")
     _, lin = ctx.single_variable_input()
     return Bound([lin] * len(ctx.node.outputs), "sorting values", factor=1.0)
