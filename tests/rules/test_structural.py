@@ -233,3 +233,24 @@ def test_fuzz_structural_rules_are_exact(seed: int) -> None:
         assert exact * (1 - 1e-7) <= bound <= exact * EXACT, (helper.printable_graph(model.graph), bound, exact)
         checked += 1
     assert checked >= 8
+
+
+# ------------------------------------------------------------------------------ TopK
+def _topk_model(k: int, **attrs: int) -> onnx.ModelProto:
+    node = helper.make_node("TopK", ["x", "k"], ["y", "idx"], name="topk", axis=-1, **attrs)
+    return make_model([node], [("x", [2, 5])], ["y"], {"k": np.array([k], I64)}, opset=17)
+
+
+@pytest.mark.parametrize("k, largest", [(5, 1), (3, 1), (2, 0)])
+def test_topk_values_are_one_lipschitz(k: int, largest: int) -> None:
+    from tests.helpers.onnx_oracle import max_jacobian_norm
+
+    model = _topk_model(k, largest=largest)
+    bound = analyze(model).bound
+    assert bound == 1.0
+    assert max_jacobian_norm(model, [2, 5], n_points=6) <= bound * EXACT
+
+
+def test_topk_unsorted_refused() -> None:
+    with pytest.raises(UnsupportedModelError, match="sorted=0"):
+        analyze(_topk_model(3, sorted=0))
