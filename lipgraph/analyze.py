@@ -155,8 +155,8 @@ def _walk(graph: Graph) -> tuple[list[NodeBound], dict[str, float], list[str]]:
                                          for i in node.inputs]
         n_out = len(node.outputs)
         # Downstream of a refused node (an input bound is inf): still run the rule, so that a node
-        # that is unsupported in its own right is named too; but a refusal caused only by shapes the
-        # refused node left unknown is its echo, not a second problem.
+        # that is unsupported in its own right is named too. When the refused node also left the
+        # shapes unknown, the refusal may be only its echo: say so rather than hide it.
         tainted = [i for i, b in zip(node.inputs, in_bounds, strict=True) if b is not None and math.isinf(b)]
         if tainted:
             spec = None
@@ -167,8 +167,10 @@ def _walk(graph: Graph) -> tuple[list[NodeBound], dict[str, float], list[str]]:
                     raise Refuse(_unknown_reason(node))
                 spec.fn(RuleContext(node, graph, in_bounds))
             except Refuse as r:
-                if spec is None or all(graph.shape_of(i) is not None for i in tainted):
-                    refusals.append(Refusal(node.domain, node.op_type, node.opset, node.name, r.reason))
+                reason = r.reason
+                if spec is not None and any(graph.shape_of(i) is None for i in tainted):
+                    reason += " (perhaps only because a refused node upstream left its input shape unknown)"
+                refusals.append(Refusal(node.domain, node.op_type, node.opset, node.name, reason))
             for o in node.outputs:
                 bounds[o] = math.inf
             continue
