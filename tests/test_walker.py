@@ -41,6 +41,9 @@ EXPECTED = {
     ("ai.onnx", "Mul", "17", "square"),
     ("com.example", "Frobnicate", "3", "custom"),
     ("ai.onnx", "Sign", "17", "the_sign"),
+    # The custom op leaves its output shape unknown, so the Sum cannot count broadcasts: named too,
+    # with a note that it may only be an echo of the custom op.
+    ("ai.onnx", "Sum", "17", "join"),
 }
 
 
@@ -48,8 +51,21 @@ def test_analyze_collects_every_refusal() -> None:
     with pytest.raises(UnsupportedModelError) as exc:
         analyze(_bad_model())
     got = {(r.domain, r.op_type, str(r.opset), r.node_name) for r in exc.value.refusals}
-    assert got == EXPECTED  # the Sum and MatMul after them are not blamed
+    assert got == EXPECTED  # the MatMul after them is not blamed
     assert all(r.reason for r in exc.value.refusals)
+    reasons = {r.node_name: r.reason for r in exc.value.refusals}
+    assert "upstream" in reasons["join"] and "upstream" not in reasons["the_exp"]
+
+
+def test_intrinsic_refusal_after_a_shapeless_custom_op_is_named() -> None:
+    nodes = [
+        helper.make_node("Frobnicate", ["x"], ["f"], name="custom", domain="com.example"),
+        helper.make_node("Exp", ["f"], ["y"], name="after"),
+    ]
+    model = make_model(nodes, [("x", [1, 3])], ["y"], opset=17, extra_opsets={"com.example": 1})
+    with pytest.raises(UnsupportedModelError) as exc:
+        analyze(model)
+    assert [r.node_name for r in exc.value.refusals] == ["custom", "after"]
 
 
 def test_cli_names_all_unsupported_nodes_one_line_each(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
