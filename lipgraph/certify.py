@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -196,10 +197,14 @@ def _check_eps(eps: Iterable[float]) -> list[float]:
     return sorted(vals)
 
 
-def _logits_choice(analysis: Any) -> tuple[str, float, list[str]]:
-    """The tensor to certify and its bound; a final Sigmoid on one logit is recognised (SPEC sec. 2)."""
-    graph = analysis.graph
-    name = analysis.logits_name
+def _logits_choice(graph: Any) -> tuple[str, str | None, list[str]]:
+    """The tensor to run and certify, from the canonical graph's structure (SPEC sec. 2).
+
+    Returns ``(tensor, sigmoid_logit, warnings)``: a final Sigmoid on a single logit is recognised
+    (``sigmoid_logit`` is then the logit ``z``, class 1 iff ``z > 0``, and its own bound is used);
+    ArgMax-like endings are refused.
+    """
+    name = graph.output_name
     shape = graph.shape_of(name)
     if shape is not None and len(shape) >= 2 and all(d is not None for d in shape[1:]):
         dims = [int(d) for d in shape[1:]]  # type: ignore[arg-type]
@@ -211,12 +216,42 @@ def _logits_choice(analysis: Any) -> tuple[str, float, list[str]]:
     prod = graph.producer(name)
     if prod is not None and prod.domain == "ai.onnx" and prod.op_type in {"ArgMax", "ArgMin", "TopK", "Hardmax"}:
         raise LipgraphError(f"the model ends in {prod.op_type}; export it with the logits as the output")
-    if prod is not None and prod.op_type == "Sigmoid" and shape is not None and all(d == 1 for d in shape[1:]):
+    if (prod is not None and prod.domain == "ai.onnx" and prod.op_type == "Sigmoid" and shape is not None
+            and all(d == 1 for d in shape[1:]) and graph.is_variable(prod.inputs[0])):
         z = prod.inputs[0]
-        lz = analysis.tensor_bounds.get(z)
-        if lz is not None:
-            return z, float(lz), [f"final Sigmoid on a single logit: certifying the logit '{z}' (class 1 iff > 0)"]
-    return name, float(analysis.bound), []
+        return z, z, [f"final Sigmoid on a single logit: certifying the logit '{z}' (class 1 iff > 0)"]
+    return name, None, []
+
+
+class _Background:
+    """The bound, computed in a daemon thread while ONNX Runtime runs (both release the GIL).
+
+    A daemon thread, so that an error in the main thread (bad data) exits at once.
+    """
+
+    def __init__(self, fn: Callable[[], Any]):
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+
+        def work() -> None:
+            try:
+                self._result = fn()
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+                self._error = exc
+            finally:
+                self._done.set()
+
+        threading.Thread(target=work, name="lipgraph-bound", daemon=True).start()
+
+    def failed(self) -> BaseException | None:
+        return self._error if self._done.is_set() else None
+
+    def result(self) -> Any:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._result
 
 
 def certify(
@@ -237,37 +272,77 @@ def certify(
 
     Returns a :class:`Certificate` with clean and certified accuracy at every ``eps`` (L2 radius in
     the model's input space). Raises :class:`~lipgraph.errors.LipgraphError` (``DataError`` for
-    data that does not fit the model) with a one-line message.
+    data that does not fit the model) with a one-line message. Without a precomputed ``analysis``,
+    the bound is computed in a background thread while ONNX Runtime runs.
     """
     from lipgraph.analyze import analyze
     from lipgraph.data import fit_inputs, fit_labels
+    from lipgraph.graph import build_graph
     from lipgraph.inference import DEFAULT_BATCH_SIZE, Runner, logits_model, model_input, resolve_providers
+    from lipgraph.loader import load_model
+    from lipgraph.passes import run_passes
+    from lipgraph.rules import load_rules
     from lipgraph.tail import find_tail
 
     t_start = time.perf_counter()
     eps_list = _check_eps(eps)
     prov = resolve_providers(providers)
-    if analysis is None:
-        analysis = analyze(model, input_name=input_name)
-    graph = analysis.graph
-    proto = graph.model
-    if proto is None:
-        raise LipgraphError("the analysis holds no model to run")
-    logits_name, lipschitz, warns = _logits_choice(analysis)
-    inp = model_input(proto, analysis.input_name)
-    if inp.dtype.kind != "f":
-        raise LipgraphError(f"the model input '{inp.name}' is not a float tensor")
     x = np.asarray(x)
     if x.dtype == object:
         raise DataError(f"{source}: inputs are an object array; lipgraph needs a numeric array")
+    background: _Background | None = None
+    file_meta: dict[str, Any] = {}
+    if analysis is None:
+        if isinstance(model, onnx.ModelProto):
+            proto = model
+        else:
+            proto, sha = load_model(model)
+            file_meta = {"model": str(model), "model_sha256": sha}
+        # The canonical graph's structure (cheap: no norms) names the logits tensor to run.
+        graph = build_graph(proto, input_name)
+        run_passes(graph)
+    else:
+        graph = analysis.graph
+        proto = graph.model
+        if proto is None:
+            raise LipgraphError("the analysis holds no model to run")
+    logits_name, sigmoid_logit, warns = _logits_choice(graph)
+    inp = model_input(proto, graph.input_name)
+    if inp.dtype.kind != "f":
+        raise LipgraphError(f"the model input '{inp.name}' is not a float tensor")
     xf = fit_inputs(x, inp.shape, inp.dtype, source)
     elem = graph.tensors[logits_name].elem_type if logits_name in graph.tensors else None
     runner = Runner(logits_model(proto, inp.name, logits_name, elem), inp, logits_name, prov)
+    if analysis is None:
+        load_rules()  # imports happen here, not concurrently in the worker
+        background = _Background(lambda: analyze(proto, input_name=graph.input_name))
+
+    def on_batch(done: int, total: int) -> None:
+        if background is not None and (err := background.failed()) is not None:
+            raise err  # the model has no sound bound: stop running it
+        if progress is not None:
+            progress(done, total)
+
     t_inf = time.perf_counter()
-    logits = runner.run(xf, batch_size or DEFAULT_BATCH_SIZE, progress)
+    logits = runner.run(xf, batch_size or DEFAULT_BATCH_SIZE, on_batch)
     t_inf = time.perf_counter() - t_inf
     n, k = logits.shape
     labels = fit_labels(y, n, max(k, 2), source)
+    t_wait = time.perf_counter()
+    if background is not None:
+        analysis = background.result()
+        analysis.meta.update(file_meta)
+    t_wait = time.perf_counter() - t_wait
+    if analysis.logits_name != graph.output_name:
+        raise LipgraphError(f"internal: the analysis certifies '{analysis.logits_name}' but "
+                            f"'{graph.output_name}' was run")
+    if sigmoid_logit is not None:
+        if sigmoid_logit not in analysis.tensor_bounds:
+            raise LipgraphError(f"internal: no bound for the logit '{sigmoid_logit}' before the final Sigmoid")
+        lipschitz = float(analysis.tensor_bounds[sigmoid_logit])
+    else:
+        lipschitz = float(analysis.bound)
+    graph = analysis.graph
 
     t_radii = time.perf_counter()
     tails = find_tail(graph, logits_name, analysis.tensor_bounds)
@@ -297,6 +372,7 @@ def certify(
         ),
         "float_allowance": f"margins reduced by {MARGIN_REL:g} * max|logit| per sample; radii rounded down",
         "time_inference_s": round(t_inf, 4),
+        "time_bound_wait_s": round(t_wait, 4),  # the bound runs beside inference; this is what it added
         "time_radii_s": round(t_radii, 4),
         "time_total_s": round(time.perf_counter() - t_start, 4),
     })

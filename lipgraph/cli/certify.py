@@ -71,7 +71,6 @@ def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, 
     import time
 
     from lipgraph import gates as g
-    from lipgraph.analyze import analyze
     from lipgraph.certify import certify as run_certify
     from lipgraph.data import load_npz
     from lipgraph.inference import resolve_providers, stderr_progress
@@ -100,9 +99,9 @@ def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, 
         raise LipgraphError(f"--min-clean-accuracy needs labels, but '{data}' has none (y / labels / y_test)")
     eps_grid = list(cfg.eps or DEFAULT_EPS) + g.required_eps(cfg, base)
 
-    analysis = analyze(model, input_name=input_name)
-    cert = run_certify(model, dataset.x, dataset.y, eps_grid, batch_size=batch_size, providers=provider_list,
-                       per_sample=per_sample, progress=stderr_progress(quiet), analysis=analysis,
+    # the bound is computed beside the inference (lipgraph.certify.certify)
+    cert = run_certify(model, dataset.x, dataset.y, eps_grid, input_name=input_name, batch_size=batch_size,
+                       providers=provider_list, per_sample=per_sample, progress=stderr_progress(quiet),
                        source=dataset.source)
     cert.meta["data"]["x_key"] = dataset.x_key
     cert.meta["data"]["y_key"] = dataset.y_key

@@ -157,3 +157,27 @@ def test_progress_only_on_a_terminal(monkeypatch, capsys) -> None:
     bar(10, 10)
     err = capsys.readouterr().err
     assert "10/10" in err and err.startswith("\r")
+
+
+def test_unsupported_model_exits_2_and_writes_nothing(tmp_path, capsys) -> None:
+    """The bound runs beside inference; its refusal still ends the run with exit 2 and no report."""
+    w = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "x2"], ["sq"]),  # bilinear in the input: no global bound
+             helper.make_node("MatMul", ["sq", "w"], ["logits"])]
+    g = helper.make_graph(
+        [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0]),
+         helper.make_node("MatMul", ["xt", "x"], ["x2"]), *nodes], "bad",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    mp = tmp_path / "bad.onnx"
+    onnx.save(m, str(mp))
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.ones((600, 4), np.float32))
+    out = tmp_path / "r.json"
+    rc = main(["certify", str(mp), "--data", str(data), "--batch-size", "1", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "without a sound Lipschitz bound" in err and "MatMul" in err
+    assert not out.exists()
