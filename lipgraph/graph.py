@@ -241,9 +241,12 @@ def build_graph(model: onnx.ModelProto, input_name: str | None = None) -> Graph:
         g.tensors[sp.values.name] = Tensor(sp.values.name, tuple(arr.shape), sp.values.data_type, arr, False)
 
     candidates: list[tuple[str, int]] = []
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
     for inp in graph.input:
         if inp.name in g.tensors:
             continue  # an initializer also listed as an input (old exporters): a constant
+        if inp.name not in used and inp.name != input_name:
+            continue  # an input no node reads cannot be the certified one
         elem = inp.type.tensor_type.elem_type if inp.type.HasField("tensor_type") else 0
         candidates.append((inp.name, elem))
         g.tensors[inp.name] = Tensor(inp.name, _dims(inp.type), elem, None, False)

@@ -7,7 +7,7 @@ softmax (Identity, Flatten, Reshape, Squeeze) are cut along with it.
 
 from __future__ import annotations
 
-from lipgraph.graph import Graph
+from lipgraph.graph import Graph, Node
 
 _SOFTMAX = {"Softmax", "LogSoftmax"}
 _PASS_THROUGH = {"Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze"}
@@ -22,6 +22,12 @@ def cut_final_softmax(graph: Graph) -> None:
             break
         data_inputs = [i for i in prod.inputs if i and graph.is_variable(i)]
         if prod.op_type in _SOFTMAX and len(data_inputs) == 1:
+            if not _over_class_axis(graph, prod, data_inputs[0]):
+                graph.warnings.append(
+                    f"softmax '{prod.name}' is not over the class axis of a (batch, classes) tensor; "
+                    "it is kept and bounded (1/2) instead of cut"
+                )
+                break
             name = data_inputs[0]
             seen_softmax = True
             continue
@@ -35,3 +41,28 @@ def cut_final_softmax(graph: Graph) -> None:
     if seen_softmax and name != graph.output_name:
         graph.warnings.append(f"final softmax cut: certifying the logits '{name}' before it")
         graph.output_name = name
+
+
+def _over_class_axis(graph: Graph, node: Node, src: str) -> bool:
+    """True when the softmax normalises exactly the classes of each sample.
+
+    Opset 13+ normalises one axis; older opsets normalise the flattened trailing block from
+    ``axis`` (default 1) on. Cutting is only right when every other non-batch axis has length 1:
+    a softmax over the batch axis, or per row of a (batch, rows, classes) tensor, changes which
+    entry is largest overall.
+    """
+    shape = graph.shape_of(src)
+    if shape is None:
+        return False
+    rank = len(shape)
+    if rank == 1:
+        return True
+    default = -1 if node.opset >= 13 else 1
+    axis = int(node.attrs.get("axis", default)) % rank
+    if axis == 0:
+        return False
+    if node.opset >= 13:
+        others = [d for i, d in enumerate(shape) if i not in (0, axis)]
+    else:
+        others = [d for i, d in enumerate(shape[:axis]) if i != 0]
+    return all(d == 1 for d in others)
