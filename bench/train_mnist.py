@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit-test", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-awp-overhead", action="store_true", help="skip the AWP-vs-PGD step timing")
     ap.add_argument("--quick", action="store_true", help="1 epoch, 3000 train / 1000 test images")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "train_mnist.json"))
     args = ap.parse_args(argv)
@@ -107,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     full = not digits and not args.quick and args.limit_train is None and args.limit_test is None
     met = [r["method"] for r in rows if key and (_cert(r["certified_accuracy"] or {}, key) or 0) >= 0.45
            and (r["clean_accuracy"] or 0) >= 0.95 and r["wall_seconds"] <= 1800]
+    overhead = None if args.no_awp_overhead else awp_overhead(data.in_shape, data.n_classes)
+    if overhead:
+        print(f"AWP step cost over PGD-10 adversarial training (cnn, batch 128): x{overhead['median_ratio']:.3f} "
+              f"(rounds: {', '.join(f'{r:.3f}' for r in overhead['ratios'])})")
     summary = {"dataset": Path(args.dataset).name, "full_size": full, "epochs": epochs,
                "target": ">= 45% certified at 1.58 with >= 95% clean within 30 min",
                "target_met_by": ",".join(met) or None}
@@ -114,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         ca = r["certified_accuracy"] or {}
         summary[f"{r['method']}_clean"] = r["clean_accuracy"]
         summary[f"{r['method']}_cert@{eps_list[-1]:g}"] = _cert(ca, eps_list[-1])
-    out = {"benchmark": "train_mnist", "summary": summary, "rows": rows,
+    if overhead:
+        summary["awp_over_pgd_step_cost"] = overhead["median_ratio"]
+    out = {"benchmark": "train_mnist", "summary": summary, "rows": rows, "awp_overhead": overhead,
            "command": " ".join(["python", "bench/train_mnist.py", *(argv if argv is not None else sys.argv[1:])]),
            "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
                        "torch": torch.__version__}}
@@ -122,6 +129,47 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.json).write_text(json.dumps(out, indent=2))
     print(f"wrote {args.json}", file=sys.stderr)
     return 0 if (not full or met) else 1
+
+
+def awp_overhead(in_shape: tuple[int, ...], n_classes: int, steps: int = 8, rounds: int = 3) -> dict:
+    """Per-step time of PGD-10 adversarial training with and without AWP, interleaved rounds (median ratio).
+
+    The target (issue 4) is AWP <= 1.2x plain PGD training. On a shared machine single rounds vary a lot.
+    """
+    import statistics
+
+    import torch
+    import torch.nn.functional as F
+
+    from lipgraph.train.archs import build_model
+    from lipgraph.train.awp import AWP
+    from lipgraph.train.pgd import pgd
+
+    torch.manual_seed(0)
+    model = build_model("cnn", in_shape, n_classes, "plain")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    awp = AWP(model, 0.01)
+    x, y = torch.rand(128, *in_shape), torch.randint(0, n_classes, (128,))
+
+    def run(use: bool) -> float:
+        t = time.perf_counter()
+        for _ in range(steps):
+            xa = pgd(model, x, y, 0.5, "l2", 10)
+            if use:
+                awp.perturb(awp.calc(lambda m, xa=xa: F.cross_entropy(m(xa), y)))
+            opt.zero_grad()
+            F.cross_entropy(model(xa), y).backward()
+            if use:
+                awp.restore()
+            opt.step()
+        return (time.perf_counter() - t) / steps
+
+    run(True)  # warm-up
+    ratios = []
+    for _ in range(rounds):
+        base = run(False)
+        ratios.append(run(True) / base)
+    return {"ratios": ratios, "median_ratio": statistics.median(ratios), "steps": steps}
 
 
 def _cert(ca: dict, e: float) -> float | None:
