@@ -87,12 +87,18 @@ def _lipgraph_cmd() -> list[str]:
     return [found] if found else [sys.executable, "-m", "lipgraph"]
 
 
-def run_cli(model: Path, out_json: Path) -> dict[str, Any]:
+BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def run_cli(model: Path, out_json: Path, blas_threads: int | None) -> dict[str, Any]:
     """The whole `lipgraph bound` process: wall time, peak RSS (this child only), exit code."""
     cmd = [*_lipgraph_cmd(), "bound", str(model), "--format", "json", "-o", str(out_json)]
+    env = dict(os.environ)
+    if blas_threads:
+        env.update({k: str(blas_threads) for k in BLAS_ENV})
     with tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -114,19 +120,24 @@ def run_cli(model: Path, out_json: Path) -> dict[str, Any]:
 
 class _Timers:
     def __init__(self) -> None:
-        self.families: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
-        self.ops: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+        # [wall s, calls, cpu s (all threads of this process)]
+        self.families: dict[str, list[float]] = defaultdict(lambda: [0.0, 0, 0.0])
+        self.ops: dict[str, list[float]] = defaultdict(lambda: [0.0, 0, 0.0])
         self.stages: dict[str, float] = defaultdict(float)
 
-    def add(self, table: dict[str, list[float]], key: str, dt: float) -> None:
+    def add(self, table: dict[str, list[float]], key: str, dt: float, dcpu: float) -> None:
         table[key][0] += dt
         table[key][1] += 1
+        table[key][2] += dcpu
 
 
 def _instrument(timers: _Timers) -> list[tuple[Any, str, Any]]:
     """Wrap rule functions, passes, loading and graph building with timers; return what to restore."""
-    import lipgraph.analyze as an
-    import lipgraph.passes as passes
+    import importlib
+
+    # `lipgraph.analyze` the attribute is the function; the module is in sys.modules.
+    an = importlib.import_module("lipgraph.analyze")
+    passes = importlib.import_module("lipgraph.passes")
     from lipgraph.rules import load_rules
     from lipgraph.rules import registry as reg
 
@@ -136,14 +147,14 @@ def _instrument(timers: _Timers) -> list[tuple[Any, str, Any]]:
     for versions in reg._REGISTRY.values():
         for since, spec in list(versions.items()):
             def timed(ctx: Any, _fn: Any = spec.fn, _spec: Any = spec) -> Any:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 try:
                     return _fn(ctx)
                 finally:
-                    dt = time.perf_counter() - t0
-                    timers.add(timers.families, _spec.family, dt)
-                    timers.add(timers.ops, f"{_spec.op_type}" + (f" ({_spec.domain})" if _spec.domain != "ai.onnx"
-                                                                  else ""), dt)
+                    dt, dc = time.perf_counter() - t0, time.process_time() - c0
+                    op = _spec.op_type + (f" ({_spec.domain})" if _spec.domain != "ai.onnx" else "")
+                    timers.add(timers.families, _spec.family, dt, dc)
+                    timers.add(timers.ops, op, dt, dc)
 
             versions[since] = dataclasses.replace(spec, fn=timed)
             restore.append((versions, since, spec))
@@ -180,34 +191,46 @@ def _uninstrument(restore: list[tuple[Any, str, Any]]) -> None:
             setattr(obj, key, orig)
 
 
-def run_in_process(model: Path, profile: bool) -> dict[str, Any]:
+def run_in_process(model: Path, profile: bool, blas_threads: int | None) -> dict[str, Any]:
+    import contextlib
+
     from lipgraph.analyze import analyze
 
     timers = _Timers()
     restore = _instrument(timers)
     prof = None
-    try:
-        t0 = time.perf_counter()
-        if profile:
-            import cProfile
+    limit: Any = contextlib.nullcontext()
+    if blas_threads:
+        try:
+            from threadpoolctl import threadpool_limits
 
-            prof = cProfile.Profile()
-            prof.enable()
-        analysis = analyze(str(model))
-        if prof is not None:
-            prof.disable()
-        total = time.perf_counter() - t0
+            limit = threadpool_limits(blas_threads)
+        except ImportError:
+            pass
+    try:
+        with limit:
+            t0, c0 = time.perf_counter(), time.process_time()
+            if profile:
+                import cProfile
+
+                prof = cProfile.Profile()
+                prof.enable()
+            analysis = analyze(str(model))
+            if prof is not None:
+                prof.disable()
+            total, cpu_total = time.perf_counter() - t0, time.process_time() - c0
     finally:
         _uninstrument(restore)
     rules_total = sum(v[0] for v in timers.families.values())
     out: dict[str, Any] = {
         "total_s": round(total, 3),
+        "cpu_s": round(cpu_total, 3),
         "bound": analysis.bound,
         "stages_s": {k: round(v, 3) for k, v in timers.stages.items()},
         "rules_s": round(rules_total, 3),
-        "families": {k: {"time_s": round(v[0], 3), "calls": v[1]}
+        "families": {k: {"time_s": round(v[0], 3), "cpu_s": round(v[2], 3), "calls": v[1]}
                      for k, v in sorted(timers.families.items(), key=lambda kv: -kv[1][0])},
-        "ops": {k: {"time_s": round(v[0], 3), "calls": v[1]}
+        "ops": {k: {"time_s": round(v[0], 3), "cpu_s": round(v[2], 3), "calls": v[1]}
                 for k, v in sorted(timers.ops.items(), key=lambda kv: -kv[1][0])},
         "methods": sorted({n.method for n in analysis.nodes if n.op_type in ("Conv", "Gemm", "MatMul")}
                           | {n.method for n in analysis.nodes if "onv" in n.op_type}),
@@ -224,28 +247,31 @@ def run_in_process(model: Path, profile: bool) -> dict[str, Any]:
 
 
 def render(results: dict[str, Any]) -> str:
-    lines = [f"ResNet-18 (CIFAR, 3x32x32) `lipgraph bound`: target <= {TARGET_S:g} s, <= {TARGET_GIB:g} GiB", ""]
+    lines = [f"ResNet-18 (CIFAR, 3x32x32) `lipgraph bound`: target <= {TARGET_S:g} s, <= {TARGET_GIB:g} GiB "
+             f"({results['machine']['cpus']} CPUs, BLAS threads: {results['blas_threads']})", ""]
     lines.append(f"{'exporter':<9} {'nodes':>5} {'CLI wall s':>10} {'CLI cpu s':>9} {'peak MiB':>9} "
                  f"{'in-proc s':>9} {'bound':>12}  ok")
     for r in results["runs"]:
         cli, ip = r["cli"], r.get("in_process", {})
         lines.append(f"{r['exporter']:<9} {r['export']['nodes']:>5} {cli['wall_s']:>10.2f} {cli['cpu_s']:>9.2f} "
                      f"{cli['peak_rss_mib']:>9.0f} {ip.get('total_s', float('nan')):>9.2f} "
-                     f"{cli.get('bound', float('nan')):>12.5g}  {'yes' if r['within_target'] else 'NO'}")
+                     f"{cli.get('bound', float('nan')):>12.5g}  {'yes' if r['within_target'] else 'NO'}"
+                     f"  (load {cli['loadavg_1min_before']:.1f} before)")
         if cli["exit_code"] != 0:
             lines.append(f"    exit {cli['exit_code']}: {cli.get('stderr', '')[:400]}")
     for r in results["runs"]:
         ip = r.get("in_process")
         if not ip:
             continue
-        lines += ["", f"[{r['exporter']}] in-process breakdown (total {ip['total_s']:.2f} s)"]
+        lines += ["", f"[{r['exporter']}] in-process breakdown (total {ip['total_s']:.2f} s wall, "
+                  f"{ip['cpu_s']:.2f} s cpu)"]
         for k, v in ip["stages_s"].items():
             lines.append(f"  {k:<40} {v:8.3f} s")
         lines.append(f"  {'rules (all)':<40} {ip['rules_s']:8.3f} s")
         for k, v in ip["families"].items():
-            lines.append(f"    family {k:<31} {v['time_s']:8.3f} s  ({v['calls']} nodes)")
+            lines.append(f"    family {k:<31} {v['time_s']:8.3f} s  cpu {v['cpu_s']:8.3f} s  ({v['calls']} nodes)")
         for k, v in list(ip["ops"].items())[:8]:
-            lines.append(f"      op {k:<31} {v['time_s']:8.3f} s  ({v['calls']} nodes)")
+            lines.append(f"      op {k:<31} {v['time_s']:8.3f} s  cpu {v['cpu_s']:8.3f} s  ({v['calls']} nodes)")
         if ip.get("methods"):
             lines.append(f"  linear-op methods: {', '.join(ip['methods'])[:300]}")
     return "\n".join(lines) + "\n"
@@ -257,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exporters", default=",".join(EXPORTERS),
                     help=f"comma-separated subset of {','.join(EXPORTERS)} (default: all)")
     ap.add_argument("--profile", action="store_true", help="cProfile the in-process analyze()")
+    ap.add_argument("--blas-threads", type=int, default=None, metavar="N",
+                    help="limit BLAS/OpenMP threads (env for the CLI, threadpoolctl in-process)")
+    ap.add_argument("--no-in-process", action="store_true", help="skip the in-process breakdown (CLI timing only)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "resnet18_bound.json")
     args = ap.parse_args(argv)
 
@@ -274,10 +303,12 @@ def main(argv: list[str] | None = None) -> int:
             d.mkdir()
             model = d / "resnet18.onnx"
             info = export_resnet18(model, name)
-            cli = run_cli(model, d / "bound.json")
+            load_before = os.getloadavg()[0]
+            cli = run_cli(model, d / "bound.json", args.blas_threads)
+            cli["loadavg_1min_before"] = round(load_before, 2)
             run: dict[str, Any] = {"exporter": name, "export": info, "cli": cli}
-            if cli["exit_code"] == 0:
-                run["in_process"] = run_in_process(model, args.profile)
+            if cli["exit_code"] == 0 and not args.no_in_process:
+                run["in_process"] = run_in_process(model, args.profile, args.blas_threads)
             run["within_target"] = (cli["exit_code"] == 0 and cli["wall_s"] <= TARGET_S
                                     and cli["peak_rss_mib"] <= TARGET_GIB * 1024)
             runs.append(run)
@@ -285,10 +316,12 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "resnet18_bound",
         "description": "lipgraph bound on a random-init CIFAR ResNet-18 (BN eval mode, randomized statistics)",
         "targets": {"wall_s": TARGET_S, "peak_gib": TARGET_GIB},
+        "blas_threads": args.blas_threads or "library default",
         "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
                     "python": platform.python_version(), "torch": torch.__version__},
         "command": "python bench/resnet18_bound.py" + (" --quick" if args.quick else "")
-        + (f" --exporters {args.exporters}" if args.exporters != ",".join(EXPORTERS) else ""),
+        + (f" --exporters {args.exporters}" if args.exporters != ",".join(EXPORTERS) else "")
+        + (f" --blas-threads {args.blas_threads}" if args.blas_threads else ""),
         "runs": runs,
         "passed": all(r["within_target"] for r in runs),
     }
