@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bjorck-iters", type=int, default=None, help="training-time Björck iterations (10 / 5)")
     ap.add_argument("--limit-train", type=int, default=None)
     ap.add_argument("--limit-test", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads; 1 is fastest for these small models")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-awp-overhead", action="store_true", help="skip the AWP-vs-PGD step timing")
     ap.add_argument("--quick", action="store_true", help="1 epoch, 3000 train / 1000 test images")
