@@ -131,6 +131,8 @@ class Runner:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
+        # Idle ORT workers sleep instead of spinning: the bound is computed in a thread beside them.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(model_bytes, sess_options=so, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
