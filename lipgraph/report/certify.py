@@ -24,8 +24,8 @@ def _summary_rows(d: dict[str, Any]) -> list[list[str]]:
         ["mean radius", fmt_float(d["mean_radius"])],
         ["radius method", d["radius_method"]],
         ["provider", str(m.get("provider"))],
-        ["time (bound / inference / total)",
-         f"{m.get('time_bound_s', 0):.3f}s / {m.get('time_inference_s', 0):.3f}s / {m.get('time_total_s', 0):.3f}s"],
+        ["time", f"bound {m.get('time_bound_s', 0):.3f}s (beside inference), inference "
+                 f"{m.get('time_inference_s', 0):.3f}s, total {m.get('time_total_s', 0):.3f}s"],
     ]
     return rows
 
