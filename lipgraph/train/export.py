@@ -51,6 +51,29 @@ def final_weight(m: BoundedLinear | BoundedConv2d) -> torch.Tensor:
     return mat.view_as(m.weight)
 
 
+def exported_bound_estimate(model: LipNet, iters: int = 200) -> float:
+    """The trainer's estimate for the weights actually exported: per layer, power iteration (float64, from
+    the layer's persistent vector) on the final weight, multiplied. A LOWER estimate, never a certificate.
+
+    For Björck layers this differs from the training-time estimate when training used few iterations.
+    """
+    total = 1.0
+    for m in model.bounded():
+        w = final_weight(m)
+        u = m.u.detach().to(torch.float64).clone()
+        for _ in range(iters):
+            with torch.enable_grad():
+                v = u.clone().requires_grad_(True)
+                out = m.operator(v, w)
+                (g,) = torch.autograd.grad(0.5 * (out * out).sum(), v)
+            if not float(g.norm()) > 0:
+                break
+            u = g / g.norm()
+        with torch.no_grad():
+            total *= float(m.operator(u, w).norm() / u.norm())
+    return total
+
+
 def plain_model(model: LipNet, maxmin: str = "split") -> nn.Sequential:
     """A ``torch.nn.Sequential`` of stock layers computing the exported function (float32)."""
     out: list[nn.Module] = []

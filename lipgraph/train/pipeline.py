@@ -13,7 +13,7 @@ import torch
 
 from lipgraph.errors import LipgraphError
 from lipgraph.train.data import Splits, load, write_test_split
-from lipgraph.train.export import check_with_analyzer, export_onnx, plain_model
+from lipgraph.train.export import check_with_analyzer, export_onnx, exported_bound_estimate, plain_model
 from lipgraph.train.loop import EpochStats, TrainConfig, stderr_log, train
 
 
@@ -60,8 +60,7 @@ def run(cfg: TrainConfig, dataset: str, out: str, test_out: str | None = None, l
         torch.distributed.destroy_process_group()
     if rank != 0:
         return result
-    model.refresh(200)  # converge the estimate before recording it
-    result.trainer_bound = model.bound_estimate()
+    result.trainer_bound = exported_bound_estimate(model)  # of the weights written, not the training ones
     meta = {"method": cfg.method, "arch": cfg.arch, "dataset": data.name, "epochs": cfg.epochs,
             "hyperparameters": json.dumps(cfg.hyperparameters(), sort_keys=True),
             "trainer_bound_estimate": f"{result.trainer_bound:.9g}",
