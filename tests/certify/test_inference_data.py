@@ -181,3 +181,20 @@ def test_unsupported_model_exits_2_and_writes_nothing(tmp_path, capsys) -> None:
     assert rc == 2
     assert "without a sound Lipschitz bound" in err and "MatMul" in err
     assert not out.exists()
+
+
+def test_api_with_and_without_a_precomputed_analysis(model_file) -> None:
+    import hashlib
+
+    import lipgraph
+    from lipgraph.analyze import analyze
+
+    x = np.random.default_rng(3).uniform(size=(25, 1, 4, 4)).astype(np.float32)
+    y = np.arange(25) % 3
+    a = lipgraph.certify(str(model_file), x, y, eps=[0.01, 0.05])
+    b = lipgraph.certify(str(model_file), x, y, eps=[0.01, 0.05], analysis=analyze(str(model_file)))
+    assert isinstance(a, lipgraph.Certificate)
+    np.testing.assert_array_equal(a.radii, b.radii)
+    assert a.to_json()["certified_accuracy"] == b.to_json()["certified_accuracy"]
+    assert a.meta["model_sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
+    assert a.meta["model"] == str(model_file)
