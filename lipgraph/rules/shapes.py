@@ -23,10 +23,14 @@ def broadcast_factor(ctx: RuleContext, i: int) -> int:
     if in_shape is None or out_shape is None:
         # Shapes unknown: fall back to the broadcast of the other inputs' known shapes.
         shapes = [ctx.in_shape(j) for j in range(len(ctx.node.inputs)) if ctx.has_input(j)]
-        if in_shape is not None and all(s is not None and len(s) <= len(in_shape) for s in shapes):
-            # Every other operand has rank <= ours; broadcasting can still enlarge size-1 axes.
-            if all(d is not None and d != 1 for d in in_shape):
-                return 1
+        # Every other operand has rank <= ours, and none of our axes has length 1 (or unknown),
+        # so broadcasting cannot repeat our elements.
+        if (
+            in_shape is not None
+            and all(s is not None and len(s) <= len(in_shape) for s in shapes)
+            and all(d is not None and d != 1 for d in in_shape)
+        ):
+            return 1
         raise Refuse(f"cannot tell how often input '{ctx.node.inputs[i]}' is broadcast (unknown shapes)")
     rank = len(out_shape)
     a = _aligned(in_shape, rank)
