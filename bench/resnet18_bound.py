@@ -5,9 +5,14 @@ What it measures, per exporter (torch's default ``dynamo=True`` exporter, the le
 
 * the whole ``lipgraph bound MODEL --format json`` process, run as a subprocess: wall time and peak
   resident memory (``ru_maxrss`` of that child, from ``os.wait4``);
-* an in-process ``lipgraph.analyze`` with a time breakdown: loading, graph building (shape inference,
-  constant folding), each pass, and each rule family / op type. The breakdown wraps the registry's
-  rule functions and the pass list with timers at run time; no lipgraph file is modified.
+* an instrumented ``lipgraph.analyze`` (in a fresh process with the same environment) with a time
+  breakdown: loading, graph building (shape inference, constant folding), each pass, and each rule
+  family / op type. The breakdown wraps the registry's rule functions and the pass list with timers
+  at run time; no lipgraph file is modified.
+
+``--blas-threads 1`` sets ``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` for both
+processes. On a busy 2-core machine this matters by 10x or more (the per-frequency eigensolves of the
+conv bound are small LAPACK calls whose OpenBLAS threads busy-wait); the JSON records the load average.
 
 Run from the repository root::
 
@@ -191,7 +196,25 @@ def _uninstrument(restore: list[tuple[Any, str, Any]]) -> None:
             setattr(obj, key, orig)
 
 
-def run_in_process(model: Path, profile: bool, blas_threads: int | None) -> dict[str, Any]:
+def run_breakdown_child(model: Path, profile: bool, blas_threads: int | None) -> dict[str, Any]:
+    """The instrumented analyze() in a fresh process with the CLI's environment.
+
+    Not in this process: torch is loaded here, and thread limits set after OpenBLAS started
+    (threadpoolctl) were measured 10x slower than ``OPENBLAS_NUM_THREADS=1`` at process start.
+    """
+    env = dict(os.environ)
+    if blas_threads:
+        env.update({k: str(blas_threads) for k in BLAS_ENV})
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "breakdown.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--breakdown", str(model), "--out", str(out)]
+        proc = subprocess.run(cmd + (["--profile"] if profile else []), env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            return {"error": proc.stderr.strip()[-2000:]}
+        return json.loads(out.read_text())
+
+
+def run_in_process(model: Path, profile: bool) -> dict[str, Any]:
     import contextlib
 
     from lipgraph.analyze import analyze
@@ -199,16 +222,8 @@ def run_in_process(model: Path, profile: bool, blas_threads: int | None) -> dict
     timers = _Timers()
     restore = _instrument(timers)
     prof = None
-    limit: Any = contextlib.nullcontext()
-    if blas_threads:
-        try:
-            from threadpoolctl import threadpool_limits
-
-            limit = threadpool_limits(blas_threads)
-        except ImportError:
-            pass
     try:
-        with limit:
+        with contextlib.nullcontext():
             t0, c0 = time.perf_counter(), time.process_time()
             if profile:
                 import cProfile
@@ -261,7 +276,9 @@ def render(results: dict[str, Any]) -> str:
             lines.append(f"    exit {cli['exit_code']}: {cli.get('stderr', '')[:400]}")
     for r in results["runs"]:
         ip = r.get("in_process")
-        if not ip:
+        if not ip or "error" in ip:
+            if ip:
+                lines.append(f"[{r['exporter']}] in-process breakdown failed: {ip['error'][:400]}")
             continue
         lines += ["", f"[{r['exporter']}] in-process breakdown (total {ip['total_s']:.2f} s wall, "
                   f"{ip['cpu_s']:.2f} s cpu)"]
@@ -287,7 +304,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="limit BLAS/OpenMP threads (env for the CLI, threadpoolctl in-process)")
     ap.add_argument("--no-in-process", action="store_true", help="skip the in-process breakdown (CLI timing only)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "resnet18_bound.json")
+    ap.add_argument("--breakdown", type=Path, help=argparse.SUPPRESS)  # internal: the child of run_breakdown_child
     args = ap.parse_args(argv)
+    if args.breakdown:
+        args.out.write_text(json.dumps(run_in_process(args.breakdown, args.profile)))
+        return 0
 
     import torch
 
@@ -308,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             cli["loadavg_1min_before"] = round(load_before, 2)
             run: dict[str, Any] = {"exporter": name, "export": info, "cli": cli}
             if cli["exit_code"] == 0 and not args.no_in_process:
-                run["in_process"] = run_in_process(model, args.profile, args.blas_threads)
+                run["in_process"] = run_breakdown_child(model, args.profile, args.blas_threads)
             run["within_target"] = (cli["exit_code"] == 0 and cli["wall_s"] <= TARGET_S
                                     and cli["peak_rss_mib"] <= TARGET_GIB * 1024)
             runs.append(run)
