@@ -31,7 +31,7 @@ from lipgraph.norms import EPS64, NormBound, inflate
 from lipgraph.norms.dense import spectral_norm
 
 # Above this channel count (smaller side of the per-frequency symbol) the largest singular value is
-# taken from the Hermitian Gram matrix with a one-eigenvalue LAPACK driver, about 3x faster than an SVD.
+# taken from the eigenvalues of the Hermitian Gram matrix, 1.5x-3x faster than an SVD.
 _GRAM_EIG_MIN = 96
 # Dense exact path: at most this many flops (rough SVD cost, summed over groups).
 _DENSE_FLOP_BUDGET = 1.2e9
@@ -375,8 +375,6 @@ def _top_sv_gram(mats: np.ndarray) -> float:
     Hermitian eigensolver is backward stable, ``|lam^ - lam(G^)| <= p eps ||G^||`` (the SVD
     allowance, :func:`inflate`). So ``sigma_1^2 <= inflate(max(lam^, gamma F^2)) + gamma F^2``.
     """
-    import scipy.linalg as sl
-
     f, m, n = mats.shape
     if m <= n:
         gram = mats @ np.conj(np.swapaxes(mats, -1, -2))
@@ -386,10 +384,9 @@ def _top_sv_gram(mats: np.ndarray) -> float:
         inner, size = m, n
     gamma = 4.0 * (inner + 4) * EPS64 / (1.0 - 4.0 * (inner + 4) * EPS64)
     fro2 = float((np.abs(mats) ** 2).sum(axis=(1, 2)).max()) * (1 + 4 * inner * EPS64)
-    lam = 0.0
-    for i in range(f):
-        top = sl.eigh(gram[i], eigvals_only=True, subset_by_index=[size - 1, size - 1], driver="evx")
-        lam = max(lam, float(top[0]))
+    # numpy's batched Hermitian eigensolver (LAPACK heevd per matrix); it stays fast when the
+    # machine is oversubscribed, unlike a one-eigenvalue driver (measured: 3.8 s vs 19 s, 512 channels).
+    lam = float(np.linalg.eigvalsh(gram)[:, -1].max())
     err = gamma * fro2
     sq = inflate(max(lam, err), size) + err
     return float(np.nextafter(np.sqrt(sq) * (1 + 2 * EPS64), np.inf))
