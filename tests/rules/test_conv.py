@@ -114,13 +114,14 @@ def _evaluate_conv(case):
     pb, pe = resolve_pads(spatial, k, s, dil, pads, auto_pad)
     circ = conv_circulant_bound(w, groups, s, dil, pb, pe, spatial).value
     lmt = conv_lmt_bound(w, groups, s, dil).value
-    return exact, analysis.bound, analysis.nodes[0].method, circ, lmt
+    return exact, analysis.bound, analysis.nodes[0].method, circ, lmt, analysis.nodes[0].lower
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"n{c[0]}k{c[1]}s{c[2]}d{c[3]}p{c[4]}{c[5]}g{c[6]}")
 def test_conv_bound_sound_and_tight(case):
-    exact, bound, method, circ, lmt = _evaluate_conv(case)
+    exact, bound, method, circ, lmt, lower = _evaluate_conv(case)
     assert bound >= exact * (1 - TOL), (bound, exact, method)
+    assert lower is None or lower <= exact * (1 + 1e-6), (lower, exact)  # a lower estimate, never above
     assert bound <= exact * TIGHT + 1e-12, (bound, exact, method)
     # Each sound bound on its own, used or not:
     assert circ >= exact * (1 - TOL)
@@ -182,7 +183,10 @@ def _evaluate_convt(case):
     in_shape = (1, groups * cg) + spatial
     exact = exact_norm("ConvTranspose", w, in_shape, **attrs)
     analysis = lipgraph.analyze(one_node_model("ConvTranspose", w, in_shape, **attrs))
-    return exact, analysis.bound, analysis.nodes[0].method, auto_pad is not None and auto_pad.startswith("SAME")
+    same = auto_pad is not None and auto_pad.startswith("SAME")
+    lower = analysis.nodes[0].lower
+    assert lower is None or lower <= exact * (1 + 1e-6), (lower, exact)
+    return exact, analysis.bound, analysis.nodes[0].method, same
 
 
 @pytest.mark.parametrize("case", CONVT_CASES, ids=lambda c: f"n{c[0]}k{c[1]}s{c[2]}d{c[3]}p{c[4]}op{c[5]}{c[7]}")
@@ -232,6 +236,26 @@ def _symbolic_model(w, pads):
     node = helper.make_node("Conv", ["x", "W"], ["y"], name="c", pads=list(pads))
     graph = helper.make_graph([node], "g", [x], [y], initializer=[numpy_helper.from_array(w, "W")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_circulant_path_in_the_rule_with_power_lower():
+    """A layer too large for the dense path: the rule uses the circulant bound, within 1.10x of the
+    exact norm (ORT oracle), and its power-iteration lower estimate is below the exact norm."""
+    from lipgraph.norms import conv as conv_norms
+
+    w = _weight((16, 16, 3, 3), 31) / 10
+    in_shape = (1, 16, 10, 10)
+    attrs = {"pads": [1, 1, 1, 1]}
+    exact = exact_norm("Conv", w, in_shape, **attrs)
+    old = conv_norms._DENSE_FLOP_BUDGET
+    conv_norms._DENSE_FLOP_BUDGET = 0.0  # force the circulant path
+    try:
+        node = lipgraph.analyze(one_node_model("Conv", w, in_shape, **attrs)).nodes[0]
+    finally:
+        conv_norms._DENSE_FLOP_BUDGET = old
+    assert node.method.startswith("circulant symbol N=11x11"), node.method
+    assert exact * (1 - TOL) <= node.bound <= exact * TIGHT
+    assert node.lower is not None and 0.5 * exact <= node.lower <= exact * (1 + 1e-6)
 
 
 def test_unknown_input_size_uses_lmt_and_bounds_every_size():
