@@ -37,6 +37,9 @@ _GRAM_EIG_MIN = 96
 _DENSE_FLOP_BUDGET = 1.2e9
 # Symbol arrays larger than this many complex entries are processed in frequency chunks.
 _CHUNK_ENTRIES = 4_000_000
+# The circulant bound visits every frequency of its grid (and builds an index array of it): above this
+# many grid points (a 2048 x 2048 input) it would exhaust memory and time, so the LMT bound is used.
+_MAX_CIRCULANT_POINTS = 2**22
 
 
 @dataclass(frozen=True)
@@ -540,6 +543,9 @@ def conv_bound(
         if dense.value <= lmt.value:
             return dense
         return NormBound(lmt.value, lmt.method, dense.lower)
+    if math.prod(circulant_grid(geo, w.shape[2:])) > _MAX_CIRCULANT_POINTS:
+        # A declared input of 10^5 x 10^5 must not allocate its grid: the size-free LMT bound.
+        return NormBound(lmt.value, f"LMT overlap (input too large for the circulant bound): {lmt.method}", None)
     circ = conv_circulant_bound(w, groups, geo.strides, geo.dilations, geo.pads_begin, geo.pads_end, geo.in_spatial)
     best = circ if circ.value <= lmt.value else lmt
     lower = None
