@@ -87,7 +87,22 @@ def run_one(name: str, quick: bool, timeout: float, blas_threads: int | None = N
     }
 
 
+def previous(name: str) -> dict[str, Any] | None:
+    """A benchmark not run this time but with a JSON from an earlier run (shown as such)."""
+    path = RESULTS / f"{name}.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    when = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return {"name": name, "command": data.get("command", f"python bench/{name}.py"), "exit_code": "previous",
+            "wall_s": float("nan"), "json": str(path.relative_to(ROOT)), "data": data,
+            "stdout_tail": f"(not run by this invocation; {path.name} written {when})", "stderr_tail": ""}
+
+
 def status_of(r: dict[str, Any]) -> str:
+    if r["exit_code"] == "previous":
+        return "earlier run"
     if r["exit_code"] is None:
         return "timeout"
     if r["exit_code"] == 0:
@@ -132,7 +147,8 @@ def summary_md(runs: list[dict[str, Any]], quick: bool, blas_threads: int | None
     ]
     for r in runs:
         link = f"[{Path(r['json']).name}]({Path(r['json']).name})" if r["json"] else "-"
-        lines.append(f"| {r['name']} | {status_of(r)} | {r['wall_s']:.1f} | {highlights(r['data'])} | "
+        wall = "-" if r["wall_s"] != r["wall_s"] else f"{r['wall_s']:.1f}"
+        lines.append(f"| {r['name']} | {status_of(r)} | {wall} | {highlights(r['data'])} | "
                      f"`{r['command']}` | {link} |")
     for r in runs:
         lines += ["", f"## {r['name']}", "", "```", r["stdout_tail"] or "(no output)", "```"]
@@ -161,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     RESULTS.mkdir(parents=True, exist_ok=True)
     runs = [run_one(n, args.quick, args.timeout, args.blas_threads) for n in names]
-    (RESULTS / "SUMMARY.md").write_text(summary_md(runs, args.quick, args.blas_threads))
+    others = [p for n in discover() if n not in names and (p := previous(n)) is not None]
+    (RESULTS / "SUMMARY.md").write_text(summary_md(runs + others, args.quick, args.blas_threads))
     print("\n" + "\n".join(f"{r['name']:<20} {status_of(r):<16} {r['wall_s']:8.1f} s" for r in runs))
     print(f"wrote {(RESULTS / 'SUMMARY.md').relative_to(ROOT)}")
     return 0 if all(status_of(r) == "ok" for r in runs) else 1
