@@ -1,0 +1,562 @@
+"""`lipgraph certify --format html`: one self-contained HTML file (inline SVG, inline CSS, no script).
+
+Views of the same numbers as the JSON report (``Certificate.to_json()``); the two figures built from
+per-sample radii use the certificate's radii (the JSON holds them only with ``--per-sample``):
+
+1. certified accuracy against the L2 radius: the exact step function
+   ``acc(r) = #{i : correct_i and radius_i >= r} / N`` (clean accuracy at r = 0), the accuracy at
+   each reported eps marked on it, the gates drawn as markers (green = passed, red = failed) and,
+   with ``--baseline``, the baseline's curve (its own step function when the baseline report has
+   ``per_sample``, otherwise the points it reports);
+2. a histogram of the certified radii of correctly classified samples (misclassified samples counted
+   separately);
+3. each node's own factor on a log scale, the largest contributors to the bound named.
+
+Every string that comes from the model, the data or the configuration is escaped (``html.escape``).
+Numbers carry their exact value in ``data-value`` attributes so that tests (and scripts) can check
+them against the JSON report. The printed Lipschitz bound is rounded up (``fmt_upper``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lipgraph.report.svg import (
+    Linear,
+    attrs,
+    esc,
+    nice_max,
+    num,
+    polyline,
+    step_path,
+    svg_open,
+    tick_label,
+    ticks,
+)
+from lipgraph.report.tables import fmt_float, fmt_upper
+
+# Okabe-Ito colours: distinguishable with the common colour-vision deficiencies; all dark enough on white.
+BLUE = "#0072B2"
+ORANGE = "#C26A00"  # a darker Okabe-Ito orange, for 3:1 contrast on white
+GREEN = "#007A5A"
+RED = "#C0392B"
+GREY = "#6B6B6B"
+GRID = "#E3E3E3"
+
+_JOIN_OPS = {"Add", "Sub", "Sum", "Mean", "Concat", "Max", "Min", "Mul", "Div", "MatMul", "Einsum"}
+_MAX_LAYER_ROWS = 60
+_TOP_CONTRIBUTORS = 5
+
+_CSS = """
+:root { color-scheme: light; }
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
+       color: #1a1a1a; background: #fff; margin: 0; }
+main { max-width: 1000px; margin: 0 auto; padding: 24px 20px 48px; }
+h1 { font-size: 1.5em; margin: 0 0 4px; } h2 { font-size: 1.2em; margin: 32px 0 8px; }
+.sub { color: #444; margin: 0 0 16px; word-break: break-all; }
+.badge { display: inline-block; padding: 2px 10px; border-radius: 4px; font-weight: 600; color: #fff; }
+.pass { background: #007A5A; } .fail { background: #C0392B; } .none { background: #555; }
+.cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 16px 0; }
+.card { border: 1px solid #ccc; border-radius: 6px; padding: 8px 14px; min-width: 120px; }
+.card .k { color: #444; font-size: .85em; } .card .v { font-size: 1.35em; font-weight: 600; }
+table { border-collapse: collapse; margin: 8px 0; }
+th, td { border-bottom: 1px solid #ddd; padding: 4px 10px; text-align: left; vertical-align: top; }
+th { background: #f4f4f4; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
+td.ok, td.bad { white-space: nowrap; font-weight: 600; } td.ok { color: #007A5A; } td.bad { color: #C0392B; }
+.kv th { width: 190px; background: none; font-weight: 600; } .kv td { word-break: break-all; }
+figure { margin: 8px 0 20px; } figcaption { color: #333; font-size: .92em; max-width: 860px; }
+svg { max-width: 100%; height: auto; font-family: inherit; }
+svg text { fill: #1a1a1a; font-size: 12px; }
+ul.warn li { margin: 4px 0; } .muted { color: #555; }
+details summary { cursor: pointer; margin: 8px 0; }
+code { background: #f2f2f2; padding: 0 3px; border-radius: 3px; word-break: break-all; }
+"""
+
+
+# ------------------------------------------------------------------ small formatting helpers
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100.0 * x:.2f}%"
+
+
+def _num_cell(value: float | None, text: str, cls: str = "n") -> str:
+    dv = "" if value is None else f' data-value="{esc(repr(float(value)))}"'
+    return f'<td class="{cls}"{dv}>{esc(text)}</td>'
+
+
+def _short(name: str, n: int = 30) -> str:
+    return name if len(name) <= n else name[: n - 1] + "…"
+
+
+def _fmt_r(x: float) -> str:
+    return fmt_float(x, 4)
+
+
+# ------------------------------------------------------------------ the data behind the figures
+def _curve_steps(radii: np.ndarray, correct: np.ndarray, n: int) -> list[tuple[float, float]]:
+    """Corners (r, acc just after r) of the certified-accuracy step function, starting at (0, acc(0)).
+
+    acc(r) = #{correct and radius >= r} / n is left-continuous and non-increasing: it keeps its value
+    up to each distinct radius and drops right after it.
+    """
+    r = np.sort(np.asarray(radii, dtype=np.float64)[np.asarray(correct, dtype=bool)])
+    m = r.size
+    out = [(0.0, m / n if n else 0.0)]
+    if m == 0:
+        return out
+    vals, counts = np.unique(r, return_counts=True)
+    left = m
+    for v, c in zip(vals, counts, strict=True):
+        left -= int(c)
+        out.append((float(v), left / n))
+    return out
+
+
+def _baseline_curve(base: dict[str, Any]) -> tuple[list[tuple[float, float]] | None, list[tuple[float, float]]]:
+    """The baseline's step corners (when its report has per_sample) and its reported points."""
+    points = sorted((float(k), float(v)) for k, v in (base.get("certified_accuracy") or {}).items())
+    path = base.get("path")
+    if not path:
+        return None, points
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        rows = data.get("per_sample") if isinstance(data, dict) else None
+        if not isinstance(rows, list) or not rows:
+            return None, points
+        radii = np.array([float(r["radius"]) for r in rows])
+        correct = np.array([r.get("label") is None or int(r["label"]) == int(r["prediction"]) for r in rows])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None, points  # the gates already read its certified_accuracy; draw what is certain
+    if not np.all(radii >= 0) or np.any(np.isnan(radii)):
+        return None, points
+    return _curve_steps(radii, correct, len(rows)), points
+
+
+def _min_allowed(g: dict[str, Any]) -> tuple[float, float] | None:
+    """(eps, smallest allowed certified accuracy) of a gate that lives on the accuracy-vs-radius plane."""
+    kind = g.get("kind")
+    if kind == "min-certified-accuracy" and g.get("eps") is not None:
+        return float(g["eps"]), float(g["threshold"])
+    if kind == "min-clean-accuracy":
+        return 0.0, float(g["threshold"])
+    if kind == "max-drop" and g.get("eps") is not None and g.get("baseline") is not None:
+        return float(g["eps"]), max(0.0, float(g["baseline"]) - float(g["threshold"]))
+    return None
+
+
+# ------------------------------------------------------------------ figure 1: certified accuracy vs radius
+def _gate_marker(x: float, y: float, g: dict[str, Any]) -> str:
+    """Upward triangle (passed) or cross (failed) at (eps, smallest allowed accuracy): shape and colour."""
+    ok = bool(g["passed"])
+    colour = GREEN if ok else RED
+    e, t = _min_allowed(g) or (None, None)
+    label = f"gate {'passed' if ok else 'FAILED'}: {g.get('message', g.get('name', ''))}"
+    common = attrs(class_=f"gate {'gate-pass' if ok else 'gate-fail'}", data_kind=g.get("kind"),
+                   data_eps=None if e is None else repr(e), data_threshold=None if t is None else repr(t),
+                   data_passed="true" if ok else "false", data_colour=colour)
+    if ok:
+        d = f"M{num(x)} {num(y - 8)} L{num(x + 7)} {num(y + 5)} L{num(x - 7)} {num(y + 5)} Z"
+        return (f'<path {common} d="{d}" fill="{colour}" stroke="#fff" stroke-width="1.5">'
+                f"<title>{esc(label)}</title></path>")
+    d = f"M{num(x - 6)} {num(y - 6)} L{num(x + 6)} {num(y + 6)} M{num(x + 6)} {num(y - 6)} L{num(x - 6)} {num(y + 6)}"
+    return (f'<g {common}><title>{esc(label)}</title><path d="{d}" fill="none" stroke="#fff" stroke-width="7"/>'
+            f'<path d="{d}" fill="none" stroke="{colour}" stroke-width="3.5"/></g>')
+
+
+def _accuracy_figure(d: dict[str, Any], cert: Any) -> str:
+    n = int(d["samples"])
+    radii = np.asarray(cert.radii, dtype=np.float64)
+    correct = np.asarray(cert.correct, dtype=bool)
+    finite = np.isfinite(radii)
+    n_inf = int(np.sum(correct & ~finite))
+    steps = _curve_steps(np.where(finite, radii, 0.0), correct & finite, n)
+    if n_inf:  # certified at every radius: they lift the whole curve
+        steps = [(r, a + n_inf / n) for r, a in steps]
+    base = d.get("baseline")
+    base_steps, base_points = _baseline_curve(base) if base else (None, [])
+    gates = [(g, _min_allowed(g)) for g in d["gates"]]
+    gates = [(g, p) for g, p in gates if p is not None]
+    eps_pts = sorted((float(k), float(v)) for k, v in d["certified_accuracy"].items())
+
+    xs = [r for r, _ in steps] + [e for e, _ in eps_pts] + [p[0] for _, p in gates] + [e for e, _ in base_points]
+    if base_steps:
+        xs += [r for r, _ in base_steps if math.isfinite(r)]
+    xmax, xstep = nice_max(max(xs) * 1.05 if max(xs) > 0 else 1.0, 6)
+
+    w, h = 760, 420
+    left, right, top, bottom = 64, 24, 44, 56
+    sx = Linear(0.0, xmax, left, w - right)
+    sy = Linear(0.0, 1.0, h - bottom, top)
+    yname = ("certified accuracy" if d["clean_accuracy"] is not None
+             else "certified fraction (of the model's predictions)")
+    clean_txt = _pct(d["clean_accuracy"]) if d["clean_accuracy"] is not None else "n/a (no labels)"
+    desc = (f"Step curve of {yname} against L2 radius from 0 to {tick_label(xmax, xstep)}; clean accuracy "
+            f"{clean_txt}; " + "; ".join(f"at eps {e:g}: {_pct(a)}" for e, a in eps_pts)
+            + (f"; {len(gates)} gate marker(s)" if gates else "") + ("; baseline drawn" if base else "") + ".")
+    out = [svg_open("fig-accuracy", w, h, f"{yname.capitalize()} against L2 radius", desc,
+                    data_xmax=repr(xmax), data_plot=f"{left} {top} {w - left - right} {h - top - bottom}")]
+    # grid and axes
+    for t in ticks(0.0, 1.0, 0.2):
+        y = sy(t)
+        out.append(f'<line x1="{left}" x2="{w - right}" y1="{num(y)}" y2="{num(y)}" stroke="{GRID}"/>')
+        out.append(f'<text x="{left - 8}" y="{num(y + 4)}" text-anchor="end">{int(round(t * 100))}%</text>')
+    for t in ticks(0.0, xmax, xstep):
+        x = sx(t)
+        out.append(f'<line x1="{num(x)}" x2="{num(x)}" y1="{top}" y2="{h - bottom}" stroke="{GRID}"/>')
+        out.append(f'<text x="{num(x)}" y="{h - bottom + 18}" text-anchor="middle">{esc(tick_label(t, xstep))}</text>')
+    out.append(f'<rect x="{left}" y="{top}" width="{w - left - right}" height="{h - top - bottom}" '
+               f'fill="none" stroke="#888"/>')
+    out.append(f'<text x="{(left + w - right) / 2:.0f}" y="{h - 14}" text-anchor="middle">'
+               "L2 radius ε (input units)</text>")
+    out.append(f'<text transform="translate(16 {(top + h - bottom) / 2:.0f}) rotate(-90)" text-anchor="middle">'
+               f"{esc(yname)}</text>")
+    # the baseline first, so that the current curve is drawn over it
+    if base_steps:
+        pts = [(sx(r), sy(a)) for r, a in base_steps] + [(sx(xmax), sy(base_steps[-1][1]))]
+        out.append(f'<path class="baseline-curve" d="{step_path(pts)}" fill="none" stroke="{ORANGE}" '
+                   f'stroke-width="2" stroke-dasharray="6 4"><title>baseline: {esc(base.get("path", ""))}'
+                   "</title></path>")
+    elif base_points:
+        pts = [(sx(e), sy(a)) for e, a in base_points]
+        if len(pts) > 1:
+            out.append(f'<polyline class="baseline-curve" points="{polyline(pts)}" fill="none" stroke="{ORANGE}" '
+                       f'stroke-width="1.5" stroke-dasharray="3 4"><title>baseline, joined between the eps it '
+                       f"reports (its curve in between is not known)</title></polyline>")
+    for e, a in base_points:
+        out.append(f'<rect class="baseline-point" x="{num(sx(e) - 4.5)}" y="{num(sy(a) - 4.5)}" width="9" height="9" '
+                   f'fill="#fff" stroke="{ORANGE}" stroke-width="2" {attrs(data_eps=repr(e), data_acc=repr(a))}>'
+                   f"<title>baseline at eps {e:g}: {_pct(a)}</title></rect>")
+    # the curve itself, extended flat to the right edge
+    pts = [(sx(r), sy(a)) for r, a in steps] + [(sx(xmax), sy(steps[-1][1]))]
+    out.append(f'<path class="curve" d="{step_path(pts)}" fill="none" stroke="{BLUE}" stroke-width="2.5">'
+               f"<title>{esc(yname)} (exact, from {n} per-sample radii)</title></path>")
+    for e, a in eps_pts:
+        out.append(f'<circle class="eps-point" cx="{num(sx(e))}" cy="{num(sy(a))}" r="4.5" fill="{BLUE}" '
+                   f'stroke="#fff" stroke-width="1.5" {attrs(data_eps=repr(e), data_acc=repr(a))}>'
+                   f"<title>eps {e:g}: {_pct(a)}</title></circle>")
+    for g, (e, t) in gates:
+        out.append(_gate_marker(sx(e), sy(t), g))
+    # legend, above the plot
+    lx, ly = left, 20
+    items = [(f'<line x1="0" x2="22" y1="0" y2="0" stroke="{BLUE}" stroke-width="2.5"/>', "this model")]
+    if base:
+        items.append((f'<line x1="0" x2="22" y1="0" y2="0" stroke="{ORANGE}" stroke-width="2" '
+                      f'stroke-dasharray="6 4"/><rect x="6.5" y="-4.5" width="9" height="9" fill="#fff" '
+                      f'stroke="{ORANGE}" stroke-width="2"/>', "baseline"))
+    if any(g["passed"] for g, _ in gates):
+        items.append((f'<path d="M11 -8 L18 5 L4 5 Z" fill="{GREEN}"/>', "gate passed (minimum allowed)"))
+    if any(not g["passed"] for g, _ in gates):
+        items.append((f'<path d="M5 -6 L17 6 M17 -6 L5 6" stroke="{RED}" stroke-width="3.5"/>',
+                      "gate failed (minimum allowed)"))
+    for sym, label in items:
+        out.append(f'<g transform="translate({lx} {ly})">{sym}<text x="28" y="4">{esc(label)}</text></g>')
+        lx += 40 + 7 * len(label)
+    out.append("</svg>")
+    cap = ("Certified accuracy at radius ε: the fraction of samples classified correctly whose certified L2 "
+           "radius is at least ε (at ε = 0, the clean accuracy). Computed exactly from every sample's radius; "
+           "dots mark the reported eps values.")
+    if n_inf:
+        cap += f" {n_inf} sample(s) have an infinite radius (certified at every ε)."
+    if base and not base_steps:
+        cap += (" The baseline report has no per-sample radii: only the eps values it reports are known "
+                "(squares); the dotted line between them is a guide, not data.")
+    return f'<figure>{"".join(out)}<figcaption>{esc(cap)}</figcaption></figure>'
+
+
+# ------------------------------------------------------------------ figure 2: histogram of radii
+def _histogram_figure(d: dict[str, Any], cert: Any) -> str:
+    radii = np.asarray(cert.radii, dtype=np.float64)
+    correct = np.asarray(cert.correct, dtype=bool)
+    n = int(d["samples"])
+    n_wrong = int(np.sum(~correct))
+    finite = correct & np.isfinite(radii)
+    n_inf = int(np.sum(correct & ~np.isfinite(radii)))
+    r = radii[finite]
+    rmax = float(r.max()) if r.size else 0.0
+    xmax, xstep = nice_max(rmax if rmax > 0 else 1.0, 6)
+    bins = int(min(30, max(6, math.ceil(math.sqrt(max(r.size, 1))))))
+    width = xmax / bins
+    counts = np.bincount(np.minimum((r / width).astype(np.int64), bins - 1), minlength=bins) if r.size \
+        else np.zeros(bins, dtype=np.int64)
+    w, h = 760, 320
+    left, right, top, bottom = 64, 24, 20, 56
+    gap = 70  # the misclassified bar lives left of the radius axis
+    sx = Linear(0.0, xmax, left + gap, w - right - (50 if n_inf else 0))
+    cmax = max(int(counts.max()) if counts.size else 0, n_wrong, n_inf, 1)
+    cmax_nice, cstep = nice_max(cmax, 5)
+    if cstep < 1:
+        cmax_nice, cstep = float(max(cmax, 1)), 1.0
+    sy = Linear(0.0, cmax_nice, h - bottom, top)
+    desc = (f"Histogram of certified radii of the {int(correct.sum())} correctly classified samples in {bins} bins "
+            f"from 0 to {tick_label(xmax, xstep)}; {n_wrong} misclassified sample(s) counted separately"
+            + (f"; {n_inf} with infinite radius" if n_inf else "") + ".")
+    out = [svg_open("fig-histogram", w, h, "Histogram of certified radii", desc,
+                    data_samples=str(n), data_bins=str(bins))]
+    for t in ticks(0.0, cmax_nice, cstep):
+        y = sy(t)
+        out.append(f'<line x1="{left}" x2="{w - right}" y1="{num(y)}" y2="{num(y)}" stroke="{GRID}"/>')
+        out.append(f'<text x="{left - 8}" y="{num(y + 4)}" text-anchor="end">{esc(tick_label(t, cstep))}</text>')
+    for t in ticks(0.0, xmax, xstep):
+        out.append(f'<text x="{num(sx(t))}" y="{h - bottom + 18}" text-anchor="middle">'
+                   f"{esc(tick_label(t, xstep))}</text>")
+    base_y = sy(0)
+
+    def bar(x0: float, x1: float, c: int, cls: str, fill: str, label: str, extra: str = "") -> str:
+        y = sy(c)
+        return (f'<rect class="{cls}" x="{num(x0)}" y="{num(y)}" width="{num(max(x1 - x0, 0.5))}" '
+                f'height="{num(base_y - y)}" fill="{fill}" {extra} data-count="{c}"><title>{esc(label)}</title></rect>')
+
+    for i, c in enumerate(counts):
+        lo, hi = i * width, (i + 1) * width
+        edge = "]" if i == bins - 1 else ")"
+        out.append(bar(sx(lo) + 0.5, sx(hi) - 0.5, int(c), "hist-bar", BLUE,
+                       f"radius in [{_fmt_r(lo)}, {_fmt_r(hi)}{edge}: {int(c)} sample(s)",
+                       attrs(data_lo=repr(lo), data_hi=repr(hi))))
+    out.append(bar(left + 12, left + gap - 14, n_wrong, "hist-wrong", GREY,
+                   f"misclassified: {n_wrong} sample(s) (no certified radius)"))
+    out.append(f'<text x="{left + gap / 2 - 1:.0f}" y="{h - bottom + 18}" text-anchor="middle">wrong</text>')
+    if n_inf:
+        xi = w - right - 44
+        out.append(bar(xi, xi + 36, n_inf, "hist-inf", BLUE, f"infinite radius: {n_inf} sample(s)"))
+        out.append(f'<text x="{xi + 18}" y="{h - bottom + 18}" text-anchor="middle">∞</text>')
+    out.append(f'<line x1="{left}" x2="{w - right}" y1="{num(base_y)}" y2="{num(base_y)}" stroke="#888"/>')
+    out.append(f'<text x="{(left + gap + w - right) / 2:.0f}" y="{h - 14}" text-anchor="middle">'
+               "certified L2 radius (correctly classified samples)</text>")
+    out.append(f'<text transform="translate(16 {(top + h - bottom) / 2:.0f}) rotate(-90)" text-anchor="middle">'
+               "samples</text>")
+    out.append("</svg>")
+    cap = (f"How far each correctly classified sample is certified (median radius {_fmt_r(d['median_radius'])}, "
+           f"mean {_fmt_r(d['mean_radius'])} over all samples, misclassified ones counting 0). "
+           "The grey bar counts the misclassified samples, which have no certified radius.")
+    return f'<figure>{"".join(out)}<figcaption>{esc(cap)}</figcaption></figure>'
+
+
+# ------------------------------------------------------------------ figure 3: where the bound comes from
+def _is_join(nd: dict[str, Any]) -> bool:
+    """A node joining branches reports its output bound, not an own factor (lipgraph.analyze)."""
+    return nd.get("op_type") in _JOIN_OPS and nd.get("bound") == nd.get("cumulative") and (
+        "branch" in str(nd.get("method", "")) or nd.get("op_type") in {"Sum", "Mean", "Concat"})
+
+
+def _layers_figure(d: dict[str, Any]) -> str:
+    nodes = [nd for nd in d["nodes"] if isinstance(nd.get("bound"), int | float)]
+    if not nodes:
+        return '<p class="muted">No per-node factors in this report.</p>'
+    own = [nd for nd in nodes if not _is_join(nd)]
+    ranked = sorted((nd for nd in own if nd["bound"] > 1.0), key=lambda nd: -nd["bound"])
+    top = {id(nd) for nd in ranked[:_TOP_CONTRIBUTORS]}
+    shown = nodes
+    hidden = 0
+    if len(nodes) > _MAX_LAYER_ROWS:  # keep graph order, drop the nodes whose factor is closest to 1
+        keep = sorted(nodes, key=lambda nd: -abs(math.log10(nd["bound"])) if nd["bound"] > 0 else -1e9)
+        keep_ids = {id(nd) for nd in keep[:_MAX_LAYER_ROWS]} | top
+        shown = [nd for nd in nodes if id(nd) in keep_ids]
+        hidden = len(nodes) - len(shown)
+    positive = [nd["bound"] for nd in shown if nd["bound"] > 0 and math.isfinite(nd["bound"])] + [1.0]
+    lo = math.floor(math.log10(min(positive)))
+    hi = math.ceil(math.log10(max(positive)))
+    if hi == lo:
+        hi += 1
+    row_h, label_w = 20, 300
+    w = 760
+    top_m, bottom = 28, 44
+    h = top_m + bottom + row_h * len(shown)
+    sx = Linear(float(lo), float(hi), label_w, w - 90)
+    x1 = sx(0.0)
+    desc = (f"Horizontal bars, log scale: the own Lipschitz factor of each of {len(shown)} nodes in graph order. "
+            + ("Largest: " + ", ".join(f"{nd['name']} ({nd['op_type']}) {fmt_upper(nd['bound'], 4)}"
+                                       for nd in ranked[:_TOP_CONTRIBUTORS]) + "." if ranked else
+               "No node has a factor above 1."))
+    out = [svg_open("fig-layers", w, h, "Per-node Lipschitz factors (log scale)", desc)]
+    for k in range(lo, hi + 1):
+        x = sx(float(k))
+        out.append(f'<line x1="{num(x)}" x2="{num(x)}" y1="{top_m - 6}" y2="{h - bottom}" '
+                   f'stroke="{"#999" if k == 0 else GRID}"/>')
+        label = f"{10.0 ** k:g}" if -3 <= k <= 3 else f"1e{k}"
+        out.append(f'<text x="{num(x)}" y="{h - bottom + 16}" text-anchor="middle">{esc(label)}</text>')
+    out.append(f'<text x="{(label_w + w - 90) / 2:.0f}" y="{h - 10}" text-anchor="middle">'
+               "factor (log scale; 1 = leaves the bound unchanged)</text>")
+    for i, nd in enumerate(shown):
+        y = top_m + i * row_h
+        name, op, b = str(nd["name"]), str(nd["op_type"]), float(nd["bound"])
+        join = _is_join(nd)
+        fill = GREY if join else (RED if id(nd) in top else BLUE)
+        xb = sx(math.log10(b)) if b > 0 else sx(float(lo))
+        x0, xw = (x1, xb - x1) if xb >= x1 else (xb, x1 - xb)
+        tip = (f"{name} ({op}): {'output bound (joins branches)' if join else 'factor'} {fmt_upper(b, 6)}; "
+               f"cumulative {fmt_upper(float(nd.get('cumulative', float('nan'))), 6)}; method: {nd.get('method', '')}")
+        weight = ' font-weight="600"' if id(nd) in top else ""
+        out.append(f'<g class="layer-row" {attrs(data_name=name, data_op=op, data_value=repr(b))}><title>{esc(tip)}'
+                   f'</title><text x="{label_w - 8}" y="{y + 14}" text-anchor="end"{weight}>'
+                   f"{esc(_short(name, 30))} <tspan fill=\"#555\">{esc(op)}</tspan></text>"
+                   f'<rect x="{num(x0)}" y="{y + 3}" width="{num(max(xw, 1.0))}" height="{row_h - 6}" '
+                   f'fill="{fill}"/><text x="{num(max(xb, x1) + 6)}" y="{y + 14}"{weight}>'
+                   f"{esc(('=' if join else '×') + fmt_upper(b, 4))}</text></g>")
+    out.append("</svg>")
+    cap = ("Each node's own factor: for a chain of layers the network bound is at most the product of the "
+           "factors, so the longest bars to the right are the layers to fix (shrink their spectral norm). ")
+    if ranked:
+        cap += "Largest contributors: " + ", ".join(
+            f"{nd['name']} ({nd['op_type']}, ×{fmt_upper(nd['bound'], 4)})" for nd in ranked[:_TOP_CONTRIBUTORS]) + ". "
+    if any(_is_join(nd) for nd in shown):
+        cap += "Grey bars join branches (Add, Concat, ...) and show the bound of their output, not a factor. "
+    if hidden:
+        cap += f"{hidden} nodes with factors closest to 1 are not drawn (all are in the table below)."
+    return f'<figure>{"".join(out)}<figcaption>{esc(cap.strip())}</figcaption></figure>'
+
+
+# ------------------------------------------------------------------ tables
+def _kv_table(rows: list[tuple[str, str, float | None]]) -> str:
+    body = []
+    for k, v, val in rows:
+        dv = "" if val is None else f' data-value="{esc(repr(float(val)))}"'
+        body.append(f'<tr><th scope="row">{esc(k)}</th><td{dv}>{v}</td></tr>')
+    return f'<table class="kv">{"".join(body)}</table>'
+
+
+def _summary(d: dict[str, Any]) -> str:
+    m = d["meta"]
+    data = m.get("data") or {}
+    versions = m.get("versions") or {}
+    tail = m.get("tail")
+    rows: list[tuple[str, str, float | None]] = [
+        ("model", f'<code id="model-path">{esc(m.get("model", ""))}</code>', None),
+        ("sha256", f'<code id="model-sha256">{esc(m.get("model_sha256", ""))}</code>', None),
+        ("opset / producer", esc(f"{m.get('opset')} / {m.get('producer') or '-'}"), None),
+        ("input → logits",
+         esc(f"{m.get('input')} {m.get('input_shape')} → {m.get('certified_tensor', m.get('logits'))}"), None),
+        ("Lipschitz bound (L2)", f'<span id="lipschitz-bound">{esc(fmt_upper(d["lipschitz_bound"], 8))}</span> '
+         '<span class="muted">(rounded up)</span>', d["lipschitz_bound"]),
+        ("radius method", esc(d["radius_method"] + (
+            f" (affine tail: {tail.get('ops')}, L_h {fmt_upper(tail['l_h'], 6)})"
+            if isinstance(tail, dict) and "l_h" in tail else "")), None),
+        ("data", esc(f"{data.get('source', '')} ({d['samples']} samples, x key {data.get('x_key')}, "
+                     f"y key {data.get('y_key')}, range [{fmt_float(data.get('input_min'), 4)}, "
+                     f"{fmt_float(data.get('input_max'), 4)}])"), None),
+        ("median / mean radius", esc(f"{_fmt_r(d['median_radius'])} / {_fmt_r(d['mean_radius'])}"), None),
+        ("provider", esc(f"{m.get('provider')} (batch size {m.get('batch_size')})"), None),
+        ("time", esc(f"bound {m.get('time_bound_s', 0):.3f} s (beside inference; waited "
+                     f"{m.get('time_bound_wait_s', 0):.3f} s), inference {m.get('time_inference_s', 0):.3f} s, "
+                     f"total {m.get('time_total_s', 0):.3f} s"), None),
+        ("versions", esc(", ".join(f"{k} {v}" for k, v in versions.items())), None),
+    ]
+    if m.get("config"):
+        rows.append(("gates from", f"<code>{esc(m['config'])}</code>", None))
+    if d.get("baseline"):
+        rows.append(("baseline", f"<code>{esc(d['baseline'].get('path', ''))}</code>", None))
+    rows.append(("float allowance", esc(m.get("float_allowance", "")), None))
+    return _kv_table(rows)
+
+
+def _eps_table(d: dict[str, Any]) -> str:
+    base = (d.get("baseline") or {}).get("certified_accuracy") or {}
+    head = ("<tr><th>eps</th><th>certified accuracy</th>" + ("<th>baseline</th><th>change</th>" if base else "")
+            + "</tr>")
+    body = []
+    if d["clean_accuracy"] is not None:
+        body.append(f'<tr id="clean-row"><td>0 (clean)</td>{_num_cell(d["clean_accuracy"], _pct(d["clean_accuracy"]))}'
+                    + ("<td></td><td></td>" if base else "") + "</tr>")
+    for k, v in sorted(d["certified_accuracy"].items(), key=lambda kv: float(kv[0])):
+        row = f'<tr class="eps-row" data-eps="{esc(k)}"><td>{esc(f"{float(k):g}")}</td>{_num_cell(v, _pct(v))}'
+        if base:
+            b = next((bv for bk, bv in base.items() if float(bk) == float(k)), None)
+            row += _num_cell(b, _pct(b) if b is not None else "-")
+            row += _num_cell(None, f"{100 * (v - b):+.2f} pt" if b is not None else "-")
+        body.append(row + "</tr>")
+    return f'<table id="eps-table"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def _gates_table(d: dict[str, Any]) -> str:
+    if not d["gates"]:
+        return '<p class="muted">No gates configured (see <code>--min-certified-accuracy</code>).</p>'
+    body = []
+    for g in d["gates"]:
+        ok = bool(g["passed"])
+        actual = g.get("actual")
+        body.append(
+            f'<tr class="gate-row {"gate-pass" if ok else "gate-fail"}" data-passed="{"true" if ok else "false"}">'
+            f'<td class="{"ok" if ok else "bad"}">{"✓ PASS" if ok else "✗ FAIL"}</td><td>{esc(g.get("name", ""))}</td>'
+            f'{_num_cell(actual, fmt_float(actual, 6) if actual is not None else "-")}'
+            f'{_num_cell(g.get("threshold"), fmt_float(g.get("threshold"), 6))}'
+            f'<td>{esc(g.get("message", ""))}</td></tr>')
+    return ('<table id="gates-table"><thead><tr><th>result</th><th>gate</th><th>actual</th><th>threshold</th>'
+            f'<th>detail</th></tr></thead><tbody>{"".join(body)}</tbody></table>')
+
+
+def _nodes_table(d: dict[str, Any]) -> str:
+    body = [
+        f'<tr><td><code>{esc(nd.get("name", ""))}</code></td><td>{esc(nd.get("op_type", ""))}</td>'
+        f'<td>{esc(nd.get("method", ""))}</td>{_num_cell(nd.get("bound"), fmt_upper(nd.get("bound"), 6))}'
+        f'{_num_cell(nd.get("cumulative"), fmt_upper(nd.get("cumulative"), 6))}</tr>'
+        for nd in d["nodes"]
+    ]
+    return (f'<details><summary>All {len(d["nodes"])} nodes (factor and cumulative bound)</summary>'
+            '<table id="nodes-table"><thead><tr><th>node</th><th>op</th><th>method</th><th>factor</th>'
+            f'<th>cumulative</th></tr></thead><tbody>{"".join(body)}</tbody></table></details>')
+
+
+# ------------------------------------------------------------------ the page
+def render_certificate(cert: Any) -> str:
+    """The whole report as one HTML document (a string)."""
+    d = cert.to_json()
+    m = d["meta"]
+    if not d["gates"]:
+        verdict, cls = "no gates configured", "none"
+    elif d["passed"]:
+        verdict, cls = "all gates passed", "pass"
+    else:
+        failed = sum(not g["passed"] for g in d["gates"])
+        verdict, cls = f"{failed} of {len(d['gates'])} gates failed", "fail"
+    model = str(m.get("model", "model"))
+    cards = [("Lipschitz bound (L2)", fmt_upper(d["lipschitz_bound"], 6), "card-bound", d["lipschitz_bound"]),
+             ("clean accuracy", _pct(d["clean_accuracy"]) if d["clean_accuracy"] is not None else "n/a",
+              "card-clean", d["clean_accuracy"]),
+             ("samples", str(d["samples"]), "card-samples", d["samples"])]
+    cards += [(f"certified @ ε={float(k):g}", _pct(v), None, v)
+              for k, v in sorted(d["certified_accuracy"].items(), key=lambda kv: float(kv[0]))]
+    card_html = "".join(
+        f'<div class="card"{f" id={chr(34)}{cid}{chr(34)}" if cid else ""}><div class="k">{esc(k)}</div>'
+        f'<div class="v"{"" if val is None else f" data-value={chr(34)}{esc(repr(float(val)))}{chr(34)}"}>'
+        f"{esc(v)}</div></div>"
+        for k, v, cid, val in cards)
+    warnings = d["warnings"]
+    warn_html = ("<ul class=\"warn\" id=\"warnings\">" + "".join(f"<li>{esc(w)}</li>" for w in warnings) + "</ul>"
+                 if warnings else '<p class="muted" id="warnings">No warnings.</p>')
+    when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    version = (m.get("versions") or {}).get("lipgraph", "")
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>lipgraph certify: {esc(Path(model).name)}</title>",
+        f"<style>{_CSS}</style></head><body><main>",
+        f'<h1>lipgraph certify <span class="badge {cls}" id="verdict">{esc(verdict)}</span></h1>',
+        f'<p class="sub">{esc(model)} · {d["samples"]} samples · {esc(when)}</p>',
+        f'<section aria-label="key numbers" class="cards">{card_html}</section>',
+        "<h2>Certified accuracy against radius</h2>",
+        _accuracy_figure(d, cert),
+        "<h2>Certified accuracy and gates</h2>",
+        _eps_table(d),
+        _gates_table(d),
+        "<h2>Distribution of certified radii</h2>",
+        _histogram_figure(d, cert),
+        "<h2>Where the Lipschitz bound comes from</h2>",
+        _layers_figure(d),
+        _nodes_table(d),
+        "<h2>Warnings</h2>",
+        warn_html,
+        "<h2>Run</h2>",
+        _summary(d),
+        f'<p class="muted">Generated by lipgraph {esc(version)}. This file is self-contained: no scripts, '
+        "no network access.</p>",
+        "</main></body></html>",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+render_html = render_certificate
