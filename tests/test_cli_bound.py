@@ -267,3 +267,17 @@ def test_subprocess_json(model_path: Path, tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "lipgraph", "--version"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and "onnxruntime" in proc.stdout
+
+
+def test_report_file_has_the_usual_mode(tmp_path) -> None:
+    """Reports are written via a temp file; they must not keep mkstemp's owner-only 0600 mode."""
+    import os
+    import stat
+
+    from lipgraph.atomic import _default_mode
+    from lipgraph.report import write_atomic
+
+    out = tmp_path / "r.txt"
+    write_atomic(out, "hello\n")
+    assert out.read_text() == "hello\n"
+    assert stat.S_IMODE(os.stat(out).st_mode) == _default_mode()

@@ -7,6 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from lipgraph.atomic import publish
 from lipgraph.errors import LipgraphError
 
 
@@ -30,7 +31,7 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
-        os.replace(tmp, p)
+        publish(tmp, p)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

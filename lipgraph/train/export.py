@@ -107,6 +107,8 @@ def export_onnx(net: nn.Module, in_shape: tuple[int, ...], path: str, metadata: 
     """``torch.onnx.export`` (dynamic batch) into a temp file in the target folder, metadata added, renamed."""
     import onnx
 
+    from lipgraph.atomic import publish
+
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp.onnx", dir=folder)
     os.close(fd)
@@ -132,7 +134,7 @@ def export_onnx(net: nn.Module, in_shape: tuple[int, ...], path: str, metadata: 
             entry = m.metadata_props.add()
             entry.key, entry.value = f"lipgraph.{k}", str(v)
         onnx.save(m, tmp)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
