@@ -281,3 +281,13 @@ def test_report_file_has_the_usual_mode(tmp_path) -> None:
     write_atomic(out, "hello\n")
     assert out.read_text() == "hello\n"
     assert stat.S_IMODE(os.stat(out).st_mode) == _default_mode()
+
+
+def test_printed_radii_round_down_and_bounds_up() -> None:
+    from lipgraph.report.tables import fmt_lower, fmt_upper
+
+    assert fmt_lower(0.5574889) == "0.557488"
+    assert fmt_upper(0.5574881) == "0.557489"
+    assert fmt_lower(-0.5574881) == "-0.557489"
+    assert float(fmt_lower(1 / 3)) <= 1 / 3 <= float(fmt_upper(1 / 3))
+    assert fmt_lower(0.0) == "0"

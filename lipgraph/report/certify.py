@@ -6,7 +6,7 @@ import json
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-from lipgraph.report.tables import fmt_float, markdown_table, text_table
+from lipgraph.report.tables import fmt_float, fmt_lower, fmt_upper, markdown_table, text_table
 
 
 def _pct(x: float | None) -> str:
@@ -18,10 +18,10 @@ def _summary_rows(d: dict[str, Any]) -> list[list[str]]:
     rows = [
         ["model", f"{m.get('model')} (sha256 {str(m.get('model_sha256', ''))[:12]}, opset {m.get('opset')})"],
         ["samples", str(d["samples"])],
-        ["Lipschitz bound (L2)", fmt_float(d["lipschitz_bound"], 8)],
+        ["Lipschitz bound (L2)", fmt_upper(d["lipschitz_bound"], 8)],
         ["clean accuracy", _pct(d["clean_accuracy"]) if d["clean_accuracy"] is not None else "n/a (no labels)"],
-        ["median radius", fmt_float(d["median_radius"])],
-        ["mean radius", fmt_float(d["mean_radius"])],
+        ["median radius", fmt_lower(d["median_radius"])],
+        ["mean radius", fmt_lower(d["mean_radius"])],
         ["radius method", d["radius_method"]],
         ["provider", str(m.get("provider"))],
         ["time", f"bound {m.get('time_bound_s', 0):.3f}s (beside inference), inference "

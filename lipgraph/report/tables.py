@@ -54,3 +54,12 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right:
     out.append("|" + "|".join("---:" if r else "---" for r in right) + "|")
     out.extend("| " + " | ".join(esc(c) for c in row) + " |" for row in rows)
     return "\n".join(out) + "\n"
+
+
+def fmt_lower(x: float | None, digits: int = 6) -> str:
+    """Like :func:`fmt_float`, but rounded toward -inf: a printed radius never over-certifies."""
+    if x is None or x != x or x in (float("inf"), float("-inf")) or x == 0:
+        return fmt_float(x, digits)
+    # Rounding x toward -inf is rounding -x toward +inf, then flipping the sign back.
+    flipped = fmt_upper(-x, digits)
+    return flipped[1:] if flipped.startswith("-") else "-" + flipped
