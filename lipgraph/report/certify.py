@@ -6,7 +6,7 @@ import json
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-from lipgraph.report.tables import fmt_float, fmt_lower, fmt_upper, markdown_table, text_table
+from lipgraph.report.tables import fmt_lower, fmt_upper, markdown_table, text_table
 
 
 def _pct(x: float | None) -> str:
