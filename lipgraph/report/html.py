@@ -183,10 +183,15 @@ def _accuracy_figure(d: dict[str, Any], cert: Any) -> str:
     gates = [(g, p) for g, p in gates if p is not None]
     eps_pts = sorted((float(k), float(v)) for k, v in d["certified_accuracy"].items())
 
-    xs = [r for r, _ in steps] + [e for e, _ in eps_pts] + [p[0] for _, p in gates] + [e for e, _ in base_points]
+    # 0 to the largest radius (and every gate): eps points where the accuracy is already 0 do not
+    # stretch the axis (the default grid can reach far past a small model's radii); they are listed instead
+    xs = [r for r, _ in steps] + [p[0] for _, p in gates] + [e for e, a in eps_pts + base_points if a > 0]
     if base_steps:
         xs += [r for r, _ in base_steps if math.isfinite(r)]
     xmax, xstep = nice_max(max(xs) * 1.05 if max(xs) > 0 else 1.0, 6)
+    beyond = sorted({e for e, _ in eps_pts + base_points if e > xmax})
+    eps_pts = [(e, a) for e, a in eps_pts if e <= xmax]
+    base_points = [(e, a) for e, a in base_points if e <= xmax]
 
     w, h = 760, 420
     left, right, top, bottom = 64, 24, 44, 56
@@ -260,6 +265,9 @@ def _accuracy_figure(d: dict[str, Any], cert: Any) -> str:
     cap = ("Certified accuracy at radius ε: the fraction of samples classified correctly whose certified L2 "
            "radius is at least ε (at ε = 0, the clean accuracy). Computed exactly from every sample's radius; "
            "dots mark the reported eps values.")
+    if beyond:
+        cap += (f" Beyond the plotted range, at ε = {', '.join(f'{e:g}' for e in beyond)}, the certified accuracy "
+                "is 0 (see the table).")
     if n_inf:
         cap += f" {n_inf} sample(s) have an infinite radius (certified at every ε)."
     if base and not base_steps:
@@ -289,8 +297,9 @@ def _histogram_figure(d: dict[str, Any], cert: Any) -> str:
     sx = Linear(0.0, xmax, left + gap, w - right - (50 if n_inf else 0))
     cmax = max(int(counts.max()) if counts.size else 0, n_wrong, n_inf, 1)
     cmax_nice, cstep = nice_max(cmax, 5)
-    if cstep < 1:
-        cmax_nice, cstep = float(max(cmax, 1)), 1.0
+    if cstep != int(cstep):  # counts: whole-number ticks only
+        cstep = float(math.ceil(cstep))
+        cmax_nice = cstep * math.ceil(cmax / cstep)
     sy = Linear(0.0, cmax_nice, h - bottom, top)
     desc = (f"Histogram of certified radii of the {int(correct.sum())} correctly classified samples in {bins} bins "
             f"from 0 to {tick_label(xmax, xstep)}; {n_wrong} misclassified sample(s) counted separately"
@@ -357,7 +366,9 @@ def _layers_figure(d: dict[str, Any]) -> str:
         keep_ids = {id(nd) for nd in keep[:_MAX_LAYER_ROWS]} | top
         shown = [nd for nd in nodes if id(nd) in keep_ids]
         hidden = len(nodes) - len(shown)
-    positive = [nd["bound"] for nd in shown if nd["bound"] > 0 and math.isfinite(nd["bound"])] + [1.0]
+    # joins carry an output bound, not a factor: they get no bar and do not set the axis
+    positive = [nd["bound"] for nd in shown
+                if nd["bound"] > 0 and math.isfinite(nd["bound"]) and not _is_join(nd)] + [1.0]
     lo = math.floor(math.log10(min(positive)))
     hi = math.ceil(math.log10(max(positive)))
     if hi == lo:
@@ -391,12 +402,17 @@ def _layers_figure(d: dict[str, Any]) -> str:
         tip = (f"{name} ({op}): {'output bound (joins branches)' if join else 'factor'} {fmt_upper(b, 6)}; "
                f"cumulative {fmt_upper(float(nd.get('cumulative', float('nan'))), 6)}; method: {nd.get('method', '')}")
         weight = ' font-weight="600"' if id(nd) in top else ""
+        if join:
+            mark = (f'<path d="M{num(x1)} {y + 4} l6 6 l-6 6 l-6 -6 Z" fill="{fill}"/>'
+                    f'<text x="{num(x1 + 10)}" y="{y + 14}" fill="#555">joins branches (output bound '
+                    f"{esc(fmt_upper(b, 4))})</text>")
+        else:
+            mark = (f'<rect x="{num(x0)}" y="{y + 3}" width="{num(max(xw, 1.0))}" height="{row_h - 6}" '
+                    f'fill="{fill}"/><text x="{num(max(xb, x1) + 6)}" y="{y + 14}"{weight}>'
+                    f"{esc('×' + fmt_upper(b, 4))}</text>")
         out.append(f'<g class="layer-row" {attrs(data_name=name, data_op=op, data_value=repr(b))}><title>{esc(tip)}'
                    f'</title><text x="{label_w - 8}" y="{y + 14}" text-anchor="end"{weight}>'
-                   f"{esc(_short(name, 30))} <tspan fill=\"#555\">{esc(op)}</tspan></text>"
-                   f'<rect x="{num(x0)}" y="{y + 3}" width="{num(max(xw, 1.0))}" height="{row_h - 6}" '
-                   f'fill="{fill}"/><text x="{num(max(xb, x1) + 6)}" y="{y + 14}"{weight}>'
-                   f"{esc(('=' if join else '×') + fmt_upper(b, 4))}</text></g>")
+                   f"{esc(_short(name, 30))} <tspan fill=\"#555\">{esc(op)}</tspan></text>{mark}</g>")
     out.append("</svg>")
     cap = ("Each node's own factor: for a chain of layers the network bound is at most the product of the "
            "factors, so the longest bars to the right are the layers to fix (shrink their spectral norm). ")
@@ -404,7 +420,8 @@ def _layers_figure(d: dict[str, Any]) -> str:
         cap += "Largest contributors: " + ", ".join(
             f"{nd['name']} ({nd['op_type']}, ×{fmt_upper(nd['bound'], 4)})" for nd in ranked[:_TOP_CONTRIBUTORS]) + ". "
     if any(_is_join(nd) for nd in shown):
-        cap += "Grey bars join branches (Add, Concat, ...) and show the bound of their output, not a factor. "
+        cap += ("Nodes that join branches (Add, Concat, ...) have no factor of their own; the bound of their "
+                "output is given instead. ")
     if hidden:
         cap += f"{hidden} nodes with factors closest to 1 are not drawn (all are in the table below)."
     return f'<figure>{"".join(out)}<figcaption>{esc(cap.strip())}</figcaption></figure>'

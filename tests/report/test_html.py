@@ -219,6 +219,7 @@ def test_curve_is_the_exact_step_function(run) -> None:
     # the dots at each eps carry the JSON's numbers exactly
     dots = {float(c.attrs["data-eps"]): float(c.attrs["data-acc"]) for c in svg.find_all("circle", "eps-point")}
     assert dots == {float(k): v for k, v in rep["certified_accuracy"].items()}
+    assert max(dots) < float(svg.attrs["data-xmax"]) and min(dots.values()) > 0  # all inside the range
 
 
 def test_numbers_equal_the_json_report(run) -> None:
@@ -354,4 +355,14 @@ def test_without_labels(run, tmp_path: Path) -> None:
     assert path_start(svg, svg.find_all("path", "curve")[0].attrs["d"])[1] == pytest.approx(1.0)  # own targets
     assert segs[0][2] <= 1.0
     assert "certified fraction" in svg.text() and "no labels" in dom.by_id("warnings").text()
+    # default eps grid: the ones past the largest radius (accuracy 0) are named, not drawn
+    xmax = float(svg.attrs["data-xmax"])
+    dots = {float(c.attrs["data-eps"]) for c in svg.find_all("circle", "eps-point")}
+    radii = [r1 for _, r1, acc in segs if acc > 0]
+    assert xmax >= max(radii) and all(e <= xmax for e in dots)
+    rows = {float(r.attrs["data-eps"]): float(r.find_all("td", "n")[0].attrs["data-value"])
+            for r in dom.by_id("eps-table").find_all("tr", "eps-row")}
+    for e, acc in rows.items():
+        if e not in dots:
+            assert e > xmax and acc == 0 and f"{e:g}" in svg.parent.find_all("figcaption")[0].text()
     assert "none" in dom.by_id("verdict").attrs["class"].split()
