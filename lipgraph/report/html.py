@@ -361,8 +361,13 @@ def _layers_figure(d: dict[str, Any]) -> str:
     top = {id(nd) for nd in ranked[:_TOP_CONTRIBUTORS]}
     shown = nodes
     hidden = 0
-    if len(nodes) > _MAX_LAYER_ROWS:  # keep graph order, drop the nodes whose factor is closest to 1
-        keep = sorted(nodes, key=lambda nd: -abs(math.log10(nd["bound"])) if nd["bound"] > 0 else -1e9)
+    if len(nodes) > _MAX_LAYER_ROWS:  # keep graph order; drop joins (no factor), then factors closest to 1
+        def weight(nd: dict[str, Any]) -> float:
+            if _is_join(nd):
+                return math.inf
+            return -abs(math.log10(nd["bound"])) if nd["bound"] > 0 else -math.inf
+
+        keep = sorted(nodes, key=weight)
         keep_ids = {id(nd) for nd in keep[:_MAX_LAYER_ROWS]} | top
         shown = [nd for nd in nodes if id(nd) in keep_ids]
         hidden = len(nodes) - len(shown)
@@ -423,7 +428,8 @@ def _layers_figure(d: dict[str, Any]) -> str:
         cap += ("Nodes that join branches (Add, Concat, ...) have no factor of their own; the bound of their "
                 "output is given instead. ")
     if hidden:
-        cap += f"{hidden} nodes with factors closest to 1 are not drawn (all are in the table below)."
+        cap += (f"{hidden} nodes (joins first, then the factors closest to 1) are not drawn; all are in the "
+                "table below.")
     return f'<figure>{"".join(out)}<figcaption>{esc(cap.strip())}</figcaption></figure>'
 
 

@@ -9,6 +9,7 @@ coordinates) and compared with the step function recomputed from the per-sample 
 from __future__ import annotations
 
 import json
+import math
 import re
 import warnings
 from html.parser import HTMLParser
@@ -366,3 +367,35 @@ def test_without_labels(run, tmp_path: Path) -> None:
         if e not in dots:
             assert e > xmax and acc == 0 and f"{e:g}" in svg.parent.find_all("figcaption")[0].text()
     assert "none" in dom.by_id("verdict").attrs["class"].split()
+
+
+def test_many_nodes_and_infinite_radii() -> None:
+    """The renderer on a synthetic certificate: row selection of a big graph, radii certified everywhere."""
+    from lipgraph.certify import Certificate
+    from lipgraph.report.html import render_certificate
+
+    rng = np.random.default_rng(1)
+    n = 40
+    correct = rng.random(n) > 0.25
+    radii = np.where(correct, np.abs(rng.normal(0.3, 0.2, n)), 0.0)
+    radii[np.flatnonzero(correct)[:3]] = np.inf
+    factors = np.exp(rng.normal(0.0, 2.0, 150))
+    nodes = [{"name": f"n{i}", "op_type": "Add" if i % 4 == 0 else "Conv", "bound": float(f),
+              "cumulative": float(f) if i % 4 == 0 else 3.0, "method": "sum of 2 branches" if i % 4 == 0 else "svd"}
+             for i, f in enumerate(factors)]
+    acc = {"0.1": float(np.mean(correct & (radii >= 0.1)))}
+    cert = Certificate(lipschitz_bound=2.0, samples=n, clean_accuracy=float(correct.mean()), certified_accuracy=acc,
+                       median_radius=0.0, mean_radius=0.0, radius_method="global", nodes=nodes, meta={"model": "m"},
+                       eps=[0.1], radii=radii, predictions=np.zeros(n, int), labels=np.zeros(n, int), correct=correct)
+    dom = parse(render_certificate(cert))
+    rows = dom.by_id("fig-layers").find_all("g", "layer-row")
+    convs = [nd for nd in nodes if nd["op_type"] == "Conv"]
+    want = sorted(convs, key=lambda nd: -abs(math.log10(nd["bound"])))[:60]
+    assert [r.attrs["data-name"] for r in rows] == [nd["name"] for nd in nodes if nd in want]  # graph order
+    svg = dom.by_id("fig-accuracy")
+    segs = step_segments(svg, svg.find_all("path", "curve")[0].attrs["d"])
+    assert segs[-1][2] == pytest.approx(3 / n, abs=1e-3)  # certified at every radius: the curve never reaches 0
+    hist = dom.by_id("fig-histogram")
+    assert int(hist.find_all("rect", "hist-inf")[0].attrs["data-count"]) == 3
+    bars = sum(int(b.attrs["data-count"]) for b in hist.find_all("rect", "hist-bar"))
+    assert bars + 3 + int(hist.find_all("rect", "hist-wrong")[0].attrs["data-count"]) == n
