@@ -107,9 +107,8 @@ def _curve_steps(radii: np.ndarray, correct: np.ndarray, n: int) -> list[tuple[f
     r = np.sort(np.asarray(radii, dtype=np.float64)[np.asarray(correct, dtype=bool)])
     m = r.size
     out = [(0.0, m / n if n else 0.0)]
-    if m == 0:
-        return out
-    vals, counts = np.unique(r, return_counts=True)
+    # an infinite radius (certified at every radius) never drops out: the curve ends above 0
+    vals, counts = np.unique(r[np.isfinite(r)], return_counts=True)
     left = m
     for v, c in zip(vals, counts, strict=True):
         left -= int(c)
@@ -132,7 +131,7 @@ def _baseline_curve(base: dict[str, Any]) -> tuple[list[tuple[float, float]] | N
         correct = np.array([r.get("label") is None or int(r["label"]) == int(r["prediction"]) for r in rows])
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None, points  # the gates already read its certified_accuracy; draw what is certain
-    if not np.all(radii >= 0) or np.any(np.isnan(radii)):
+    if not np.all(radii >= 0):  # NaN fails this too
         return None, points
     return _curve_steps(radii, correct, len(rows)), points
 
@@ -172,11 +171,8 @@ def _accuracy_figure(d: dict[str, Any], cert: Any) -> str:
     n = int(d["samples"])
     radii = np.asarray(cert.radii, dtype=np.float64)
     correct = np.asarray(cert.correct, dtype=bool)
-    finite = np.isfinite(radii)
-    n_inf = int(np.sum(correct & ~finite))
-    steps = _curve_steps(np.where(finite, radii, 0.0), correct & finite, n)
-    if n_inf:  # certified at every radius: they lift the whole curve
-        steps = [(r, a + n_inf / n) for r, a in steps]
+    n_inf = int(np.sum(correct & np.isinf(radii)))
+    steps = _curve_steps(radii, correct, n)
     base = d.get("baseline")
     base_steps, base_points = _baseline_curve(base) if base else (None, [])
     gates = [(g, _min_allowed(g)) for g in d["gates"]]
