@@ -106,6 +106,9 @@ def gather(ctx: RuleContext) -> Bound:
     return Bound(factor * lin, "selection" if count <= 1 else f"selection, max repeat {count}", factor=factor)
 
 
+_MAX_PAD_COUNT = 10_000_000
+
+
 def _pad_counts(n: int, before: int, after: int, mode: str) -> int:
     """Largest number of times one input element appears along an axis after padding.
 
@@ -115,8 +118,13 @@ def _pad_counts(n: int, before: int, after: int, mode: str) -> int:
     """
     if n <= 0:
         return 1
-    np_mode = {"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode]
+    np_mode = {"reflect": "reflect", "edge": "edge", "wrap": "wrap"}.get(mode)
+    if np_mode is None:
+        raise Refuse(f"unknown Pad mode '{mode}' (ONNX defines constant, reflect, edge and wrap)")
     b, a = max(before, 0), max(after, 0)
+    if n + b + a > _MAX_PAD_COUNT:
+        # The repeats are counted on the padded axis itself; a declared pad of 4e9 would allocate it.
+        raise Refuse(f"{mode} padding of {before}/{after} elements on an axis of {n} is too large to count")
     lo, hi = max(-before, 0), max(-after, 0)
 
     def counts(src: np.ndarray, crop_after: bool) -> int:
