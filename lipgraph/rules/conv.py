@@ -61,6 +61,20 @@ def _finish(ctx: RuleContext, nb: NormBound, warnings: list[str]) -> Bound:
     )
 
 
+
+def _common_attrs(ctx: RuleContext) -> tuple[np.ndarray, int, int, list[int], list[int]]:
+    """Weight, spatial rank, group, strides and dilations shared by Conv and ConvTranspose."""
+    w = _weight(ctx)
+    d = w.ndim - 2
+    groups = int(ctx.attr("group", 1))
+    strides = ctx.attr("strides") or [1] * d
+    dilations = ctx.attr("dilations") or [1] * d
+    if any(int(s) < 1 for s in strides) or any(int(v) < 1 for v in dilations):
+        raise Refuse(f"strides {list(strides)} / dilations {list(dilations)} must be positive")
+    if groups < 1:
+        raise Refuse(f"group={groups} must be positive")
+    return w, d, groups, list(strides), list(dilations)
+
 @rule("Conv")
 def conv(ctx: RuleContext) -> Bound:
     """Conv (any groups, strides, dilations, pads, auto_pad; 1-D/2-D/3-D): ``||conv||_2`` x L_in.
@@ -78,13 +92,7 @@ def conv(ctx: RuleContext) -> Bound:
     Source: Sedghi, Gupta, Long 2019 (singular values of convolutions); Tsuzuku, Sato, Sugiyama 2018
     (LMT); Delattre et al. 2023 (Gram iteration); SPEC sec. 4.
     """
-    w = _weight(ctx)
-    d = w.ndim - 2
-    groups = int(ctx.attr("group", 1))
-    strides = ctx.attr("strides") or [1] * d
-    dilations = ctx.attr("dilations") or [1] * d
-    if any(int(s) < 1 for s in strides) or any(int(v) < 1 for v in dilations):
-        raise Refuse(f"strides {list(strides)} / dilations {list(dilations)} must be positive")
+    w, d, groups, strides, dilations = _common_attrs(ctx)
     shape = ctx.in_shape(0)
     if shape is not None and len(shape) == d + 2 and shape[1] is not None and shape[1] != groups * w.shape[1]:
         raise Refuse(f"input has {shape[1]} channels, weight expects {groups} x {w.shape[1]}")
@@ -116,13 +124,7 @@ def conv_transpose(ctx: RuleContext) -> Bound:
     How tight: exact or circulant-tight for explicit pads; a split ambiguity can cost up to ~1.5x.
     Source: SPEC sec. 4; Sedghi et al. 2019; Tsuzuku et al. 2018; Delattre et al. 2023.
     """
-    w = _weight(ctx)
-    d = w.ndim - 2
-    groups = int(ctx.attr("group", 1))
-    strides = ctx.attr("strides") or [1] * d
-    dilations = ctx.attr("dilations") or [1] * d
-    if any(int(s) < 1 for s in strides) or any(int(v) < 1 for v in dilations):
-        raise Refuse(f"strides {list(strides)} / dilations {list(dilations)} must be positive")
+    w, d, groups, strides, dilations = _common_attrs(ctx)
     if w.shape[0] % groups:
         raise Refuse(f"{w.shape[0]} input channels are not divisible by group={groups}")
     shape = ctx.in_shape(0)
