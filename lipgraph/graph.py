@@ -284,6 +284,7 @@ def build_graph(model: onnx.ModelProto, input_name: str | None = None) -> Graph:
             name = f"{name}_{idx}"
         seen_names.add(name)
         domain = normalize_domain(np_.domain)
+        _check_attribute_types(np_, name, domain, g.opsets.get(domain, default_opset if domain == "ai.onnx" else 1))
         has_sub = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in np_.attribute)
         node = Node(
             name=name,
@@ -308,6 +309,27 @@ def build_graph(model: onnx.ModelProto, input_name: str | None = None) -> Graph:
     g.prune_to_output()
     _mark_and_fold(g, model)
     return g
+
+
+def _check_attribute_types(proto: onnx.NodeProto, name: str, domain: str, opset: int) -> None:
+    """An attribute whose type is not the one the op's schema declares (``alpha`` given as a list, a
+    string ``axis``) makes the model malformed: say so here, before a rule reads it as a number."""
+    if domain != "ai.onnx" or not proto.attribute:
+        return
+    try:
+        schema = onnx.defs.get_schema(proto.op_type, opset, "")
+    except Exception:  # noqa: BLE001 - an unknown op: the walker names it
+        return
+    for attr in proto.attribute:
+        spec = schema.attributes.get(attr.name)
+        if spec is None or attr.type == int(spec.type):
+            continue
+        got = onnx.AttributeProto.AttributeType.Name(attr.type)
+        want = onnx.AttributeProto.AttributeType.Name(int(spec.type))
+        raise ModelLoadError(
+            f"node '{name}' ({proto.op_type}) has attribute '{attr.name}' of type {got}, but ONNX defines it as "
+            f"{want}; the model is malformed"
+        )
 
 
 def _refuse_unloaded_external_data(model: onnx.ModelProto) -> None:
