@@ -115,6 +115,11 @@ def overlap_any_size(ax: AxisPool) -> int:
     return -(-ax.kernel * g // ax.stride)
 
 
+# Per-axis work limits for declared sizes (a fuzzed 2^31 input must not allocate or loop over it).
+_MAX_DENSE_AXIS = 4096
+_MAX_COUNT_AXIS = 200_000
+
+
 def axis_avg_matrix(ax: AxisPool, n: int, count_include_pad: bool) -> np.ndarray:
     """The ``out x n`` matrix of AveragePool along one axis (rows: windows; columns: real elements).
 
@@ -163,6 +168,9 @@ def avg_pool_norm(axes: list[AxisPool], sizes: list[int | None], count_include_p
     over all lengths for an unknown axis. ``lower`` is the exact norm when available.
     """
     value, lower, schur = 1.0, 1.0, 1.0
+    # A huge declared axis would need an out x n matrix: bound it as an axis of any length instead
+    # (the supremum over all lengths is at least the value at this one).
+    sizes = [n if n is not None and n <= _MAX_DENSE_AXIS else None for n in sizes]
     exact = all(n is not None for n in sizes)
     for ax, n in zip(axes, sizes, strict=True):
         if n is None:
@@ -188,5 +196,6 @@ def pool_overlap(axes: list[AxisPool], sizes: list[int | None]) -> int:
     (``overlap_any_size`` for an axis of unknown length)."""
     m = 1
     for ax, n in zip(axes, sizes, strict=True):
-        m *= overlap_any_size(ax) if n is None else axis_overlap(ax, n)
+        # Counting visits every window; past _MAX_COUNT_AXIS use the count valid for every length.
+        m *= overlap_any_size(ax) if n is None or n > _MAX_COUNT_AXIS else axis_overlap(ax, n)
     return m
