@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from lipgraph.errors import ModelLoadError
 from lipgraph.graph import Graph, Node, Tensor
 from lipgraph.passes.groupsort import const_value, is_std, known_shape
 
@@ -145,6 +146,8 @@ def _linear_channel_axis(graph: Graph, lin: Node, side: str, rank: int) -> int |
     if op == "Gemm":
         if rank != 2 or const_value(graph, lin.inputs[1]) is None or graph.is_variable(lin.inputs[1]):
             return None
+        if np.ndim(const_value(graph, lin.inputs[1])) != 2:  # malformed: the Gemm rule refuses it
+            return None
         if len(lin.inputs) > 2 and lin.inputs[2] and const_value(graph, lin.inputs[2]) is None:
             return None
         if side == "in" and int(lin.attrs.get("transA", 0)) != 0:
@@ -209,6 +212,9 @@ def _post_fold(graph: Graph, lin: Node, aff: Affine) -> list[Node]:
         s, t = _vec(aff.s, cout), _vec(aff.t, cout)
         b = const_value(graph, lin.inputs[2]) if len(lin.inputs) > 2 and lin.inputs[2] else None
         b = np.zeros(cout) if b is None else np.asarray(b, dtype=np.float64).reshape(-1)
+        if b.size != cout:  # ONNX Runtime would reject this model; do not fold it into a wrong shape
+            raise ModelLoadError(f"node '{lin.name}' (Conv) has a bias of {b.size} values for {cout} output "
+                                 "channels; the model is malformed")
         w = w * s.reshape((cout,) + (1,) * (w.ndim - 1))
         inputs = [lin.inputs[0], _const(graph, f"{lin.name}_W", w), _const(graph, f"{lin.name}_B", s * b + t)]
         return [Node(graph.fresh_name(lin.name), "Conv", "ai.onnx", inputs, [y], attrs, lin.opset, origin=origin)]
@@ -219,7 +225,11 @@ def _post_fold(graph: Graph, lin: Node, aff: Affine) -> list[Node]:
         alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
         w = alpha * (w * s[:, None] if trans_b else w * s[None, :])
         c = const_value(graph, lin.inputs[2]) if len(lin.inputs) > 2 and lin.inputs[2] else None
-        c_new = t if c is None else s * (beta * np.asarray(c, dtype=np.float64)) + t
+        try:
+            c_new = t if c is None else s * (beta * np.asarray(c, dtype=np.float64)) + t
+        except ValueError:  # C does not broadcast to the M outputs
+            raise ModelLoadError(f"node '{lin.name}' (Gemm) has a C of shape {np.shape(c)} for {m} outputs; "
+                                 "the model is malformed") from None
         attrs.update(alpha=1.0, beta=1.0)
         inputs = [lin.inputs[0], _const(graph, f"{lin.name}_W", w), _const(graph, f"{lin.name}_C", c_new)]
         return [Node(graph.fresh_name(lin.name), "Gemm", "ai.onnx", inputs, [y], attrs, lin.opset, origin=origin)]

@@ -33,6 +33,8 @@ def gemm(ctx: RuleContext) -> Bound:
         w = ctx.const(const_idx)
         if w is None:
             raise Refuse("the constant Gemm operand has no known value")
+        if np.ndim(w) > 2:  # ONNX Gemm takes matrices (a 4-D kernel here is a malformed model)
+            raise Refuse(f"the constant Gemm operand has {np.ndim(w)} dimensions; Gemm takes a matrix")
         nb = spectral_norm(np.atleast_2d(w))
         factor = abs(alpha) * nb.value
         total += factor * float(ctx.input_bounds[0 if var_a else 1] or 0.0)
