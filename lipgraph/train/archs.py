@@ -2,6 +2,7 @@
 
 * ``mlp``: Flatten -> 128 -> 128 -> classes.
 * ``mlp-wide``: Flatten -> 256 -> 256 -> 256 -> classes (MNIST).
+* ``mlp-WxD``: Flatten -> D hidden layers of width W -> classes (for example ``mlp-512x3``).
 * ``cnn``: Wong & Kolter's small CNN as in LMT's MNIST config: conv16 k4 s2 p1 -> conv32 k4 s2 p1 ->
   fc100 -> classes (works on 8x8 and 28x28 inputs).
 
@@ -19,7 +20,19 @@ from torch import nn
 from lipgraph.errors import LipgraphError
 from lipgraph.train.layers import BoundedConv2d, BoundedLinear, MaxMin
 
-ARCHS = ("mlp", "mlp-wide", "cnn")
+ARCHS = ("mlp", "mlp-wide", "mlp-WxD", "cnn")
+
+
+def _mlp_widths(arch: str) -> list[int] | None:
+    if arch == "mlp":
+        return [128, 128]
+    if arch == "mlp-wide":
+        return [256, 256, 256]
+    if arch.startswith("mlp-") and "x" in arch:
+        w, _, d = arch[4:].partition("x")
+        if w.isdigit() and d.isdigit() and int(w) >= 2 and int(w) % 2 == 0 and 1 <= int(d) <= 16:
+            return [int(w)] * int(d)
+    return None
 
 
 class LipNet(nn.Module):
@@ -80,8 +93,8 @@ def build_model(arch: str, in_shape: tuple[int, int, int], n_classes: int, metho
 
     layers: list[nn.Module] = []
     d = math.prod(in_shape)
-    if arch in ("mlp", "mlp-wide"):
-        widths = [128, 128] if arch == "mlp" else [256, 256, 256]
+    widths = _mlp_widths(arch)
+    if widths is not None:
         layers.append(nn.Flatten())
         for w in widths:
             layers += [BoundedLinear(d, w, ortho, bjorck_iters), act(w)]

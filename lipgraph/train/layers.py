@@ -25,14 +25,19 @@ def spectral_upper_cheap(w: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(a.sum(0).max() * a.sum(1).max())
 
 
-def bjorck(w: torch.Tensor, iters: int, beta: float = 0.5) -> torch.Tensor:
+def bjorck(w: torch.Tensor, iters: int, beta: float = 0.5, scale: torch.Tensor | None = None) -> torch.Tensor:
     """Order-1 Björck orthonormalisation ``A <- (1+beta) A - beta A A^T A`` (LNets ``l2_ball.py``).
 
-    The input is first divided by a sound upper bound of its spectral norm (when above 1) so that
-    every singular value starts in (0, 1] and the iteration converges towards the polar factor.
+    The input is first divided by ``scale``: by default a sound upper bound of its spectral norm (when
+    above 1) so that every singular value starts in (0, 1] and the iteration converges towards the
+    polar factor. That Hölder bound is ~sqrt(n) too large for a near-orthogonal n x n matrix, so few
+    iterations start from singular values ~1/sqrt(n) and end far from 1; training passes a power-iteration
+    estimate of ``||w||_2`` instead (deel-lip's spectral-norm-then-Björck), under which order 1 still
+    converges for estimates down to ``||w||_2 / sqrt(3)``.
     Differentiable: the gradient flows through every iteration, as in LNets' ``BjorckLinear``.
     """
-    scale = torch.clamp(spectral_upper_cheap(w), min=1.0)
+    if scale is None:
+        scale = torch.clamp(spectral_upper_cheap(w), min=1.0)
     a = w / scale
     tall = a.shape[0] > a.shape[1]
     if tall:
@@ -90,7 +95,39 @@ class _PowerIterMixin:
         return self.operator(u, w).norm() / u.norm().clamp_min(1e-12)
 
 
-class BoundedLinear(nn.Linear, _PowerIterMixin):
+class _RawScaleMixin:
+    """A persistent right singular vector ``v_raw`` of the raw (reshaped) weight, for Björck's pre-scaling.
+
+    One power-iteration step per training forward (no grad), as torch's ``spectral_norm``; the estimate
+    ``||W v_raw||`` (detached: the polar factor does not depend on the scale) divides ``W`` before Björck.
+    It only steers training; the exported weight is re-orthonormalised to convergence from the raw one.
+    """
+
+    v_raw: torch.Tensor
+    training: bool
+
+    def _init_raw(self, mat: torch.Tensor) -> None:
+        self.register_buffer("v_raw", F.normalize(torch.randn(mat.shape[1]), dim=0))
+        self._raw_step(mat, 20)
+
+    @torch.no_grad()
+    def _raw_step(self, mat: torch.Tensor, iters: int = 1) -> None:
+        v = self.v_raw
+        for _ in range(iters):
+            g = mat.t() @ (mat @ v)
+            n = g.norm()
+            if not (torch.isfinite(n) and n > 0):
+                return
+            v = g / n
+        self.v_raw.copy_(v)
+
+    def _raw_scale(self, mat: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self._raw_step(mat.detach())
+        return (mat.detach() @ self.v_raw).norm().clamp_min(1e-12)
+
+
+class BoundedLinear(nn.Linear, _PowerIterMixin, _RawScaleMixin):
     def __init__(self, in_features: int, out_features: int, ortho: bool = False, bjorck_iters: int = 10):
         super().__init__(in_features, out_features)
         self.ortho = ortho
@@ -98,10 +135,13 @@ class BoundedLinear(nn.Linear, _PowerIterMixin):
         if ortho:
             nn.init.orthogonal_(self.weight)
             nn.init.zeros_(self.bias)
+            self._init_raw(self.weight.detach())
         self.register_buffer("u", F.normalize(torch.randn(in_features), dim=0))
 
     def effective_weight(self) -> torch.Tensor:
-        return bjorck(self.weight, self.bjorck_iters) if self.ortho else self.weight
+        if not self.ortho:
+            return self.weight
+        return bjorck(self.weight, self.bjorck_iters, scale=self._raw_scale(self.weight))
 
     def operator(self, v: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return weight @ v
@@ -110,7 +150,7 @@ class BoundedLinear(nn.Linear, _PowerIterMixin):
         return F.linear(x, self.effective_weight(), self.bias)
 
 
-class BoundedConv2d(nn.Conv2d, _PowerIterMixin):
+class BoundedConv2d(nn.Conv2d, _PowerIterMixin, _RawScaleMixin):
     """A Conv2d whose power-iteration vector has the layer's true input shape ``(1, C, H, W)``."""
 
     def __init__(self, in_shape: tuple[int, int, int], out_channels: int, kernel_size: int, stride: int = 1,
@@ -126,6 +166,7 @@ class BoundedConv2d(nn.Conv2d, _PowerIterMixin):
             with torch.no_grad():
                 self.weight.copy_(w.view_as(self.weight))
                 self.bias.zero_()
+            self._init_raw(w)
         self.register_buffer("u", F.normalize(torch.randn(1, *in_shape).flatten(), dim=0).view(1, *in_shape))
 
     def out_shape(self) -> tuple[int, int, int]:
@@ -137,7 +178,8 @@ class BoundedConv2d(nn.Conv2d, _PowerIterMixin):
     def effective_weight(self) -> torch.Tensor:
         if not self.ortho:
             return self.weight
-        mat = bjorck(self.weight.reshape(self.out_channels, -1), self.bjorck_iters)
+        raw = self.weight.reshape(self.out_channels, -1)
+        mat = bjorck(raw, self.bjorck_iters, scale=self._raw_scale(raw))
         return (mat / self.overlap).view_as(self.weight)
 
     def operator(self, v: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

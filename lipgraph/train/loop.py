@@ -28,10 +28,12 @@ from lipgraph.errors import LipgraphError
 from lipgraph.train.archs import LipNet, build_model
 from lipgraph.train.awp import AWP
 from lipgraph.train.data import Splits
-from lipgraph.train.losses import hinge_loss, lmt_loss, pairwise_radius
+from lipgraph.train.losses import hinge_loss, lmt_loss, margin_ce_loss, pairwise_radius
 from lipgraph.train.pgd import pgd
 
 METHODS = ("plain", "lmt", "groupsort", "awp", "lmt+awp")
+SCHEDULES = ("constant", "cosine", "onecycle")
+GS_LOSSES = ("hinge", "margin-ce")
 
 
 @dataclass
@@ -50,6 +52,9 @@ class TrainConfig:
     lr: float = 1e-3
     batch_size: int = 64
     bjorck_iters: int = 10
+    lr_schedule: str = "constant"  # constant | cosine (to 0 over the run) | onecycle (10% warm-up, cosine)
+    gs_loss: str = "hinge"  # groupsort loss: hinge (margin sqrt2 eps) | margin-ce (tau-CE with that margin)
+    tau: float = 4.0  # margin-ce temperature
     seed: int = 0
     log: Callable[[str], None] | None = field(default=None, repr=False)
 
@@ -94,10 +99,24 @@ def _loss_fn(cfg: TrainConfig, c_now: float) -> Callable[[nn.Module, torch.Tenso
             return lmt_loss(logits, y, l_h, w_last, c_now)
         logits = net(x)
         if cfg.method == "groupsort":
+            if cfg.gs_loss == "margin-ce":
+                return margin_ce_loss(logits, y, cfg.eps, cfg.tau)
             return hinge_loss(logits, y, cfg.eps)
         return F.cross_entropy(logits, y)
 
     return fn
+
+
+def _lr_factor(schedule: str, t: float) -> float:
+    """Multiplier of the base lr at training progress ``t`` in [0, 1]."""
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    if schedule == "onecycle":
+        warm = 0.1
+        if t < warm:
+            return 0.1 + 0.9 * t / warm
+        return 0.5 * (1.0 + math.cos(math.pi * (t - warm) / (1.0 - warm)))
+    return 1.0
 
 
 @torch.no_grad()
@@ -121,6 +140,10 @@ def train(cfg: TrainConfig, data: Splits) -> tuple[LipNet, list[EpochStats]]:
     """Train on ``data.x_train``; report on ``data.x_val`` each epoch (rank 0 only under DDP)."""
     if cfg.method not in METHODS:
         raise LipgraphError(f"unknown --method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    if cfg.lr_schedule not in SCHEDULES:
+        raise LipgraphError(f"unknown --lr-schedule {cfg.lr_schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    if cfg.gs_loss not in GS_LOSSES:
+        raise LipgraphError(f"unknown --gs-loss {cfg.gs_loss!r}; choose one of {', '.join(GS_LOSSES)}")
     if cfg.attack_norm not in ("l2", "linf"):
         raise LipgraphError("--attack-norm must be l2 or linf")
     rank, world = _dist()
@@ -150,6 +173,8 @@ def train(cfg: TrainConfig, data: Splits) -> tuple[LipNet, list[EpochStats]]:
             if len(idx) == 0:
                 continue
             x, y = x_all[idx], y_all[idx]
+            for grp in opt.param_groups:
+                grp["lr"] = cfg.lr * _lr_factor(cfg.lr_schedule, (epoch * steps + s) / (cfg.epochs * steps))
             loss_of = _loss_fn(cfg, _c_at(cfg, epoch, s, steps))
             if cfg.method == "awp":
                 model.eval()

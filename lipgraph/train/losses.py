@@ -62,6 +62,18 @@ def hinge_loss(logits: torch.Tensor, y: torch.Tensor, eps: float, lip: float = 1
     return F.multi_margin_loss(logits, y, margin=math.sqrt(2.0) * eps * lip)
 
 
+def margin_ce_loss(logits: torch.Tensor, y: torch.Tensor, eps: float, tau: float, lip: float = 1.0) -> torch.Tensor:
+    """Cross-entropy with temperature on margin-offset logits (GloRo/LMT-style margin, deel-lip's tau-CE).
+
+    Non-target logits are raised by ``sqrt2 eps L`` (the margin that certifies ``eps`` for an
+    L-Lipschitz net with an orthonormal last layer); ``CE(tau * z) / tau``. With ``eps = 0`` this is
+    deel-lip's ``TauCrossEntropyLoss``. Large ``tau`` tends to the hinge-like max-margin objective,
+    small ``tau`` to plain cross-entropy on a 1-Lipschitz net (little margin).
+    """
+    z = logits + math.sqrt(2.0) * eps * lip * (1.0 - _onehot(y, logits.shape[1], logits))
+    return F.cross_entropy(tau * z, y) / tau
+
+
 def pairwise_radius(logits: torch.Tensor, y: torch.Tensor, l_h: float, w_last: torch.Tensor) -> torch.Tensor:
     """Trainer-side radius ``min_{i!=t} (F_t - F_i) / (L_h ||w_t - w_i||)``, 0 when misclassified.
 
