@@ -76,7 +76,10 @@ def batch_normalization(ctx: RuleContext) -> Bound:
         raise Refuse("variance + epsilon is not positive")
     if not np.all(np.isfinite(gamma)):
         raise Refuse("the scale has non-finite values")
-    g, d = np.broadcast_arrays(np.abs(gamma), denom)
+    try:
+        g, d = np.broadcast_arrays(np.abs(gamma), denom)
+    except ValueError:  # a malformed model (ONNX wants one value per channel in each)
+        raise Refuse(f"scale of shape {gamma.shape} and variance of shape {denom.shape} do not match") from None
     s = g / np.sqrt(d)
     factor = _up(float(s.max())) if s.size else 0.0
     return Bound([factor * lin, *extra], "max |gamma| / sqrt(var + eps)", factor=factor,
