@@ -214,6 +214,7 @@ def build_graph(model: onnx.ModelProto, input_name: str | None = None) -> Graph:
             model = inline_local_functions(model)
         except Exception as exc:  # noqa: BLE001 - a malformed function body
             raise ModelLoadError(f"cannot inline the model's local functions ({type(exc).__name__}: {exc})") from None
+    _check_text(model)
     g = Graph()
     g.model = model
     for imp in model.opset_import:
@@ -309,6 +310,19 @@ def build_graph(model: onnx.ModelProto, input_name: str | None = None) -> Graph:
     g.prune_to_output()
     _mark_and_fold(g, model)
     return g
+
+
+def _check_text(model: onnx.ModelProto) -> None:
+    """Protobuf hands back ``bytes`` for a string field that is not valid UTF-8 (a corrupt file):
+    refuse it here rather than fail on a name somewhere downstream."""
+    g = model.graph
+    fields: list[Any] = [imp.domain for imp in model.opset_import]
+    fields += [v.name for v in list(g.input) + list(g.output) + list(g.value_info) + list(g.initializer)]
+    for n in g.node:
+        fields += [n.name, n.op_type, n.domain, *n.input, *n.output, *(a.name for a in n.attribute)]
+    if any(isinstance(f, bytes) for f in fields):
+        bad = next(f for f in fields if isinstance(f, bytes))
+        raise ModelLoadError(f"the model has a name that is not valid UTF-8 ({bad[:40]!r}); the file is corrupt")
 
 
 def _check_attribute_types(proto: onnx.NodeProto, name: str, domain: str, opset: int) -> None:
