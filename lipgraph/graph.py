@@ -8,6 +8,7 @@ plain constants, SPEC sec. 3).
 
 from __future__ import annotations
 
+import math
 import warnings as _warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -471,6 +472,8 @@ def _mark_and_fold(g: Graph, model: onnx.ModelProto) -> None:
                 continue
             if node.op_type in _NONDETERMINISTIC or node.has_subgraph:
                 continue
+            if _fold_too_large(g, node):
+                continue  # a tiny file must not make lipgraph compute gigabytes of constants
             values = _fold_node(g, node, model)
             if values is None:
                 continue
@@ -484,6 +487,30 @@ def _mark_and_fold(g: Graph, model: onnx.ModelProto) -> None:
         _infer_shapes(g, concrete)
     # Nodes whose outputs are all constant are not part of the data path: drop them.
     g.nodes = [n for n in g.nodes if any(g.is_variable(o) for o in n.outputs if o)]
+
+
+def _fold_too_large(g: Graph, node: Node) -> bool:
+    """True when folding ``node`` would make an output above ``_MAX_FOLD_ELEMENTS`` elements, judged
+    before evaluating it: from inferred shapes, and for the ops that size their output from input
+    values (ConstantOfShape, Expand, Tile, Range) from those values."""
+    for o in node.outputs:
+        shape = g.tensors[o].shape if o in g.tensors else None
+        if shape and all(d is not None for d in shape) and math.prod(shape) > _MAX_FOLD_ELEMENTS:
+            return True
+    vals = [g.tensors[i].value if i and i in g.tensors else None for i in node.inputs]
+    try:
+        if node.op_type in ("ConstantOfShape", "Expand") and vals[-1] is not None:
+            dims = [abs(int(d)) for d in np.ravel(vals[-1])]
+            base = vals[0].size if node.op_type == "Expand" and vals[0] is not None else 1
+            return math.prod(dims) * max(base, 1) > _MAX_FOLD_ELEMENTS
+        if node.op_type == "Tile" and len(vals) > 1 and vals[0] is not None and vals[1] is not None:
+            return vals[0].size * math.prod(abs(int(r)) for r in np.ravel(vals[1])) > _MAX_FOLD_ELEMENTS
+        if node.op_type == "Range" and len(vals) == 3 and all(v is not None for v in vals):
+            start, limit, delta = (float(np.ravel(v)[0]) for v in vals)
+            return delta != 0 and (limit - start) / delta > _MAX_FOLD_ELEMENTS
+    except (TypeError, ValueError, OverflowError, IndexError):
+        return True  # values that do not read as sizes: leave the node unfolded
+    return False
 
 
 def _shape_op_value(node: Node, shape: tuple[int | None, ...]) -> np.ndarray | None:
