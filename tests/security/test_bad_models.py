@@ -241,6 +241,13 @@ if case == "conv":
              helper.make_node("Flatten", ["h"], ["logits"], name="flat")]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 100000, 100000])
     inits = [numpy_helper.from_array(w, "w")]
+elif case == "constant":  # a 200-byte file whose constant subgraph would fill 1.6 GB (4e8 floats)
+    nodes = [helper.make_node("ConstantOfShape", ["shp"], ["big"],
+                              value=numpy_helper.from_array(np.array([1.0], np.float32))),
+             helper.make_node("ReduceSum", ["big"], ["s"], keepdims=0),
+             helper.make_node("Mul", ["x", "s"], ["logits"], name="scale")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])
+    inits = [numpy_helper.from_array(np.array([400_000_000], np.int64), "shp")]
 else:  # a Gemm weight whose declared dims (1e6 x 1e6) lie about its 64 bytes of data
     t = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[1000000, 1000000])
     t.raw_data = np.ones(16, np.float32).tobytes()
@@ -264,7 +271,7 @@ print(f"RC={rc} T={time.perf_counter() - t0:.2f} RSS_MB={rss_mb:.0f}")
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS and ru_maxrss in KiB are Linux behaviour")
-@pytest.mark.parametrize("case", ["conv", "gemm_lie"])
+@pytest.mark.parametrize("case", ["conv", "gemm_lie", "constant"])
 def test_huge_declared_shapes(case: str, tmp_path: Path) -> None:
     import os
     import subprocess
@@ -283,7 +290,11 @@ def test_huge_declared_shapes(case: str, tmp_path: Path) -> None:
     assert float(fields["RSS_MB"]) < 1500, tail[-1]
     assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert "out of memory" not in proc.stderr, proc.stderr
-    if case == "gemm_lie":
+    if case == "constant":
+        # The constant is too large to fold, so the factor is unknown: refused, never computed.
+        assert fields["RC"] == "2" and "scale" in proc.stderr, proc.stderr
+        assert float(fields["RSS_MB"]) < 500, tail[-1]
+    elif case == "gemm_lie":
         # 64 bytes cannot hold a 10^12-element weight: the model is malformed and must be refused.
         assert fields["RC"] == "2", proc.stderr
         err = [ln for ln in proc.stderr.splitlines() if ln.startswith("lipgraph:")]
