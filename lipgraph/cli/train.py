@@ -11,7 +11,7 @@ TORCH_HINT = 'the trainer needs PyTorch: pip install torch==2.13.0 -e ".[torch]"
 
 @click.command("train")
 @click.option("--dataset", default="digits", show_default=True, help="'digits' (scikit-learn) or an .npz path.")
-@click.option("--arch", default="mlp", show_default=True, help="mlp | mlp-wide | cnn")
+@click.option("--arch", default="mlp", show_default=True, help="mlp | mlp-wide | mlp-WxD (e.g. mlp-512x3) | cnn")
 @click.option("--method", default="lmt", show_default=True, help="plain | lmt | groupsort | awp | lmt+awp")
 @click.option("--epochs", default=20, show_default=True, type=click.IntRange(1))
 @click.option("--c", "c", default=1.0, show_default=True, type=float, help="LMT: radius the guard aims at.")
@@ -26,6 +26,11 @@ TORCH_HINT = 'the trainer needs PyTorch: pip install torch==2.13.0 -e ".[torch]"
 @click.option("--awp-warmup", default=0, show_default=True, type=click.IntRange(0))
 @click.option("--c-ramp-epochs", default=5, show_default=True, type=click.IntRange(0))
 @click.option("--bjorck-iters", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--lr-schedule", default="constant", show_default=True,
+              type=click.Choice(["constant", "cosine", "onecycle"]), help="Per-step learning-rate schedule.")
+@click.option("--gs-loss", default="hinge", show_default=True, type=click.Choice(["hinge", "margin-ce"]),
+              help="groupsort loss: multi-class hinge with margin sqrt2*eps, or tau-CE with that margin.")
+@click.option("--tau", default=4.0, show_default=True, type=float, help="margin-ce temperature.")
 @click.option("--maxmin-export", default="split", show_default=True, type=click.Choice(["split", "prelu"]),
               help="How MaxMin is written to ONNX (same function).")
 @click.option("--legacy-exporter", is_flag=True, help="Use torch.onnx.export(dynamo=False).")
@@ -36,7 +41,8 @@ TORCH_HINT = 'the trainer needs PyTorch: pip install torch==2.13.0 -e ".[torch]"
               help="Test split to write (default <model>.test.npz).")
 def train(dataset: str, arch: str, method: str, epochs: int, c: float, eps: float, gamma: float, seed: int,
           lr: float, batch_size: int, attack_norm: str, pgd_steps: int, awp_warmup: int, c_ramp_epochs: int,
-          bjorck_iters: int, maxmin_export: str, legacy_exporter: bool, threads: int, limit_train: int | None,
+          bjorck_iters: int, lr_schedule: str, gs_loss: str, tau: float,
+          maxmin_export: str, legacy_exporter: bool, threads: int, limit_train: int | None,
           out: str, test_out: str | None) -> None:
     """Train a Lipschitz-aware classifier (LMT, GroupSort, AWP) and export it to ONNX.
 
@@ -56,7 +62,8 @@ def train(dataset: str, arch: str, method: str, epochs: int, c: float, eps: floa
         check_output_path(test_out)
     cfg = TrainConfig(arch=arch, method=method, epochs=epochs, c=c, eps=eps, gamma=gamma, awp_warmup=awp_warmup,
                       attack_norm=attack_norm, pgd_steps=pgd_steps, c_ramp_epochs=c_ramp_epochs, lr=lr,
-                      batch_size=batch_size, bjorck_iters=bjorck_iters, seed=seed)
+                      batch_size=batch_size, bjorck_iters=bjorck_iters, lr_schedule=lr_schedule, gs_loss=gs_loss,
+                      tau=tau, seed=seed)
     res = run(cfg, dataset, out, test_out, legacy_exporter=legacy_exporter, maxmin_export=maxmin_export,
               threads=threads or None, limit_train=limit_train, certify_eps=[eps])
     if res.rank != 0:  # under torchrun, rank 0 exports and reports
