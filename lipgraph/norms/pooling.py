@@ -120,6 +120,14 @@ _MAX_DENSE_AXIS = 4096
 _MAX_COUNT_AXIS = 200_000
 
 
+_MAX_WINDOW = 4096
+
+
+def _huge_window(ax: AxisPool) -> bool:
+    """Windows (or pads, strides) so large that enumerating them would not end (kernel 2^31)."""
+    return ax.span + ax.stride + ax.pad_begin + ax.pad_end > _MAX_WINDOW
+
+
 def axis_avg_matrix(ax: AxisPool, n: int, count_include_pad: bool) -> np.ndarray:
     """The ``out x n`` matrix of AveragePool along one axis (rows: windows; columns: real elements).
 
@@ -170,9 +178,15 @@ def avg_pool_norm(axes: list[AxisPool], sizes: list[int | None], count_include_p
     value, lower, schur = 1.0, 1.0, 1.0
     # A huge declared axis would need an out x n matrix: bound it as an axis of any length instead
     # (the supremum over all lengths is at least the value at this one).
-    sizes = [n if n is not None and n <= _MAX_DENSE_AXIS else None for n in sizes]
+    sizes = [n if n is not None and n <= _MAX_DENSE_AXIS and not _huge_window(ax) else None
+             for ax, n in zip(axes, sizes, strict=True)]
     exact = all(n is not None for n in sizes)
     for ax, n in zip(axes, sizes, strict=True):
+        if _huge_window(ax):
+            # Schur test without enumerating windows: each row sums to at most 1 (the divisor counts
+            # at least the real elements) and each column to at most the overlap count.
+            schur *= math.sqrt(overlap_any_size(ax))
+            continue
         if n is None:
             schur *= avg_schur_any_size(ax, count_include_pad)
             continue
@@ -197,5 +211,5 @@ def pool_overlap(axes: list[AxisPool], sizes: list[int | None]) -> int:
     m = 1
     for ax, n in zip(axes, sizes, strict=True):
         # Counting visits every window; past _MAX_COUNT_AXIS use the count valid for every length.
-        m *= overlap_any_size(ax) if n is None or n > _MAX_COUNT_AXIS else axis_overlap(ax, n)
+        m *= overlap_any_size(ax) if n is None or n > _MAX_COUNT_AXIS or _huge_window(ax) else axis_overlap(ax, n)
     return m
