@@ -107,7 +107,11 @@ def versions() -> dict[str, str]:
     return out
 
 
-def analyze(model: str | os.PathLike[str] | onnx.ModelProto, input_name: str | None = None) -> Analysis:
+def analyze(
+    model: str | os.PathLike[str] | onnx.ModelProto,
+    input_name: str | None = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> Analysis:
     """Bound the L2 Lipschitz constant of ``model`` from its input to its logits.
 
     ``model`` is a path or a ``ModelProto``. Raises :class:`UnsupportedModelError` listing every
@@ -124,7 +128,7 @@ def analyze(model: str | os.PathLike[str] | onnx.ModelProto, input_name: str | N
     else:
         proto, sha = load_model(model)
         source = str(model)
-    graph = build_graph(proto, input_name)
+    graph = build_graph(proto, input_name, input_shape)
     run_passes(graph)
     nodes, tensor_bounds, warnings_ = _walk(graph)
     bound = tensor_bounds.get(graph.output_name)
@@ -179,7 +183,8 @@ def _walk(graph: Graph) -> tuple[list[NodeBound], dict[str, float], list[str]]:
             spec = lookup(node.domain, node.op_type, node.opset)
             if spec is None:
                 raise Refuse(_unknown_reason(node))
-            result: Bound = spec.fn(RuleContext(node, graph, in_bounds))
+            ctx = RuleContext(node, graph, in_bounds)
+            result: Bound = spec.fn(ctx)
             outs = result.output_bounds(n_out)
             if any(math.isnan(v) or v < 0 for v in outs):
                 raise Refuse("the bound is not a number (are there NaN or Inf values among its constants?)")
@@ -195,7 +200,7 @@ def _walk(graph: Graph) -> tuple[list[NodeBound], dict[str, float], list[str]]:
         for o, v in zip(node.outputs, outs, strict=True):
             if o:
                 bounds[o] = v
-        warnings_.extend(f"{node.name} ({node.op_type}): {w}" for w in result.warnings)
+        warnings_.extend(f"{node.name} ({node.op_type}): {w}" for w in [*result.warnings, *ctx.notes])
         rows.append(
             NodeBound(
                 name=node.name,

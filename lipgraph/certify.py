@@ -330,7 +330,10 @@ def certify(
     runner = Runner(logits_model(proto, inp.name, logits_name, elem), inp, logits_name, prov)
     if analysis is None:
         load_rules()  # imports happen here, not concurrently in the worker
-        background = _Background(lambda: analyze(proto, input_name=graph.input_name))
+        # Bound at the data's own size: symbolic dimensions become concrete (sound for these
+        # inputs, and tighter: conv bounds on the exact grid instead of the LMT overlap bound).
+        sample_shape = (1, *xf.shape[1:])
+        background = _Background(lambda: analyze(proto, input_name=graph.input_name, input_shape=sample_shape))
 
     def on_batch(done: int, total: int) -> None:
         if background is not None and (err := background.failed()) is not None:

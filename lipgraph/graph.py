@@ -204,8 +204,15 @@ class Graph:
 
 
 # ---------------------------------------------------------------------- construction
-def build_graph(model: onnx.ModelProto, input_name: str | None = None) -> Graph:
-    """Build the analysis graph of ``model``: sort, choose the certified input, fold constants."""
+def build_graph(
+    model: onnx.ModelProto, input_name: str | None = None, input_shape: tuple[int, ...] | None = None
+) -> Graph:
+    """Build the analysis graph of ``model``: sort, choose the certified input, fold constants.
+
+    ``input_shape`` (one sample, batch axis included as 1) fixes the input's symbolic dimensions,
+    as `certify` does with the shape of its data: the bound then holds for inputs of that size,
+    and conv bounds use the exact grid instead of the size-independent LMT bound.
+    """
     if model.functions:
         # Exporters (torch's dynamo exporter among them) may wrap layers in model-local functions;
         # inline them so every primitive op meets its own rule instead of an unknown custom op.
@@ -309,7 +316,7 @@ def build_graph(model: onnx.ModelProto, input_name: str | None = None) -> Graph:
     if not any(g.output_name in n.outputs for n in g.nodes) and g.output_name != g.input_name:
         raise ModelLoadError(f"no node produces the output '{g.output_name}'")
     g.prune_to_output()
-    _mark_and_fold(g, model)
+    _mark_and_fold(g, model, input_shape)
     return g
 
 
@@ -361,14 +368,40 @@ def _refuse_unloaded_external_data(model: onnx.ModelProto) -> None:
         )
 
 
-def _concrete_model(model: onnx.ModelProto, g: Graph) -> onnx.ModelProto:
-    """A copy whose certified input has a concrete batch dimension (symbolic batch -> 1)."""
+def _concrete_model(
+    model: onnx.ModelProto, g: Graph, input_shape: tuple[int, ...] | None = None
+) -> onnx.ModelProto:
+    """A copy whose certified input has concrete dimensions where they are known.
+
+    A symbolic batch becomes 1 (the bound is per sample); with ``input_shape``, every other
+    symbolic dimension takes its value too, and a fixed dimension must agree with it.
+    """
     m = onnx.ModelProto()
     m.CopyFrom(model)
     for inp in m.graph.input:
         if inp.name != g.input_name:
             continue
         dims = inp.type.tensor_type.shape.dim
+        if input_shape is not None:
+            if len(dims) and len(dims) != len(input_shape):
+                raise ModelLoadError(
+                    f"input '{inp.name}' has rank {len(dims)}, but the data has rank {len(input_shape)}"
+                )
+            if not len(dims):
+                for v in input_shape:
+                    inp.type.tensor_type.shape.dim.add().dim_value = int(v)
+                continue
+            for i, (d, v) in enumerate(zip(dims, input_shape, strict=True)):
+                fixed = d.HasField("dim_value") and d.dim_value > 0
+                if i == 0 and len(dims) >= 2:
+                    v = d.dim_value if fixed else 1
+                if fixed and d.dim_value != v:
+                    raise ModelLoadError(
+                        f"input '{inp.name}' has size {d.dim_value} on axis {i}, the data has {v}"
+                    )
+                d.Clear()
+                d.dim_value = int(v)
+            continue
         if len(dims) >= 2 and not (dims[0].HasField("dim_value") and dims[0].dim_value > 0):
             dims[0].Clear()
             dims[0].dim_value = 1
@@ -446,8 +479,8 @@ def _fold_node(g: Graph, node: Node, model: onnx.ModelProto) -> list[np.ndarray]
     return [np.asarray(o) for o in outs]
 
 
-def _mark_and_fold(g: Graph, model: onnx.ModelProto) -> None:
-    concrete = _concrete_model(model, g)
+def _mark_and_fold(g: Graph, model: onnx.ModelProto, input_shape: tuple[int, ...] | None = None) -> None:
+    concrete = _concrete_model(model, g, input_shape)
     _infer_shapes(g, concrete)
     for _round in range(3):
         changed = False

@@ -12,17 +12,30 @@ from lipgraph.report import check_output_path, write_atomic
 @click.option("--input", "input_name", metavar="NAME", help="The graph input to certify (when there are several).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
 @click.option("-o", "--output", "output", type=click.Path(path_type=str), help="Write the report here.")
-def bound(model: str, input_name: str | None, fmt: str, output: str | None) -> int:
+@click.option("--input-shape", "input_shape", metavar="DxDx...",
+              help="Fix the input's symbolic dimensions, e.g. 1x3x32x32 (the bound then holds for that size).")
+def bound(model: str, input_name: str | None, fmt: str, output: str | None, input_shape: str | None) -> int:
     """Print a sound upper bound of MODEL's L2 Lipschitz constant (input -> logits)."""
     from lipgraph.analyze import analyze
     from lipgraph.report.bound import RENDERERS
 
     if output:
         check_output_path(output)
-    analysis = analyze(model, input_name=input_name)
+    shape = _parse_shape(input_shape) if input_shape else None
+    analysis = analyze(model, input_name=input_name, input_shape=shape)
     text = RENDERERS[fmt](analysis)
     if output:
         write_atomic(output, text)
     else:
         click.echo(text, nl=False)
     return 0
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(v) for v in text.lower().replace(",", "x").split("x"))
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not a shape like 1x3x32x32", param_hint="--input-shape") from None
+    if not dims or any(d < 1 for d in dims):
+        raise click.BadParameter(f"'{text}' needs positive sizes, like 1x3x32x32", param_hint="--input-shape")
+    return dims

@@ -57,6 +57,8 @@ class RuleContext:
     node: Node
     graph: Graph
     input_bounds: list[float | None]  # None: constant input (L = 0); '' inputs are None too
+    # Assumptions a rule had to make, reported with the node as warnings (e.g. about symbolic dims).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def opset(self) -> int:

@@ -36,6 +36,14 @@ def broadcast_factor(ctx: RuleContext, i: int) -> int:
     a = _aligned(in_shape, rank)
     k = 1
     for din, dout in zip(a, out_shape, strict=True):
+        if din is None and dout is None:
+            # Both symbolic: broadcasting would need this operand to be 1 where the output is not.
+            # Operands of residual joins share their size, so this is taken as "no broadcast" --
+            # an assumption, said out loud; `certify` fixes the sizes from its data and needs none.
+            note = "symbolic dimensions assumed equal (not broadcast); fix the input size for a proof"
+            if note not in ctx.notes:
+                ctx.notes.append(note)
+            continue
         if din == dout:
             continue
         if din == 1 and dout is not None:
