@@ -293,7 +293,9 @@ def test_huge_declared_shapes(case: str, tmp_path: Path) -> None:
     if case == "constant":
         # The constant is too large to fold, so the factor is unknown: refused, never computed.
         assert fields["RC"] == "2" and "scale" in proc.stderr, proc.stderr
-        assert float(fields["RSS_MB"]) < 500, tail[-1]
+        # Materialising the constant alone takes 1526 MB; the run normally peaks near 70 MB. The
+        # margin is wide because one loaded full-suite run once read 810 MB (not reproduced).
+        assert float(fields["RSS_MB"]) < 1000, tail[-1]
     elif case == "gemm_lie":
         # 64 bytes cannot hold a 10^12-element weight: the model is malformed and must be refused.
         assert fields["RC"] == "2", proc.stderr
