@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 DEFAULT_MNIST = ROOT.parent / "shared" / "data" / "mnist.npz"
-GS_EPOCHS = 10  # groupsort on MNIST
+GS_EPOCHS = 25  # groupsort on MNIST: 96.9% clean / 59.0% certified at 1.58 in 341 s (probe)
 
 
 def main(argv: list[str] | None = None) -> int:

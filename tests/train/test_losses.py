@@ -1,4 +1,4 @@
-"""LMT's guarded logits and the hinge loss against hand-computed values."""
+"""LMT's guarded logits, the hinge and margin-CE losses against hand-computed values; lr schedules."""
 
 import math
 
@@ -10,6 +10,7 @@ from lipgraph.train.losses import (
     hinge_loss,
     lmt_global_logits,
     lmt_pairwise_logits,
+    margin_ce_loss,
     pairwise_radius,
     pairwise_row_distances,
 )
@@ -77,3 +78,28 @@ def test_hinge_margin():
     expected = (max(0.0, m - 1.0 + 0.0) + max(0.0, m - 1.0 + 0.5)) / 3
     assert hinge_loss(logits, y, eps).item() == pytest.approx(expected)
     assert F.multi_margin_loss(logits, y).item() >= 0
+
+
+def test_margin_ce_hand_computed():
+    logits = torch.tensor([[1.0, 0.0, 0.5]])
+    y = torch.tensor([0])
+    eps, tau = 0.5, 3.0
+    m = math.sqrt(2) * eps
+    z = [tau * 1.0, tau * (0.0 + m), tau * (0.5 + m)]
+    expected = -(z[0] - math.log(sum(math.exp(v) for v in z))) / tau
+    assert margin_ce_loss(logits, y, eps, tau).item() == pytest.approx(expected, rel=1e-6)
+    # eps 0, tau 1: plain cross-entropy
+    assert margin_ce_loss(logits, y, 0.0, 1.0).item() == pytest.approx(F.cross_entropy(logits, y).item())
+
+
+def test_lr_schedules():
+    from lipgraph.train.loop import _lr_factor
+
+    assert _lr_factor("constant", 0.7) == 1.0
+    assert _lr_factor("cosine", 0.0) == pytest.approx(1.0) and _lr_factor("cosine", 1.0) == pytest.approx(0.0)
+    assert _lr_factor("cosine", 0.5) == pytest.approx(0.5)
+    # one-cycle: 0.1 at the start, peak 1 at 10%, 0 at the end, monotone after the peak
+    assert _lr_factor("onecycle", 0.0) == pytest.approx(0.1) and _lr_factor("onecycle", 0.1) == pytest.approx(1.0)
+    assert _lr_factor("onecycle", 1.0) == pytest.approx(0.0, abs=1e-12)
+    ts = [0.1 + 0.09 * i for i in range(11)]
+    assert all(_lr_factor("onecycle", a) >= _lr_factor("onecycle", b) for a, b in zip(ts, ts[1:], strict=False))
