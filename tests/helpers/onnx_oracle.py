@@ -181,3 +181,15 @@ def spectral(a: np.ndarray) -> float:
     """Largest singular value in float64 (the exact norm of a dense matrix)."""
     a = np.atleast_2d(np.asarray(a, dtype=np.float64))
     return float(np.linalg.svd(a, compute_uv=False)[0]) if a.size else 0.0
+
+
+def check_linear_bound(model, x_shape, exact_claimed: bool, rel: float = 1e-6) -> tuple[float, float]:
+    """The analyzer's bound of a linear model against its exact norm: sound always, tight where claimed."""
+    from lipgraph import analyze
+
+    bound = analyze(model).bound
+    exact = exact_norm(model, x_shape)
+    assert bound >= exact * (1 - 1e-7), (bound, exact)
+    if exact_claimed:
+        assert bound <= exact * (1 + rel), (bound, exact)
+    return bound, exact
