@@ -90,3 +90,25 @@ def test_cli_input_shape(symbolic_model: Path, tmp_path: Path, capsys: pytest.Ca
 def test_fixed_dimension_must_agree(symbolic_model: Path) -> None:
     with pytest.raises(ModelLoadError, match="axis 1"):
         analyze(symbolic_model, input_shape=(1, 4, 16, 16))
+
+
+def test_scaling_on_symbolic_sizes_states_its_assumption() -> None:
+    """Mul by a per-row constant on a tensor whose other axis is symbolic: the same assumption, stated."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    c = np.array([[2.0], [-3.0]], dtype=np.float32)  # (2, 1): broadcast along the symbolic axis
+    g = helper.make_graph(
+        [helper.make_node("Mul", ["x", "c"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, "W"])],
+        [numpy_helper.from_array(c, "c")],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(m)
+    a = analyze(m)
+    assert a.bound == pytest.approx(3.0)
+    assert any("symbolic dimensions assumed equal" in w for w in a.warnings)
+    fixed = analyze(m, input_shape=(1, 2, 5))
+    assert fixed.bound == pytest.approx(3.0) and not fixed.warnings

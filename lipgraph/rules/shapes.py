@@ -12,6 +12,18 @@ def _aligned(shape: tuple[int | None, ...], rank: int) -> tuple[int | None, ...]
     return (1,) * (rank - len(shape)) + tuple(shape)
 
 
+def _assume_no_broadcast(ctx: RuleContext) -> None:
+    """Both an operand's and the output's size on an axis are symbolic (not the batch: it is fixed to 1).
+
+    Broadcasting would need the operand to be 1 there while the output is not. Operands of residual
+    joins share their size, so this is taken as "no broadcast" -- an assumption, said out loud with
+    the node; `certify` fixes the sizes from its data and needs none.
+    """
+    note = "symbolic dimensions assumed equal (not broadcast); fix the input size for a proof"
+    if note not in ctx.notes:
+        ctx.notes.append(note)
+
+
 def broadcast_factor(ctx: RuleContext, i: int) -> int:
     """How many times each element of input ``i`` appears in the output under broadcasting.
 
@@ -37,12 +49,7 @@ def broadcast_factor(ctx: RuleContext, i: int) -> int:
     k = 1
     for din, dout in zip(a, out_shape, strict=True):
         if din is None and dout is None:
-            # Both symbolic: broadcasting would need this operand to be 1 where the output is not.
-            # Operands of residual joins share their size, so this is taken as "no broadcast" --
-            # an assumption, said out loud; `certify` fixes the sizes from its data and needs none.
-            note = "symbolic dimensions assumed equal (not broadcast); fix the input size for a proof"
-            if note not in ctx.notes:
-                ctx.notes.append(note)
+            _assume_no_broadcast(ctx)
             continue
         if din == dout:
             continue
@@ -84,7 +91,8 @@ def scale_gain(ctx: RuleContext, var_idx: int, scale: np.ndarray) -> float:
             elif do is not None:
                 k_extra *= int(do)
             elif dx is None:
-                continue  # both unknown: the symbolic batch axis, not a broadcast
+                _assume_no_broadcast(ctx)
+                continue
             else:
                 raise Refuse("cannot tell how often the input is broadcast (symbolic dims)")
     return float(np.sqrt(sq.max() * k_extra)) if sq.size else 0.0
