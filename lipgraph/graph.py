@@ -442,8 +442,14 @@ def _infer_shapes(g: Graph, base: onnx.ModelProto) -> None:
             t.elem_type = vi.type.tensor_type.elem_type
 
 
-def _fold_node(g: Graph, node: Node, model: onnx.ModelProto) -> list[np.ndarray] | None:
-    """Evaluate a node whose inputs are all known constants, with onnx's reference evaluator."""
+def _fold_node(
+    g: Graph, node: Node, model: onnx.ModelProto, src: onnx.NodeProto | None
+) -> list[np.ndarray] | None:
+    """Evaluate a node whose inputs are all known constants, with onnx's reference evaluator.
+
+    ``src`` is the node's original proto: its attributes are passed on untouched (the decoded
+    ``node.attrs`` lose tensor and graph attribute types).
+    """
     from onnx.reference import ReferenceEvaluator
 
     feeds: dict[str, np.ndarray] = {}
@@ -454,11 +460,8 @@ def _fold_node(g: Graph, node: Node, model: onnx.ModelProto) -> list[np.ndarray]
         if val is None:
             return None
         feeds[i] = val
-    if node.op_type == "Constant":
-        pass
     proto = helper.make_node(node.op_type, node.inputs, node.outputs, name=node.name, domain=(
         "" if node.domain == "ai.onnx" else node.domain))
-    src = next((n for n in model.graph.node if list(n.output) == node.outputs), None)
     if src is not None:
         proto.ClearField("attribute")
         proto.attribute.extend(src.attribute)
@@ -482,6 +485,9 @@ def _fold_node(g: Graph, node: Node, model: onnx.ModelProto) -> list[np.ndarray]
 def _mark_and_fold(g: Graph, model: onnx.ModelProto, input_shape: tuple[int, ...] | None = None) -> None:
     concrete = _concrete_model(model, g, input_shape)
     _infer_shapes(g, concrete)
+    # Original protos by their outputs, looked up once per folded node (a scan each time was
+    # quadratic in the legacy exporter's long shape-arithmetic chains).
+    protos = {tuple(n.output): n for n in model.graph.node}
     for _round in range(3):
         changed = False
         for node in g.nodes:
@@ -507,7 +513,7 @@ def _mark_and_fold(g: Graph, model: onnx.ModelProto, input_shape: tuple[int, ...
                 continue
             if _fold_too_large(g, node):
                 continue  # a tiny file must not make lipgraph compute gigabytes of constants
-            values = _fold_node(g, node, model)
+            values = _fold_node(g, node, model, protos.get(tuple(node.outputs)))
             if values is None:
                 continue
             for t, v in zip(outs, values, strict=False):
