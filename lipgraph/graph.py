@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
+from lipgraph.declarations import check_declarations, strip_declarations, topologically_sorted
 from lipgraph.errors import ModelLoadError
 from lipgraph.rules.registry import normalize_domain
 
@@ -58,6 +59,9 @@ class Tensor:
     elem_type: int | None = None
     value: np.ndarray | None = None
     variable: bool = False
+    # Symbolic dimension names from shape inference (None where fixed or nameless): two equal names
+    # are equal sizes, which is the only way an unknown size is ever taken as "no broadcast".
+    dim_params: tuple[str | None, ...] | None = None
 
 
 def _attr_value(attr: onnx.AttributeProto) -> Any:
@@ -80,6 +84,13 @@ def _dims(type_proto: onnx.TypeProto) -> tuple[int | None, ...] | None:
     for d in type_proto.tensor_type.shape.dim:
         out.append(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None)
     return tuple(out)
+
+
+def _dim_params(type_proto: onnx.TypeProto) -> tuple[str | None, ...] | None:
+    if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
+        return None
+    return tuple(d.dim_param or None if not d.HasField("dim_value") else None
+                 for d in type_proto.tensor_type.shape.dim)
 
 
 class Graph:
@@ -223,6 +234,9 @@ def build_graph(
         except Exception as exc:  # noqa: BLE001 - a malformed function body
             raise ModelLoadError(f"cannot inline the model's local functions ({type(exc).__name__}: {exc})") from None
     _check_text(model)
+    # Shape inference reads nodes in file order: sort first (stable), so an out-of-order node
+    # does not leave every later shape unknown.
+    model = topologically_sorted(model)
     g = Graph()
     g.model = model
     for imp in model.opset_import:
@@ -238,6 +252,7 @@ def build_graph(
         )
     graph = model.graph
     _refuse_unloaded_external_data(model)
+    check_declarations(model)
 
     for init in graph.initializer:
         try:
@@ -412,7 +427,7 @@ def _infer_shapes(g: Graph, base: onnx.ModelProto) -> None:
     """Record inferred shapes of every tensor, with folded constants given as initializers."""
     m = onnx.ModelProto()
     m.CopyFrom(base)
-    del m.graph.value_info[:]
+    strip_declarations(m)  # shapes and types from the nodes, never from what the file declares
     known_inits = {i.name for i in m.graph.initializer}
     remove = {t.name for t in g.tensors.values() if t.value is not None and t.name not in known_inits}
     # Nodes whose outputs are all folded become initializers, so Reshape etc. see real shapes.
@@ -438,6 +453,7 @@ def _infer_shapes(g: Graph, base: onnx.ModelProto) -> None:
         dims = _dims(vi.type)
         if dims is not None:
             t.shape = dims
+            t.dim_params = _dim_params(vi.type)
         if vi.type.tensor_type.elem_type:
             t.elem_type = vi.type.tensor_type.elem_type
 

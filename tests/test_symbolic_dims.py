@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from lipgraph import analyze, certify  # noqa: E402
 from lipgraph.cli import main  # noqa: E402
-from lipgraph.errors import ModelLoadError  # noqa: E402
+from lipgraph.errors import ModelLoadError, UnsupportedModelError  # noqa: E402
 
 
 class _Residual(torch.nn.Module):
@@ -40,17 +40,16 @@ def symbolic_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_bound_on_symbolic_sizes_states_its_assumption(symbolic_model: Path) -> None:
-    a = analyze(symbolic_model)
-    assert any("symbolic dimensions assumed equal" in w for w in a.warnings)
-    assert any("input size unknown" in n.method for n in a.nodes if n.op_type == "Conv")
+def test_bound_on_unprovable_symbolic_sizes_refuses_naming_the_fix(symbolic_model: Path) -> None:
+    """A residual join of two conv outputs of symbolic size: nothing proves they are equal (a strided
+    conv would make one of them 1 and broadcast it), so no assumed bound: a refusal naming the flag."""
+    with pytest.raises(UnsupportedModelError, match="--input-shape"):
+        analyze(symbolic_model)
 
 
-def test_concrete_shape_needs_no_assumption_and_is_tighter(symbolic_model: Path) -> None:
-    loose = analyze(symbolic_model)
+def test_concrete_shape_needs_no_assumption(symbolic_model: Path) -> None:
     tight = analyze(symbolic_model, input_shape=(1, 3, 16, 16))
     assert not any("assumed" in w for w in tight.warnings)
-    assert tight.bound < loose.bound
     # still an upper bound: compare with the exact Jacobian norm of the torch model at random points
     torch.manual_seed(0)
     net = _Residual().eval()
@@ -92,8 +91,9 @@ def test_fixed_dimension_must_agree(symbolic_model: Path) -> None:
         analyze(symbolic_model, input_shape=(1, 4, 16, 16))
 
 
-def test_scaling_on_symbolic_sizes_states_its_assumption() -> None:
-    """Mul by a per-row constant on a tensor whose other axis is symbolic: the same assumption, stated."""
+def test_scaling_on_symbolic_sizes_proven_equal_by_inference() -> None:
+    """Mul by a per-row constant on a tensor whose other axis is symbolic: shape inference names the
+    output's axis 'W' like the input's, which proves no broadcast along it: no assumption needed."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -109,6 +109,6 @@ def test_scaling_on_symbolic_sizes_states_its_assumption() -> None:
     onnx.checker.check_model(m)
     a = analyze(m)
     assert a.bound == pytest.approx(3.0)
-    assert any("symbolic dimensions assumed equal" in w for w in a.warnings)
+    assert not any("assumed" in w for w in a.warnings)
     fixed = analyze(m, input_shape=(1, 2, 5))
     assert fixed.bound == pytest.approx(3.0) and not fixed.warnings

@@ -50,11 +50,13 @@ def leaky_relu(ctx: RuleContext) -> Bound:
     return _unary(ctx, max(1.0, abs(alpha)), f"elementwise, alpha={alpha:g}")
 
 
-@rule("PRelu")
+@rule("PRelu", broadcasts=True)
 def prelu(ctx: RuleContext) -> Bound:
     """PRelu: ``max(1, max |slope|)`` over the constant slope tensor (exact when broadcast per channel).
 
-    A slope that depends on the input is a product of two variable tensors: refused. Source: SPEC sec. 4.
+    A slope that depends on the input is a product of two variable tensors: refused. A slope larger
+    than x (ONNX Runtime broadcasts both ways) copies x: the registry adds ``sqrt(copies)``.
+    Source: SPEC sec. 4.
     """
     if ctx.is_variable(1):
         raise Refuse("the PRelu slope depends on the input")
@@ -123,7 +125,7 @@ def erf(ctx: RuleContext) -> Bound:
     return _unary(ctx, float(np.nextafter(2.0 / math.sqrt(math.pi), np.inf)), "elementwise, 2/sqrt(pi)")
 
 
-@rule("Clip")
+@rule("Clip", broadcasts=True)
 def clip(ctx: RuleContext) -> Bound:
     """Clip: 1 (a projection onto an interval). Bounds that depend on the input are refused. SPEC sec. 4."""
     if ctx.is_variable(1) or ctx.is_variable(2):
@@ -181,7 +183,7 @@ def not_lipschitz(ctx: RuleContext) -> Bound:
     raise Refuse(_NOT_LIPSCHITZ[ctx.node.op_type])
 
 
-@rule("Pow")
+@rule("Pow", broadcasts=True)
 def pow_(ctx: RuleContext) -> Bound:
     """Pow ``x^p`` with constant p: p = 1 is the identity (1); every other exponent is refused.
 

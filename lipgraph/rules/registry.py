@@ -7,7 +7,9 @@ Versions resolve like ONNX itself: the rule with the largest ``since`` not above
 
 from __future__ import annotations
 
+import functools
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -111,6 +113,7 @@ class RuleSpec:
     since: int
     family: str
     fn: RuleFn
+    broadcasts: bool = False
 
     @property
     def doc(self) -> str:
@@ -128,22 +131,62 @@ class DuplicateRuleError(RuntimeError):
 _REGISTRY: dict[tuple[str, str], dict[int, RuleSpec]] = {}
 
 
-def rule(*op_types: str, domain: str = DEFAULT_DOMAIN, since: int = 1) -> Callable[[RuleFn], RuleFn]:
-    """Register ``fn`` as the bound rule of each of ``op_types`` from opset ``since`` on."""
+def rule(
+    *op_types: str, domain: str = DEFAULT_DOMAIN, since: int = 1, broadcasts: bool = False
+) -> Callable[[RuleFn], RuleFn]:
+    """Register ``fn`` as the bound rule of each of ``op_types`` from opset ``since`` on.
+
+    ``broadcasts=True`` marks an op that broadcasts its inputs together (numpy rules) while ``fn``
+    bounds it per element of its one variable input, as if unary (PRelu's slope, Pow's exponent,
+    Clip's limits). A constant operand larger than that input copies each of its elements into
+    several outputs; the registered rule then multiplies ``fn``'s bound by ``sqrt(copies)``
+    (:func:`lipgraph.rules.shapes.elementwise_copies`), in this one place for every such rule.
+    """
 
     def deco(fn: RuleFn) -> RuleFn:
         if not fn.__doc__:
             raise ValueError(f"rule {fn.__name__} needs a docstring (what, how, how tight, source)")
         family = fn.__module__.rsplit(".", 1)[-1]
+        bound_fn = _with_broadcast_copies(fn) if broadcasts else fn
         for op in op_types:
             key = (normalize_domain(domain), op)
             versions = _REGISTRY.setdefault(key, {})
             if since in versions:
                 raise DuplicateRuleError(f"rule for {key[0]}:{op} since {since} registered twice")
-            versions[since] = RuleSpec(key[0], op, since, family, fn)
+            versions[since] = RuleSpec(key[0], op, since, family, bound_fn, broadcasts)
         return fn
 
     return deco
+
+
+def _with_broadcast_copies(fn: RuleFn) -> RuleFn:
+    """``fn`` followed by the factor ``sqrt(k)``, k the copies broadcasting makes of the variable input."""
+
+    @functools.wraps(fn)
+    def bounded(ctx: RuleContext) -> Bound:
+        from lipgraph.rules.shapes import elementwise_copies
+
+        result = fn(ctx)
+        var = ctx.variable_indices()
+        if len(var) != 1:
+            return result  # a rule that accepts several variable inputs accounts for them itself
+        k = elementwise_copies(ctx, var[0])
+        if k == 1:
+            return result
+        s = math.sqrt(k)
+        outs = result.outputs
+        scaled: float | list[float] = (
+            float(outs) * s if isinstance(outs, int | float | np.floating) else [float(v) * s for v in outs]
+        )
+        return Bound(
+            scaled,
+            f"{result.method}, broadcast x{k}",
+            factor=None if result.factor is None else result.factor * s,
+            lower=None,  # the per-element lower estimate times sqrt(k) need not be below the truth
+            warnings=list(result.warnings),
+        )
+
+    return bounded
 
 
 def lookup(domain: str, op_type: str, opset: int) -> RuleSpec | None:

@@ -12,23 +12,80 @@ def _aligned(shape: tuple[int | None, ...], rank: int) -> tuple[int | None, ...]
     return (1,) * (rank - len(shape)) + tuple(shape)
 
 
-def _assume_no_broadcast(ctx: RuleContext) -> None:
-    """Both an operand's and the output's size on an axis are symbolic (not the batch: it is fixed to 1).
+SYMBOLIC_HINT = "fix the input size with --input-shape (certify uses its data's size)"
 
-    Broadcasting would need the operand to be 1 there while the output is not. Operands of residual
-    joins share their size, so this is taken as "no broadcast" -- an assumption, said out loud with
-    the node; `certify` fixes the sizes from its data and needs none.
+
+def _dim_param(ctx: RuleContext, name: str, axis_from_end: int) -> str | None:
+    """The symbolic name shape inference gave ``name`` on an axis counted from the end, if any."""
+    t = ctx.graph.tensors.get(name)
+    params = t.dim_params if t is not None else None
+    if not params or axis_from_end > len(params):
+        return None
+    return params[len(params) - axis_from_end]
+
+
+def _assume_no_broadcast(ctx: RuleContext, i: int, axis: int, rank: int) -> None:
+    """An operand's and the output's size on an axis are both symbolic (the batch is fixed to 1).
+
+    They are taken as equal (no broadcast) only when shape inference proved it: both carry the same
+    symbolic name. Anything else (a slice of length 1 of a symbolic axis, a strided conv's output)
+    can differ, and broadcasting would repeat the operand: refused, naming the fix.
     """
-    note = "symbolic dimensions assumed equal (not broadcast); fix the input size for a proof"
-    if note not in ctx.notes:
-        ctx.notes.append(note)
+    from_end = rank - axis
+    a = _dim_param(ctx, ctx.node.inputs[i], from_end)
+    b = _dim_param(ctx, ctx.node.outputs[0], from_end)
+    if a is None or a != b:
+        raise Refuse(
+            f"cannot tell whether input '{ctx.node.inputs[i]}' is broadcast along a symbolic axis; " + SYMBOLIC_HINT
+        )
+
+
+def elementwise_copies(ctx: RuleContext, i: int) -> int:
+    """How many outputs each element of input ``i`` reaches when all inputs broadcast together.
+
+    Counted from the inputs' own shapes (constants have exact shapes), not from the output's: along
+    an axis where another operand has size m > 1 and input ``i`` has 1, each element is copied m
+    times. An input size that is unknown there is counted as 1 (the worst case). A shape that cannot
+    be read is refused.
+    """
+    x = ctx.in_shape(i)
+    others = [ctx.in_shape(j) for j in range(len(ctx.node.inputs)) if j != i and ctx.has_input(j)]
+    if not others:
+        return 1
+    if any(o is None for o in others):
+        raise Refuse(f"cannot tell how often input '{ctx.node.inputs[i]}' is broadcast (an operand's shape is unknown)")
+    if x is None:
+        if all(all(d == 1 for d in o) for o in others if o is not None):
+            return 1
+        raise Refuse(f"cannot tell how often input '{ctx.node.inputs[i]}' is broadcast (its shape is unknown)")
+    rank = max(len(x), *(len(o) for o in others if o is not None))
+    xs = _aligned(x, rank)
+    aligned = [_aligned(o, rank) for o in others if o is not None]
+    k = 1
+    for ax in range(rank):
+        dims = [o[ax] for o in aligned]
+        dx = xs[ax]
+        if any(d is None for d in dims):
+            if dx is not None and dx != 1:
+                continue  # the others must be dx or 1 there: no copies of x
+            raise Refuse(
+                f"cannot tell how often input '{ctx.node.inputs[i]}' is broadcast (symbolic dims); " + SYMBOLIC_HINT
+            )
+        m = max(dims) if dims else 1
+        if m <= 1 or dx == m:
+            continue
+        if dx is None or dx == 1:
+            k *= int(m)
+        else:
+            raise Refuse(f"input shapes {tuple(x)} and {tuple(dims)} do not broadcast together")
+    return k
 
 
 def broadcast_factor(ctx: RuleContext, i: int) -> int:
     """How many times each element of input ``i`` appears in the output under broadcasting.
 
-    Uses the static shapes; an unknown dimension is accepted only where the input has the same
-    unknown dimension as the output (a symbolic batch axis), otherwise the rule refuses.
+    Uses the static shapes; an unknown dimension is accepted only where shape inference named the
+    input's and the output's size the same symbol, otherwise the rule refuses.
     """
     in_shape = ctx.in_shape(i)
     out_shape = ctx.out_shape(0)
@@ -47,12 +104,14 @@ def broadcast_factor(ctx: RuleContext, i: int) -> int:
     rank = len(out_shape)
     a = _aligned(in_shape, rank)
     k = 1
-    for din, dout in zip(a, out_shape, strict=True):
+    for ax, (din, dout) in enumerate(zip(a, out_shape, strict=True)):
         if din is None and dout is None:
-            _assume_no_broadcast(ctx)
+            _assume_no_broadcast(ctx, i, ax, rank)
             continue
         if din == dout:
             continue
+        if din is not None and din != 1 and dout is None:
+            continue  # the output's size there is din: no copies
         if din == 1 and dout is not None:
             k *= int(dout)
         elif din is None and dout is not None:
@@ -91,7 +150,7 @@ def scale_gain(ctx: RuleContext, var_idx: int, scale: np.ndarray) -> float:
             elif do is not None:
                 k_extra *= int(do)
             elif dx is None:
-                _assume_no_broadcast(ctx)
+                _assume_no_broadcast(ctx, var_idx, ax, rank)
                 continue
             else:
                 raise Refuse("cannot tell how often the input is broadcast (symbolic dims)")

@@ -154,7 +154,11 @@ def pad(ctx: RuleContext) -> Bound:
         if ctx.is_variable(1) or ctx.is_variable(2):
             raise Refuse("Pad amounts or value that depend on the input")
     else:
-        pads = np.array(ctx.attr("pads", []), dtype=np.int64)
+        # Opsets 2-10 give the amounts as the attribute ``pads``, opset 1 as ``paddings``.
+        attr = ctx.attr("pads", ctx.attr("paddings"))
+        if attr is None:
+            raise Refuse("Pad without its 'pads' attribute (opset < 11)")
+        pads = np.array(attr, dtype=np.int64)
     _, lin = ctx.single_variable_input()
     if mode == "constant":
         return Bound(lin, "zero/constant padding", factor=1.0)
@@ -170,6 +174,8 @@ def pad(ctx: RuleContext) -> Bound:
             raise Refuse("Pad axes have no known value")
         axes = [int(a) % rank for a in np.ravel(ax)]
     half = len(pads) // 2
+    if len(pads) != 2 * len(axes):
+        raise Refuse(f"Pad has {len(pads)} pad amounts for {len(axes)} axes (ONNX needs two per axis)")
     total = 1
     for j, ax in enumerate(axes[:half]):
         n = shape[ax]
@@ -215,4 +221,9 @@ def topk(ctx: RuleContext) -> Bound:
         # jumps when two values swap ranks, so no Lipschitz constant holds for every runtime.
         raise Refuse("TopK with sorted=0 returns its values in an undefined order (possibly discontinuous)")
     _, lin = ctx.single_variable_input()
+    if len(ctx.node.outputs) > 1 and ctx.node.outputs[1] and (
+        ctx.graph.consumers(ctx.node.outputs[1]) or ctx.graph.is_graph_output(ctx.node.outputs[1])
+    ):
+        # Checked here, not only by the indices' type: a file may declare them FLOAT.
+        raise Refuse("TopK indices used on the data path are discontinuous in the input")
     return Bound([lin] * len(ctx.node.outputs), "sorting values", factor=1.0)
