@@ -22,7 +22,7 @@ from tests.adversarial.layers import LAYERS, Builder, Shape
 from tests.adversarial.oracle import lower_estimate, sound
 from tests.helpers.onnx_oracle import make_model, runner
 
-OPSETS = [10, 11, 13, 17, 18, 20]
+OPSETS = [9, 10, 11, 13, 17, 18, 20]
 MUTATIONS = ["none", "none", "lie_shape", "lie_type", "lie_value_info", "honest_output", "shuffle", "symbolic"]
 
 
@@ -112,17 +112,24 @@ def _mutate(truth: onnx.ModelProto, mutation: str, rng: np.random.Generator, x_s
                 d.dim_param = f"S{i}"
         return m
     inner = _intermediates(m)
+    if mutation in ("lie_shape", "lie_type") and rng.random() < 0.25:
+        inner = [m.graph.output[0].name]  # the certified output's own declaration
     if not inner and mutation != "none":
         return m
     if mutation in ("lie_shape", "lie_value_info", "honest_output"):
         inferred = onnx.shape_inference.infer_shapes(m)
-        known = {vi.name: vi for vi in inferred.graph.value_info}
+        known = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
         name = str(rng.choice(inner))
         vi = known.get(name)
         if vi is None:
             return m
         decl = onnx.ValueInfoProto()
         decl.CopyFrom(vi)
+        if name == m.graph.output[0].name:
+            m.graph.output[0].CopyFrom(decl)
+            if mutation == "honest_output":
+                return m
+            decl = m.graph.output[0]
         if mutation != "honest_output":
             dims = decl.type.tensor_type.shape.dim
             if len(dims):
@@ -130,10 +137,14 @@ def _mutate(truth: onnx.ModelProto, mutation: str, rng: np.random.Generator, x_s
                 v = d.dim_value if d.HasField("dim_value") else 1
                 d.Clear()
                 d.dim_value = max(1, v - 1) if v > 1 else v + 1
-        (m.graph.value_info if mutation == "lie_value_info" else m.graph.output).append(decl)
+        if name != m.graph.output[0].name:
+            (m.graph.value_info if mutation == "lie_value_info" else m.graph.output).append(decl)
     elif mutation == "lie_type":
         name = str(rng.choice(inner))
-        m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.INT64, None))
+        if name == m.graph.output[0].name:
+            m.graph.output[0].type.tensor_type.elem_type = TensorProto.INT64
+        else:
+            m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.INT64, None))
     return m
 
 

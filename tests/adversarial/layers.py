@@ -317,6 +317,43 @@ def resize(b: Builder, x: str, shape: Shape) -> str | None:
     return b.node("Resize", [x, "", b.const(scales)], mode=mode, coordinate_transformation_mode=ctm)[0]
 
 
+def squeeze_like(b: Builder, x: str, shape: Shape) -> str | None:
+    """Squeeze / Unsqueeze in both opset forms (axes attribute before 13, input from 13)."""
+    ones = [i for i, d in enumerate(shape) if d == 1 and i > 0]
+    if ones and b.rng.random() < 0.5:
+        axes = [int(b.rng.choice(ones))]
+        if b.opset >= 13:
+            return b.node("Squeeze", [x, b.const(np.array(axes, np.int64))])[0]
+        return b.node("Squeeze", [x], axes=axes)[0]
+    axes = [int(b.rng.integers(1, len(shape) + 1))]
+    if b.opset >= 13:
+        return b.node("Unsqueeze", [x, b.const(np.array(axes, np.int64))])[0]
+    return b.node("Unsqueeze", [x], axes=axes)[0]
+
+
+def other_norms(b: Builder, x: str, shape: Shape) -> str | None:
+    r = int(b.rng.integers(3))
+    if r == 0 and b.opset >= 17:
+        axis = int(b.rng.integers(-len(shape), len(shape)))
+        nshape = shape[axis:] if axis >= 0 else shape[len(shape) + axis :]
+        ins = [x, b.const(b.f32(nshape)), b.const(b.f32(nshape))]
+        return b.node("LayerNormalization", ins, axis=axis, epsilon=float(b.rng.choice([1e-5, 0.1])))[0]
+    if r == 1 and len(shape) >= 3:
+        c = shape[1]
+        return b.node("InstanceNormalization", [x, b.const(b.f32((c,))), b.const(b.f32((c,)))], epsilon=0.05)[0]
+    if r == 2 and b.opset >= 15:
+        return b.node("CastLike", [x, b.const(np.zeros((), np.float32))])[0]
+    return None
+
+
+def upsample(b: Builder, x: str, shape: Shape) -> str | None:
+    if b.opset != 9 or len(shape) != 4:
+        return None
+    scales = np.array([1, 1, *(float(b.rng.choice([1.0, 2.0, 3.0])) for _ in shape[2:])], np.float32)
+    mode = str(b.rng.choice(["nearest", "linear"]))
+    return b.node("Upsample", [x, b.const(scales)], mode=mode)[0]
+
+
 LAYERS: list[Callable[[Builder, str, Shape], str | None]] = [
     unary,
     unary,
