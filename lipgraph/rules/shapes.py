@@ -12,6 +12,9 @@ def _aligned(shape: tuple[int | None, ...], rank: int) -> tuple[int | None, ...]
     return (1,) * (rank - len(shape)) + tuple(shape)
 
 
+# Ops whose inputs all broadcast together (numpy rules): a proof may look at the other operands' shapes.
+_ELEMENTWISE = {"Add", "Sub", "Sum", "Mul", "Div", "Max", "Min", "Mean", "Pow", "PRelu", "Clip"}
+
 SYMBOLIC_HINT = "fix the input size with --input-shape (certify uses its data's size)"
 
 
@@ -26,10 +29,15 @@ def _prove_no_copies(ctx: RuleContext, i: int, axis: int, rank: int) -> None:
     slice the name of the axis it was cut from.)
     """
     from_end = rank - axis
-    for j, name in enumerate(ctx.node.inputs):
-        if j == i or not name:
-            continue
-        shape = ctx.graph.shape_of(name)
+    if ctx.node.op_type == "Expand":
+        # The other "operand" is the target shape's value, not the shape input's own shape.
+        target = ctx.const(1)
+        others: list[tuple[int | None, ...] | None] = [None if target is None else tuple(int(d) for d in target)]
+    elif ctx.node.op_type in _ELEMENTWISE:
+        others = [ctx.graph.shape_of(n) for j, n in enumerate(ctx.node.inputs) if j != i and n]
+    else:
+        others = [None]  # operands that do not broadcast with input i (Gemm's A and B): no proof
+    for shape in others:
         if shape is None:
             break
         if from_end > len(shape) or shape[len(shape) - from_end] == 1:

@@ -342,3 +342,23 @@ def test_certified_radii_of_a_broadcasting_classifier_survive_the_exact_attack()
             assert int(run({"x": xa[None]})[0].argmax()) == y
             checked += 1
     assert checked > 50
+
+
+def test_expand_to_a_symbolic_target_is_not_assumed_unbroadcast() -> None:
+    """``Expand(x[:, :1], Shape(x))`` on symbolic sizes: the target's values are unknown and the length-1
+    slice is copied S1 times; the target input's own shape (its rank) proves nothing."""
+    from onnx import helper
+
+    from tests.helpers.onnx_oracle import make_model
+
+    nodes = [
+        helper.make_node("Slice", ["x", "s", "e", "a"], ["sl"]),
+        helper.make_node("Shape", ["x"], ["sh"]),
+        helper.make_node("Expand", ["sl", "sh"], ["y"]),
+    ]
+    inits = {"s": np.array([0]), "e": np.array([1]), "a": np.array([1])}
+    model = make_model(nodes, [("x", [1, "S1", "S2"])], ["y"], inits)
+    with pytest.raises(UnsupportedModelError, match="--input-shape"):
+        analyze(model)
+    concrete = make_model(nodes, [("x", [1, 4, 3])], ["y"], inits)
+    assert analyze(model, input_shape=(1, 4, 3)).bound >= exact_norm(concrete, (1, 4, 3)) * (1 - 1e-9)
