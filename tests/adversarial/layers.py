@@ -158,7 +158,10 @@ def join(b: Builder, x: str, shape: Shape) -> str | None:
 
 # ---------------------------------------------------------------------- structure
 def structural(b: Builder, x: str, shape: Shape) -> str | None:
-    r = int(b.rng.integers(9))
+    r = int(b.rng.integers(10))
+    if r == 9 and b.opset >= 10:
+        # a length-1 slice expanded back to the data's shape through shape arithmetic (Shape -> Expand)
+        return b.node("Expand", [_slice_to_one(b, x, shape), b.node("Shape", [x])[0]])[0]
     rank = len(shape)
     if r == 0:
         return b.node("Reshape", [x, b.const(np.array([1, -1], np.int64))])[0]
