@@ -90,8 +90,7 @@ def check_declarations(model: onnx.ModelProto) -> None:
     declared = [vi for vi in list(model.graph.output) + list(model.graph.value_info) if vi.type.HasField("tensor_type")]
     if not declared:
         return
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    m = _light_copy(model)
     strip_declarations(m)
     try:
         with _warnings.catch_warnings():
@@ -126,6 +125,35 @@ def check_declarations(model: onnx.ModelProto) -> None:
                 f"tensor '{vi.name}' is declared with shape {shown}, but the graph computes {real}; "
                 "the model is malformed (re-export it)"
             )
+
+
+_SMALL = 4096  # initializers up to this many elements keep their values (shape arithmetic needs them)
+
+
+def _light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy for shape inference without the large weights' payloads: a large initializer becomes a
+    graph input of the same type and shape (all inference needs), so a 100 MB model is not copied."""
+    src = model.graph
+    g = onnx.GraphProto()
+    g.name = src.name
+    g.node.extend(src.node)
+    g.input.extend(src.input)
+    g.output.extend(src.output)
+    listed = {i.name for i in src.input}
+    for init in src.initializer:
+        n = 1
+        for d in init.dims:
+            n *= int(d)
+        if n <= _SMALL:
+            g.initializer.append(init)
+        elif init.name not in listed:
+            g.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    g.sparse_initializer.extend(src.sparse_initializer)
+    m = onnx.ModelProto()
+    m.ir_version = model.ir_version
+    m.opset_import.extend(model.opset_import)
+    m.graph.CopyFrom(g)
+    return m
 
 
 def _type_name(elem_type: int) -> str:

@@ -59,9 +59,6 @@ class Tensor:
     elem_type: int | None = None
     value: np.ndarray | None = None
     variable: bool = False
-    # Symbolic dimension names from shape inference (None where fixed or nameless): two equal names
-    # are equal sizes, which is the only way an unknown size is ever taken as "no broadcast".
-    dim_params: tuple[str | None, ...] | None = None
 
 
 def _attr_value(attr: onnx.AttributeProto) -> Any:
@@ -84,13 +81,6 @@ def _dims(type_proto: onnx.TypeProto) -> tuple[int | None, ...] | None:
     for d in type_proto.tensor_type.shape.dim:
         out.append(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None)
     return tuple(out)
-
-
-def _dim_params(type_proto: onnx.TypeProto) -> tuple[str | None, ...] | None:
-    if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
-        return None
-    return tuple(d.dim_param or None if not d.HasField("dim_value") else None
-                 for d in type_proto.tensor_type.shape.dim)
 
 
 class Graph:
@@ -453,7 +443,6 @@ def _infer_shapes(g: Graph, base: onnx.ModelProto) -> None:
         dims = _dims(vi.type)
         if dims is not None:
             t.shape = dims
-            t.dim_params = _dim_params(vi.type)
         if vi.type.tensor_type.elem_type:
             t.elem_type = vi.type.tensor_type.elem_type
 

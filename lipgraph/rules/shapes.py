@@ -12,32 +12,42 @@ def _aligned(shape: tuple[int | None, ...], rank: int) -> tuple[int | None, ...]
     return (1,) * (rank - len(shape)) + tuple(shape)
 
 
+# Ops whose inputs all broadcast together (numpy rules): a proof may look at the other operands' shapes.
+_ELEMENTWISE = {"Add", "Sub", "Sum", "Mul", "Div", "Max", "Min", "Mean", "Pow", "PRelu", "Clip"}
+
 SYMBOLIC_HINT = "fix the input size with --input-shape (certify uses its data's size)"
 
 
-def _dim_param(ctx: RuleContext, name: str, axis_from_end: int) -> str | None:
-    """The symbolic name shape inference gave ``name`` on an axis counted from the end, if any."""
-    t = ctx.graph.tensors.get(name)
-    params = t.dim_params if t is not None else None
-    if not params or axis_from_end > len(params):
-        return None
-    return params[len(params) - axis_from_end]
+def _prove_no_copies(ctx: RuleContext, i: int, axis: int, rank: int) -> None:
+    """Input ``i``'s and the output's size on an axis are both symbolic (the batch is fixed to 1).
 
-
-def _assume_no_broadcast(ctx: RuleContext, i: int, axis: int, rank: int) -> None:
-    """An operand's and the output's size on an axis are both symbolic (the batch is fixed to 1).
-
-    They are taken as equal (no broadcast) only when shape inference proved it: both carry the same
-    symbolic name. Anything else (a slice of length 1 of a symbolic axis, a strided conv's output)
-    can differ, and broadcasting would repeat the operand: refused, naming the fix.
+    Input ``i`` is copied along that axis only if its size there is 1 while another operand's is
+    larger. That is ruled out when every other operand has a known size 1 there (or no such axis):
+    the output's size is then input ``i``'s own. Anything else (a residual join of two symbolic
+    sizes, a slice of length 1 of a symbolic axis) can differ, so no equality is assumed: refused,
+    naming the fix. (ONNX's symbolic dimension names are no proof: its inference can give a length-1
+    slice the name of the axis it was cut from.)
     """
     from_end = rank - axis
-    a = _dim_param(ctx, ctx.node.inputs[i], from_end)
-    b = _dim_param(ctx, ctx.node.outputs[0], from_end)
-    if a is None or a != b:
-        raise Refuse(
-            f"cannot tell whether input '{ctx.node.inputs[i]}' is broadcast along a symbolic axis; " + SYMBOLIC_HINT
-        )
+    if ctx.node.op_type == "Expand":
+        # The other "operand" is the target shape's value, not the shape input's own shape.
+        target = ctx.const(1)
+        others: list[tuple[int | None, ...] | None] = [None if target is None else tuple(int(d) for d in target)]
+    elif ctx.node.op_type in _ELEMENTWISE:
+        others = [ctx.graph.shape_of(n) for j, n in enumerate(ctx.node.inputs) if j != i and n]
+    else:
+        others = [None]  # operands that do not broadcast with input i (Gemm's A and B): no proof
+    for shape in others:
+        if shape is None:
+            break
+        if from_end > len(shape) or shape[len(shape) - from_end] == 1:
+            continue
+        break
+    else:
+        return
+    raise Refuse(
+        f"cannot tell whether input '{ctx.node.inputs[i]}' is broadcast along a symbolic axis; " + SYMBOLIC_HINT
+    )
 
 
 def elementwise_copies(ctx: RuleContext, i: int) -> int:
@@ -78,14 +88,24 @@ def elementwise_copies(ctx: RuleContext, i: int) -> int:
             k *= int(m)
         else:
             raise Refuse(f"input shapes {tuple(x)} and {tuple(dims)} do not broadcast together")
+    out = ctx.out_shape(0)
+    if k > 1 and out is not None and len(out) == rank:
+        full = tuple(max(d for d in (xs[ax], *(o[ax] for o in aligned)) if d is not None) for ax in range(rank))
+        if any(d is not None and d != f for d, f in zip(out, full, strict=True)):
+            # ONNX's shape inference follows the op's specification (PRelu: the output has x's shape)
+            # while ONNX Runtime broadcasts both ways: every shape after this node would be wrong.
+            raise Refuse(
+                f"the inputs broadcast to {full}, but ONNX shape inference gives {tuple(out)}; "
+                "the shapes after this node cannot be trusted"
+            )
     return k
 
 
 def broadcast_factor(ctx: RuleContext, i: int) -> int:
     """How many times each element of input ``i`` appears in the output under broadcasting.
 
-    Uses the static shapes; an unknown dimension is accepted only where shape inference named the
-    input's and the output's size the same symbol, otherwise the rule refuses.
+    Uses the static shapes; where the input's and the output's sizes are both unknown, only a proof
+    that no other operand is larger there is accepted, otherwise the rule refuses.
     """
     in_shape = ctx.in_shape(i)
     out_shape = ctx.out_shape(0)
@@ -106,7 +126,7 @@ def broadcast_factor(ctx: RuleContext, i: int) -> int:
     k = 1
     for ax, (din, dout) in enumerate(zip(a, out_shape, strict=True)):
         if din is None and dout is None:
-            _assume_no_broadcast(ctx, i, ax, rank)
+            _prove_no_copies(ctx, i, ax, rank)
             continue
         if din == dout:
             continue
@@ -150,7 +170,7 @@ def scale_gain(ctx: RuleContext, var_idx: int, scale: np.ndarray) -> float:
             elif do is not None:
                 k_extra *= int(do)
             elif dx is None:
-                _assume_no_broadcast(ctx, var_idx, ax, rank)
+                _prove_no_copies(ctx, var_idx, ax, rank)
                 continue
             else:
                 raise Refuse("cannot tell how often the input is broadcast (symbolic dims)")

@@ -32,10 +32,17 @@ def test_pow_whose_exponent_broadcasts_x_up_counts_the_copies() -> None:
 
 @pytest.mark.parametrize("slope_shape", [(3, 1, 1), (1, 2, 1, 1), (2, 2, 1, 2)])
 def test_prelu_whose_slope_broadcasts_x_up_counts_the_copies(slope_shape: tuple[int, ...]) -> None:
+    """ONNX's shape inference gives PRelu x's shape (its specification), ONNX Runtime broadcasts both
+    ways: the copies must be counted, and the wrong shapes after the node must not be used (refused)."""
     model, xs = C.prelu_broadcast(slope_shape)
     low, f64 = lower_estimate(model, xs, n_points=4)
     assert low > 1.2  # the copies are real: the oracle sees more than the per-element slope
-    assert sound(analyze(model).bound, low, f64)
+    try:
+        bound = analyze(model).bound
+    except UnsupportedModelError as exc:
+        assert "broadcast" in str(exc)
+    else:
+        assert sound(bound, low, f64)
 
 
 def test_prelu_per_channel_slope_stays_exact() -> None:
@@ -288,3 +295,70 @@ def test_lying_models_do_not_reach_a_certificate() -> None:
     x = np.random.default_rng(0).standard_normal((8, *xs[1:])).astype(np.float32)
     with pytest.raises(LipgraphError):
         certify(model, x, np.zeros(8, np.int64))
+
+
+# ---------------------------------------------------------------- certify + exact attack
+def _broadcast_classifier(seed: int = 0) -> tuple[onnx.ModelProto, np.ndarray]:
+    """``x[1,4] -> Pow(x, ones(3,1,4)) -> Reshape(1,12) -> Gemm(3 logits)``: linear, three copies of x."""
+    from onnx import helper
+
+    from tests.helpers.onnx_oracle import make_model
+
+    w = np.random.default_rng(seed).standard_normal((3, 12)).astype(np.float32)
+    nodes = [
+        helper.make_node("Pow", ["x", "p"], ["c"]),
+        helper.make_node("Reshape", ["c", "shape"], ["f"]),
+        helper.make_node("Gemm", ["f", "w"], ["y"], transB=1),
+    ]
+    inits = {"p": np.ones((3, 1, 4), np.float32), "shape": np.array([1, 12], np.int64), "w": w}
+    model = make_model(nodes, [("x", [1, 4])], ["y"], inits)
+    # the map as a 3x4 matrix: each x_j feeds three columns of w
+    return model, w.reshape(3, 3, 4).sum(axis=1).astype(np.float64)
+
+
+def test_certified_radii_of_a_broadcasting_classifier_survive_the_exact_attack() -> None:
+    """For a linear classifier the smallest flipping perturbation is known exactly: each radius must be
+    at most it, and ONNX Runtime at 0.999 r along that direction must keep the prediction."""
+    from tests.helpers.onnx_oracle import runner
+
+    model, a = _broadcast_classifier()
+    x = np.random.default_rng(1).standard_normal((64, 4)).astype(np.float32)
+    logits = x.astype(np.float64) @ a.T
+    labels = logits.argmax(1)
+    cert = certify(model, x[:, None, :].reshape(64, 4), labels)
+    run = runner(model)
+    checked = 0
+    for i in range(64):
+        y, r = int(labels[i]), float(cert.radii[i])
+        if not cert.correct[i] or r <= 0:
+            continue
+        for j in range(3):
+            if j == y:
+                continue
+            g = a[y] - a[j]
+            dist = (logits[i, y] - logits[i, j]) / np.linalg.norm(g)
+            assert r <= dist * (1 + 1e-6), (i, r, dist)
+            xa = (x[i] - 0.999 * r * g / np.linalg.norm(g)).astype(np.float32)
+            assert int(run({"x": xa[None]})[0].argmax()) == y
+            checked += 1
+    assert checked > 50
+
+
+def test_expand_to_a_symbolic_target_is_not_assumed_unbroadcast() -> None:
+    """``Expand(x[:, :1], Shape(x))`` on symbolic sizes: the target's values are unknown and the length-1
+    slice is copied S1 times; the target input's own shape (its rank) proves nothing."""
+    from onnx import helper
+
+    from tests.helpers.onnx_oracle import make_model
+
+    nodes = [
+        helper.make_node("Slice", ["x", "s", "e", "a"], ["sl"]),
+        helper.make_node("Shape", ["x"], ["sh"]),
+        helper.make_node("Expand", ["sl", "sh"], ["y"]),
+    ]
+    inits = {"s": np.array([0]), "e": np.array([1]), "a": np.array([1])}
+    model = make_model(nodes, [("x", [1, "S1", "S2"])], ["y"], inits)
+    with pytest.raises(UnsupportedModelError, match="--input-shape"):
+        analyze(model)
+    concrete = make_model(nodes, [("x", [1, 4, 3])], ["y"], inits)
+    assert analyze(model, input_shape=(1, 4, 3)).bound >= exact_norm(concrete, (1, 4, 3)) * (1 - 1e-9)
