@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from lipgraph.numbers import percent_down
 from lipgraph.report.svg import (
     Linear,
     attrs,
@@ -81,7 +82,7 @@ code { background: #f2f2f2; padding: 0 3px; border-radius: 3px; word-break: brea
 
 # ------------------------------------------------------------------ small formatting helpers
 def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100.0 * x:.2f}%"
+    return percent_down(x)  # accuracies are rounded down in every format
 
 
 def _num_cell(value: float | None, text: str, cls: str = "n") -> str:
