@@ -82,6 +82,18 @@ def percent_down(x: float | None, decimals: int = 2) -> str:
     return f"{p}%"
 
 
+def percent_exact(x: float) -> str:
+    """A threshold (a fraction) as a percentage, exactly as given: 0.6 -> ``60%`` (not 60.00000000000001%)."""
+    return _special(x) or f"{_text(shortest(x) * 100)}%"
+
+
+def percent_up(x: float, decimals: int = 2) -> str:
+    """A fraction as a percentage rounded up (for drops): 0.010000001 -> ``1.01%``."""
+    if _special(x):
+        return _special(x) or ""
+    return f"{(shortest(x) * 100).quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_CEILING)}%"
+
+
 def comparison(actual: float, op: str, threshold: float, actual_up: bool, digits: int = 4) -> str:
     """``"0.7604 < 0.8"``: ``actual`` rounded safely (up when ``actual_up``), ``threshold`` exactly.
 

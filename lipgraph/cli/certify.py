@@ -72,6 +72,7 @@ def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, 
     from lipgraph.progress import inference_progress
 
     t0 = time.perf_counter()
+    quiet = out.quiet_requested(quiet)
     # Everything that can be checked cheaply is checked before the work starts.
     plan = out.plan_outputs(fmt, output)
     provider_list = resolve_providers(providers)

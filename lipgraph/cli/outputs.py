@@ -36,6 +36,13 @@ class Output:
     path: str | None  # None: standard output
 
 
+def quiet_requested(flag: bool) -> bool:
+    """``--quiet`` given to the command or to the group (``lipgraph -q certify ...``)."""
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx is not None else None
+    return flag or bool(root is not None and isinstance(root.obj, dict) and root.obj.get("quiet"))
+
+
 def plan_outputs(formats: tuple[str, ...], outputs: tuple[str, ...]) -> list[Output]:
     """Pair formats with destinations; every problem is reported before any work starts."""
     typed: list[Output] = []
@@ -45,15 +52,19 @@ def plan_outputs(formats: tuple[str, ...], outputs: tuple[str, ...]) -> list[Out
         if m and m.group(1).lower() in FORMATS:
             typed.append(Output(m.group(1).lower(), m.group(2)))
         elif m and not Path(spec).exists():
-            raise LipgraphError(f"unknown format '{m.group(1)}' in --output {spec} (known: {', '.join(FORMATS)}); "
-                                "write ./PATH for a file whose name contains '='")
+            raise LipgraphError(
+                f"unknown format '{m.group(1)}' in --output {spec} (known: {', '.join(FORMATS)}); "
+                "write ./PATH for a file whose name contains '='"
+            )
         else:
             plain.append(spec)
     plan: list[Output] = []
     if len(plain) > 1 or len(formats) > 1:
         if len(plain) != len(formats):
-            raise LipgraphError(f"{len(formats)} --format and {len(plain)} -o FILE given: give one --format per "
-                                "-o FILE, or write each output as --output FORMAT=PATH")
+            raise LipgraphError(
+                f"{len(formats)} --format and {len(plain)} -o FILE given: give one --format per "
+                "-o FILE, or write each output as --output FORMAT=PATH"
+            )
         plan += [Output(f, p) for f, p in zip(formats, plain, strict=True)]
     elif plain:
         plan.append(Output(formats[0] if formats else "text", plain[0]))
@@ -67,8 +78,9 @@ def plan_outputs(formats: tuple[str, ...], outputs: tuple[str, ...]) -> list[Out
         check_output_path(out.path)
         key = os.path.realpath(out.path)
         if key in seen:
-            raise LipgraphError(f"'{out.path}' is named for two outputs ({seen[key]} and {out.fmt}); "
-                                "give each its own file")
+            raise LipgraphError(
+                f"'{out.path}' is named for two outputs ({seen[key]} and {out.fmt}); give each its own file"
+            )
         seen[key] = out.fmt
     return plan
 
@@ -125,8 +137,9 @@ def verdict_line(d: dict[str, Any]) -> str:
     """The one line a CI log always gets, e.g. ``lipgraph: FAIL 1 of 5 gates: clean_accuracy 0.9 < 0.95``."""
     gates = d.get("gates", [])
     if not gates:
-        accs = ", ".join(f"{percent_down(v)} at {k}" for k, v in sorted(d["certified_accuracy"].items(),
-                                                                        key=lambda kv: float(kv[0])))
+        accs = ", ".join(
+            f"{percent_down(v)} at {k}" for k, v in sorted(d["certified_accuracy"].items(), key=lambda kv: float(kv[0]))
+        )
         return f"lipgraph: no gates configured; certified accuracy {accs}"
     failed = [g for g in gates if not g["passed"]]
     if not failed:

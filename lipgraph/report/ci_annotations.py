@@ -33,8 +33,10 @@ def _as_dict(report: Any) -> dict[str, Any]:
 def render_github(report: Any) -> str:
     d = _as_dict(report)
     path = _escape_property(model_path(d))
-    lines = [f"::error file={path},line=1,title={_escape_property('lipgraph ' + f.rule)}::{_escape_data(f.message)}"
-             for f in findings(d)]
+    lines = [
+        f"::error file={path},line=1,title={_escape_property('lipgraph ' + f.rule)}::{_escape_data(f.message)}"
+        for f in findings(d)
+    ]
     lines += [f"::warning file={path},line=1,title=lipgraph warning::{_escape_data(w)}" for w in d.get("warnings", [])]
     gates = d.get("gates", [])
     failed = sum(not g["passed"] for g in gates)
@@ -51,13 +53,16 @@ def render_github(report: Any) -> str:
 def render_gitlab(report: Any) -> str:
     d = _as_dict(report)
     path = model_path(d)
-    issues = [{
-        "type": "issue",
-        "check_name": f"lipgraph/{f.rule}",
-        "description": f.message,
-        "categories": ["Bug Risk"],
-        "severity": "major",
-        "fingerprint": hashlib.sha256(f"{path}\0{f.rule}\0{f.name}".encode()).hexdigest(),
-        "location": {"path": path, "lines": {"begin": 1}},
-    } for f in findings(d)]
+    issues = [
+        {
+            "type": "issue",
+            "check_name": f"lipgraph/{f.rule}",
+            "description": f.message,
+            "categories": ["Bug Risk"],
+            "severity": "major",
+            "fingerprint": hashlib.sha256(f"{path}\0{f.rule}\0{f.name}".encode()).hexdigest(),
+            "location": {"path": path, "lines": {"begin": 1}},
+        }
+        for f in findings(d)
+    ]
     return json.dumps(issues, indent=2) + "\n"

@@ -32,10 +32,20 @@ class Finding:
 
 def findings(report: dict[str, Any]) -> list[Finding]:
     """Failed gates and refused nodes of a report dict (``Certificate.to_json()`` or a refusal)."""
-    out = [Finding(g["kind"], g["name"], f"gate {g['name']} failed: {g['message']}")
-           for g in report.get("gates", []) if not g["passed"]]
-    out += [Finding("unsupported-node", r["node"], f"{r['op']} node '{r['node']}' has no sound Lipschitz bound: "
-                    f"{r['reason']}", node=r["node"]) for r in report.get("refusals", [])]
+    out = [
+        Finding(g["kind"], g["name"], f"gate {g['name']} failed: {g['message']}")
+        for g in report.get("gates", [])
+        if not g["passed"]
+    ]
+    out += [
+        Finding(
+            "unsupported-node",
+            r["node"],
+            f"{r['op']} node '{r['node']}' has no sound Lipschitz bound: {r['reason']}",
+            node=r["node"],
+        )
+        for r in report.get("refusals", [])
+    ]
     return out
 
 
@@ -51,7 +61,8 @@ def refusal_report(model: str, refusals: list[Refusal]) -> dict[str, Any]:
         "passed": False,
         "gates": [],
         "warnings": [],
-        "refusals": [{"node": r.node_name, "op": f"{r.domain}:{r.op_type}@{r.opset}", "reason": r.reason}
-                     for r in refusals],
+        "refusals": [
+            {"node": r.node_name, "op": f"{r.domain}:{r.op_type}@{r.opset}", "reason": r.reason} for r in refusals
+        ],
         "meta": {"model": model, "versions": versions()},
     }

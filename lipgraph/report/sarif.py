@@ -38,21 +38,32 @@ def render_sarif(report: Any) -> str:
         if f.node is not None:
             location["logicalLocations"] = [{"name": f.node, "kind": "object"}]
         key = hashlib.sha256(f"{f.rule}\0{f.name}".encode()).hexdigest()[:32]
-        results.append({
-            "ruleId": f.rule,
-            "ruleIndex": rule_ids.index(f.rule),
-            "level": "error",
-            "message": {"text": f.message},
-            "locations": [location],
-            "partialFingerprints": {"lipgraphFinding/v1": key},
-        })
+        results.append(
+            {
+                "ruleId": f.rule,
+                "ruleIndex": rule_ids.index(f.rule),
+                "level": "error",
+                "message": {"text": f.message},
+                "locations": [location],
+                "partialFingerprints": {"lipgraphFinding/v1": key},
+            }
+        )
     run: dict[str, Any] = {
-        "tool": {"driver": {
-            "name": "lipgraph",
-            "version": str(meta.get("versions", {}).get("lipgraph", "")) or "unknown",
-            "rules": [{"id": rid, "name": rid, "shortDescription": {"text": text},
-                       "defaultConfiguration": {"level": "error"}} for rid, text in RULES.items()],
-        }},
+        "tool": {
+            "driver": {
+                "name": "lipgraph",
+                "version": str(meta.get("versions", {}).get("lipgraph", "")) or "unknown",
+                "rules": [
+                    {
+                        "id": rid,
+                        "name": rid,
+                        "shortDescription": {"text": text},
+                        "defaultConfiguration": {"level": "error"},
+                    }
+                    for rid, text in RULES.items()
+                ],
+            }
+        },
         "results": results,
         "artifacts": [{"location": {"uri": uri}}],
         "invocations": [{"executionSuccessful": not d.get("refusals")}],

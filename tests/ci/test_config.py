@@ -32,13 +32,14 @@ def test_subpackage_pyproject_without_table_keeps_the_roots_gates(monorepo, caps
     assert set(rep["certified_accuracy"]) == {"0.25"}
     # the text report names the file too
     rc, out, _ = certify(capsys)
-    assert rc == 1 and any(ln.startswith("config") and str(monorepo / "pyproject.toml") in ln
-                           for ln in out.splitlines())
+    assert rc == 1 and any(
+        ln.startswith("config") and str(monorepo / "pyproject.toml") in ln for ln in out.splitlines()
+    )
 
 
 def test_config_flag_overrides_the_search_and_no_config_ignores_files(monorepo, capsys, tmp_path) -> None:
     other = tmp_path / "gates.toml"
-    other.write_text('[tool.lipgraph]\nmin-clean-accuracy = 0.5\n')
+    other.write_text("[tool.lipgraph]\nmin-clean-accuracy = 0.5\n")
     rc, out, err = certify(capsys, "--format", "json", "--config", str(other))
     rep = json.loads(out)
     assert rc == 0, err
@@ -50,11 +51,14 @@ def test_config_flag_overrides_the_search_and_no_config_ignores_files(monorepo, 
     assert "config" in out and "none" in out
 
 
-@pytest.mark.parametrize("text,needle", [
-    ('[project]\nname = "x"\n', "no [tool.lipgraph] table"),
-    ('[tool.lipgraph]\nmin-clean-acuracy = 0.5\n', "unknown key 'min-clean-acuracy'"),
-    ('[tool.lipgraph\n', "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ('[project]\nname = "x"\n', "no [tool.lipgraph] table"),
+        ("[tool.lipgraph]\nmin-clean-acuracy = 0.5\n", "unknown key 'min-clean-acuracy'"),
+        ("[tool.lipgraph\n", "not valid TOML"),
+    ],
+)
 def test_bad_config_file_is_one_line_exit_2(monorepo, capsys, tmp_path, text, needle) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(text)
@@ -72,6 +76,6 @@ def test_config_and_no_config_together_and_missing_file(monorepo, capsys, tmp_pa
 
 
 def test_unknown_key_in_the_found_file_stays_an_error(monorepo, capsys) -> None:
-    (monorepo / "pyproject.toml").write_text('[tool.lipgraph]\nmax-lipshitz = 2\n')
+    (monorepo / "pyproject.toml").write_text("[tool.lipgraph]\nmax-lipshitz = 2\n")
     rc, _, err = certify(capsys)
     assert rc == 2 and "unknown key 'max-lipshitz'" in err

@@ -52,8 +52,9 @@ def test_one_run_writes_every_format_from_one_inference(capsys, tmp_path, monkey
 
     monkeypatch.setattr(inference.Runner, "run", counted)
     files = {fmt: tmp_path / f"r.{fmt}" for fmt in ("json", "junit", "markdown", "html", "sarif", "gitlab")}
-    rc, out, err = certify(capsys, *FAIL, *[a for fmt, p in files.items() for a in ("--output", f"{fmt}={p}")],
-                           "--format", "github")
+    rc, out, err = certify(
+        capsys, *FAIL, *[a for fmt, p in files.items() for a in ("--output", f"{fmt}={p}")], "--format", "github"
+    )
     assert rc == 1, err
     assert len(calls) == 1  # one inference behind all the reports
     rep = json.loads(files["json"].read_text())
@@ -85,8 +86,9 @@ def test_sarif_schema_check_can_fail() -> None:
 def test_relative_model_path_and_passing_run_give_an_empty_sarif(capsys, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(MODEL.parent.parent)
     out = tmp_path / "r.sarif"
-    rc, _, _ = run(capsys, "certify", "sample_models/groupsort.onnx", "--data", str(DATA), "--no-config",
-                   "-o", f"sarif={out}")
+    rc, _, _ = run(
+        capsys, "certify", "sample_models/groupsort.onnx", "--data", str(DATA), "--no-config", "-o", f"sarif={out}"
+    )
     doc = json.loads(out.read_text())
     assert rc == 0 and _sarif_errors(doc) == [] and doc["runs"][0]["results"] == []
     assert doc["runs"][0]["artifacts"][0]["location"]["uri"] == "sample_models/groupsort.onnx"
@@ -101,13 +103,16 @@ def test_classic_format_and_output_pairs_still_work(capsys, tmp_path) -> None:
     assert rc == 0 and json.loads(out)["samples"] == 359
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--format", "json", "--format", "junit", "-o", "{d}/a.json"], "one --format per -o FILE"),
-    (["--format", "json", "--format", "junit"], "one --format per -o FILE"),
-    (["-o", "json={d}/a.json", "-o", "junit={d}/a.json"], "named for two outputs"),
-    (["-o", "xml={d}/a.xml"], "unknown format 'xml'"),
-    (["-o", "json={d}/missing/a.json"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--format", "json", "--format", "junit", "-o", "{d}/a.json"], "one --format per -o FILE"),
+        (["--format", "json", "--format", "junit"], "one --format per -o FILE"),
+        (["-o", "json={d}/a.json", "-o", "junit={d}/a.json"], "named for two outputs"),
+        (["-o", "xml={d}/a.xml"], "unknown format 'xml'"),
+        (["-o", "json={d}/missing/a.json"], "does not exist"),
+    ],
+)
 def test_bad_output_plans_fail_before_any_work(capsys, tmp_path, args, needle) -> None:
     rc, _, err = certify(capsys, *[a.format(d=tmp_path) for a in args])
     assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1
@@ -122,8 +127,9 @@ def test_all_outputs_or_none(capsys, tmp_path, monkeypatch) -> None:
         raise RuntimeError("boom")
 
     monkeypatch.setattr(sarif, "render_sarif", broken)
-    rc, _, err = certify(capsys, "--no-config", "-o", f"json={tmp_path / 'a.json'}", "-o",
-                         f"sarif={tmp_path / 'a.sarif'}")
+    rc, _, err = certify(
+        capsys, "--no-config", "-o", f"json={tmp_path / 'a.json'}", "-o", f"sarif={tmp_path / 'a.sarif'}"
+    )
     assert rc == 2 and "internal error" in err
     assert list(tmp_path.iterdir()) == []
 
@@ -132,12 +138,17 @@ def _refused_model(path: Path) -> None:
     """x -> x^T x (bilinear in the input: no global bound) -> MatMul: two refused nodes' worth of graph."""
     w = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
     g = helper.make_graph(
-        [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0], name="t"),
-         helper.make_node("MatMul", ["xt", "x"], ["x2"], name="gram"),
-         helper.make_node("Exp", ["x2"], ["e"], name="exp"),
-         helper.make_node("MatMul", ["e", "w"], ["logits"], name="head")], "bad",
+        [
+            helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0], name="t"),
+            helper.make_node("MatMul", ["xt", "x"], ["x2"], name="gram"),
+            helper.make_node("Exp", ["x2"], ["e"], name="exp"),
+            helper.make_node("MatMul", ["e", "w"], ["logits"], name="head"),
+        ],
+        "bad",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], [w])
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        [w],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     onnx.save(m, str(path))
@@ -149,8 +160,22 @@ def test_refused_model_sarif_names_each_node_and_other_reports_stay_unwritten(ca
     data = tmp_path / "d.npz"
     np.savez(data, x=np.random.default_rng(0).random((4, 4), dtype=np.float32))
     sarif_path, json_path, gl_path = tmp_path / "r.sarif", tmp_path / "r.json", tmp_path / "gl.json"
-    rc, out, err = run(capsys, "certify", str(model), "--data", str(data), "--no-config", "-o", f"sarif={sarif_path}",
-                       "-o", f"json={json_path}", "-o", f"gitlab={gl_path}", "--format", "github")
+    rc, out, err = run(
+        capsys,
+        "certify",
+        str(model),
+        "--data",
+        str(data),
+        "--no-config",
+        "-o",
+        f"sarif={sarif_path}",
+        "-o",
+        f"json={json_path}",
+        "-o",
+        f"gitlab={gl_path}",
+        "--format",
+        "github",
+    )
     assert rc == 2 and "without a sound Lipschitz bound" in err
     assert not json_path.exists()
     doc = json.loads(sarif_path.read_text())
@@ -166,9 +191,13 @@ def test_refused_model_sarif_names_each_node_and_other_reports_stay_unwritten(ca
 def test_github_annotation_escaping() -> None:
     from lipgraph.report.ci_annotations import render_github
 
-    rep = {"gates": [{"name": "g", "kind": "max-lipschitz", "passed": False, "message": "50% off\nnext: line"}],
-           "warnings": ["a, b: c"], "meta": {"model": "dir,x/m:1.onnx"}}
+    rep = {
+        "gates": [{"name": "g", "kind": "max-lipschitz", "passed": False, "message": "50% off\nnext: line"}],
+        "warnings": ["a, b: c"],
+        "meta": {"model": "dir,x/m:1.onnx"},
+    }
     lines = render_github(rep).splitlines()
-    assert lines[0] == ("::error file=dir%2Cx/m%3A1.onnx,line=1,title=lipgraph max-lipschitz::"
-                        "gate g failed: 50%25 off%0Anext: line")
+    assert lines[0] == (
+        "::error file=dir%2Cx/m%3A1.onnx,line=1,title=lipgraph max-lipschitz::gate g failed: 50%25 off%0Anext: line"
+    )
     assert lines[1].endswith("::a, b: c") and lines[2].startswith("::notice ")
