@@ -55,6 +55,7 @@ def train(dataset: str, arch: str, method: str, epochs: int, c: float, eps: floa
     except ImportError as exc:
         raise LipgraphError(TORCH_HINT) from exc
     from lipgraph.cli.outputs import quiet_requested
+    from lipgraph.numbers import round_down, round_up
     from lipgraph.report import check_output_path
     from lipgraph.train.loop import TrainConfig
     from lipgraph.train.pipeline import run
@@ -75,12 +76,13 @@ def train(dataset: str, arch: str, method: str, epochs: int, c: float, eps: floa
     lines = [f"wrote {res.model_path} and {res.test_path} ({res.seconds:.1f}s training)",
              f"trainer's bound estimate {res.trainer_bound:.8g}"]
     if res.analyzer_bound is not None:
-        lines.append(f"analyzer's bound {res.analyzer_bound:.8g}")
+        lines.append(f"analyzer's bound {round_up(res.analyzer_bound, 8)}")
     if res.certificate:
         ce = res.certificate
         cert_at = next(iter(ce["certified_accuracy"].values()), float("nan"))
-        lines.append(f"test: clean {ce['clean_accuracy']:.4f}, certified@{eps:g} {cert_at:.4f}, "
-                     f"median radius {ce['median_radius']:.4g} ({ce['radius_method']})")
+        # accuracies and radii rounded down, the bound up: printed numbers never claim more than was proved
+        lines.append(f"test: clean {round_down(ce['clean_accuracy'])}, certified@{eps:g} {round_down(cert_at)}, "
+                     f"median radius {round_down(ce['median_radius'])} ({ce['radius_method']})")
     lines.append(f"certify with: lipgraph certify {res.model_path} --data {res.test_path} --eps {eps:g}")
     for ln in lines:
         click.echo(ln, err=True)

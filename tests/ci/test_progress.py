@@ -74,3 +74,29 @@ def test_trainer_progress_is_not_a_hyperparameter() -> None:
 
     cfg = TrainConfig(progress=True)
     assert "progress" not in cfg.hyperparameters() and "log" not in cfg.hyperparameters()
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_trainer_shows_batches_on_a_terminal_and_nothing_with_quiet(capsys, terminal, tmp_path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    args = [
+        "train",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "256",
+        "--batch-size",
+        "64",
+        "--method",
+        "plain",
+        "--legacy-exporter",
+    ]
+    rc, _, err = run(capsys, *args, "--out", str(tmp_path / "a.onnx"))
+    assert rc == 0, err
+    assert "epoch 1/1" in err and "4/4" in err and "batch/s" in err  # the batch bar, with its rate
+    assert "epoch   1/1" in err  # the per-epoch line
+    rc, _, err = run(capsys, *args, "--out", str(tmp_path / "b.onnx"), "-q")
+    assert rc == 0 and "batch/s" not in err and "epoch   1/1" not in err
+    assert "wrote" in err  # the result is still reported
