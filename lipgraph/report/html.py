@@ -40,7 +40,7 @@ from lipgraph.report.svg import (
     tick_label,
     ticks,
 )
-from lipgraph.report.tables import fmt_float, fmt_upper
+from lipgraph.report.tables import fmt_float, fmt_lower, fmt_upper
 
 # Okabe-Ito colours: distinguishable with the common colour-vision deficiencies; all dark enough on white.
 BLUE = "#0072B2"
@@ -352,8 +352,8 @@ def _histogram_figure(d: dict[str, Any], cert: Any) -> str:
     out.append(f'<text transform="translate(16 {(top + h - bottom) / 2:.0f}) rotate(-90)" text-anchor="middle">'
                "samples</text>")
     out.append("</svg>")
-    cap = (f"How far each correctly classified sample is certified (median radius {_fmt_r(d['median_radius'])}, "
-           f"mean {_fmt_r(d['mean_radius'])} over all samples, misclassified ones counting 0). "
+    cap = (f"How far each correctly classified sample is certified (median radius {fmt_lower(d['median_radius'], 4)}, "
+           f"mean {fmt_lower(d['mean_radius'], 4)} over all samples, misclassified ones counting 0). "
            "The grey bar counts the misclassified samples, which have no certified radius.")
     return f'<figure>{"".join(out)}<figcaption>{esc(cap)}</figcaption></figure>'
 
@@ -474,7 +474,7 @@ def _summary(d: dict[str, Any]) -> str:
         ("data", esc(f"{data.get('source', '')} ({d['samples']} samples, x key {data.get('x_key')}, "
                      f"y key {data.get('y_key')}, range [{fmt_float(data.get('input_min'), 4)}, "
                      f"{fmt_float(data.get('input_max'), 4)}])"), None),
-        ("median / mean radius", esc(f"{_fmt_r(d['median_radius'])} / {_fmt_r(d['mean_radius'])}"), None),
+        ("median / mean radius", esc(f"{fmt_lower(d['median_radius'], 4)} / {fmt_lower(d['mean_radius'], 4)}"), None),
         ("provider", esc(f"{m.get('provider')} (batch size {m.get('batch_size')})"), None),
         ("time", esc(f"bound {m.get('time_bound_s', 0):.3f} s (beside inference; waited "
                      f"{m.get('time_bound_wait_s', 0):.3f} s), inference {m.get('time_inference_s', 0):.3f} s, "

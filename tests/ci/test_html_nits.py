@@ -37,3 +37,8 @@ def test_html_tail_baseline_gates_and_percentages(capsys, tmp_path) -> None:
     # gate table: accuracies as percentages (rounded down), thresholds as given, drops in points
     assert '<td class="n" data-value="0.6016713091922006">60.16%</td><td class="n" data-value="0.6">60%</td>' in html
     assert " pp</td>" in html and "0.601671</td>" not in html
+    rep = json.loads(base.read_text())
+    from lipgraph.report.tables import fmt_lower
+
+    median, mean = fmt_lower(rep["median_radius"], 4), fmt_lower(rep["mean_radius"], 4)
+    assert f"{median} / {mean}" in html and f"median radius {median}," in html  # radii rounded down
