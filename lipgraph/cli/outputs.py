@@ -2,8 +2,8 @@
 
 ``--output FORMAT=PATH`` (repeatable) names a file per format; the classic ``--format F -o FILE``
 still works, and several ``--format``/``-o FILE`` pairs are matched in order. Every report is
-rendered from the same certificate before any file is written, then all files are published by
-atomic renames: a run leaves all of its reports or none (never a mix of this run and the last).
+rendered from the same certificate and written to temp files before any is published; the atomic
+renames come last, so a failed run leaves none of its reports (never a mix of this run and the last).
 """
 
 from __future__ import annotations

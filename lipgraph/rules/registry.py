@@ -148,7 +148,8 @@ def _never_returns(fn: Callable[..., Any]) -> bool:
     import textwrap
 
     try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+        # unwrap: a registry may wrap rules (functools.wraps); the rule's own body decides
+        tree = ast.parse(textwrap.dedent(inspect.getsource(inspect.unwrap(fn))))
     except (OSError, TypeError, SyntaxError):
         return False  # source unavailable: do not claim a refusal we cannot see
     func = tree.body[0]
