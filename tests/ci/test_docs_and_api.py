@@ -30,11 +30,12 @@ def test_readme_python_example_runs(monkeypatch) -> None:
 
 
 def test_readme_ci_recipe_is_one_certify_run() -> None:
-    blocks = re.findall(r"```yaml\n(.*?)```", _section("lipgraph in CI"), re.S)
-    assert len(blocks) == 1
-    assert blocks[0].count("lipgraph certify") == 1
+    github, gitlab = re.findall(r"```yaml\n(.*?)```", _section("lipgraph in CI"), re.S)
+    for recipe in (github, gitlab):
+        assert recipe.count("lipgraph certify") == 1  # every report from one inference
     for fmt in ("markdown", "junit", "sarif"):
-        assert f"--output {fmt}=" in blocks[0]
+        assert f"--output {fmt}=" in github
+    assert "--output gitlab=" in gitlab and "codequality:" in gitlab
 
 
 def test_scalar_eps_is_one_radius() -> None:
