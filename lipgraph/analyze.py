@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,10 +112,12 @@ def analyze(
     model: str | os.PathLike[str] | onnx.ModelProto,
     input_name: str | None = None,
     input_shape: tuple[int, ...] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Analysis:
     """Bound the L2 Lipschitz constant of ``model`` from its input to its logits.
 
-    ``model`` is a path or a ``ModelProto``. Raises :class:`UnsupportedModelError` listing every
+    ``model`` is a path or a ``ModelProto``; ``progress(done, total)`` is called as nodes are bounded.
+    Raises :class:`UnsupportedModelError` listing every
     node without a sound bound, or another :class:`LipgraphError` for unreadable input.
     """
     from lipgraph.passes import run_passes
@@ -130,7 +133,7 @@ def analyze(
         source = str(model)
     graph = build_graph(proto, input_name, input_shape)
     run_passes(graph)
-    nodes, tensor_bounds, warnings_ = _walk(graph)
+    nodes, tensor_bounds, warnings_ = _walk(graph, progress)
     bound = tensor_bounds.get(graph.output_name)
     if bound is None:
         raise LipgraphError(f"the logits '{graph.output_name}' do not depend on the input '{graph.input_name}'")
@@ -149,12 +152,20 @@ def analyze(
     return Analysis(float(bound), nodes, graph.warnings + warnings_, meta, graph, tensor_bounds)
 
 
-def _walk(graph: Graph) -> tuple[list[NodeBound], dict[str, float], list[str]]:
+def _counted(nodes: list[Node], progress: Callable[[int, int], None] | None) -> Iterator[Node]:
+    for i, node in enumerate(nodes):
+        yield node
+        if progress is not None:
+            progress(i + 1, len(nodes))
+
+
+def _walk(graph: Graph, progress: Callable[[int, int], None] | None = None
+          ) -> tuple[list[NodeBound], dict[str, float], list[str]]:
     bounds: dict[str, float] = {graph.input_name: 1.0}
     rows: list[NodeBound] = []
     refusals: list[Refusal] = []
     warnings_: list[str] = []
-    for node in graph.nodes:
+    for node in _counted(graph.nodes, progress):
         in_bounds: list[float | None] = [bounds.get(i) if (i and graph.is_variable(i)) else None
                                          for i in node.inputs]
         n_out = len(node.outputs)

@@ -184,7 +184,9 @@ class Certificate:
         return out
 
 
-def _check_eps(eps: Iterable[float]) -> list[float]:
+def _check_eps(eps: Iterable[float] | float) -> list[float]:
+    if isinstance(eps, int | float | np.number):  # a single radius is as natural as a list of them
+        eps = [float(eps)]
     vals: list[float] = []
     for e in eps:
         try:
@@ -273,7 +275,7 @@ def certify(
     model: str | os.PathLike[str] | onnx.ModelProto,
     x: np.ndarray,
     y: np.ndarray | None = None,
-    eps: Iterable[float] = DEFAULT_EPS,
+    eps: Iterable[float] | float = DEFAULT_EPS,
     *,
     input_name: str | None = None,
     batch_size: int | None = None,
@@ -285,8 +287,8 @@ def certify(
 ) -> Certificate:
     """Certify ``model`` on inputs ``x`` (N, ...) with optional labels ``y`` (N,).
 
-    Returns a :class:`Certificate` with clean and certified accuracy at every ``eps`` (L2 radius in
-    the model's input space). Raises :class:`~lipgraph.errors.LipgraphError` (``DataError`` for
+    Returns a :class:`Certificate` with clean and certified accuracy at every ``eps`` (one L2 radius,
+    or several, in the model's input space). Raises :class:`~lipgraph.errors.LipgraphError` (``DataError`` for
     data that does not fit the model) with a one-line message. Without a precomputed ``analysis``,
     the bound is computed in a background thread while ONNX Runtime runs.
     """

@@ -9,8 +9,10 @@ Settings (flag / pyproject key; underscores are accepted in place of dashes):
 * ``--max-drop D`` / ``max-drop = 0.01`` (default 0 when a baseline is given: any drop fails)
 * ``--eps E`` (repeatable) / ``eps = [0.1, 0.25, 0.5, 1.0]``
 
-The nearest ``pyproject.toml`` (the current folder, then its parents) is read. A flag replaces the
-file's value of the same setting as a whole (``--min-certified-accuracy`` replaces the file's table).
+Which file is read is decided in :mod:`lipgraph.config` (the nearest pyproject.toml that has a
+``[tool.lipgraph]`` table, from the working directory up; ``--config PATH``; ``--no-config``). A flag
+replaces the file's value of the same setting as a whole (``--min-certified-accuracy`` replaces the
+file's table).
 Malformed settings are errors (exit 2), never silently ignored gates.
 """
 
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lipgraph.errors import LipgraphError
+from lipgraph.numbers import comparison, round_down, shortest
 
 _OTHER_TABLES = {"train", "bound", "report", "html", "rules"}
 _KEYS = {"min-certified-accuracy", "min-clean-accuracy", "max-lipschitz", "baseline", "max-drop", "eps"}
@@ -113,16 +116,6 @@ def parse_eps_acc(text: str) -> tuple[float, float]:
     return check_eps(e, f"eps in '{text}'"), check_accuracy(a, f"accuracy in '{text}'")
 
 
-def find_pyproject(start: Path | None = None) -> Path | None:
-    """The nearest pyproject.toml: ``start`` (default: the current folder), then its parents."""
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        cand = folder / "pyproject.toml"
-        if cand.is_file():
-            return cand
-    return None
-
-
 def load_config(path: Path) -> GateConfig:
     """``[tool.lipgraph]`` of ``path`` as a GateConfig (empty when the table is absent)."""
     try:
@@ -207,28 +200,35 @@ def required_eps(cfg: GateConfig, baseline: dict[float, float] | None) -> list[f
 
 # ------------------------------------------------------------------ evaluation
 def evaluate(cert: Any, cfg: GateConfig, baseline: dict[float, float] | None) -> list[GateResult]:
-    """Check every configured gate against ``cert`` (a Certificate)."""
+    """Check every configured gate against ``cert`` (a Certificate).
+
+    Each message prints its numbers the safe way (accuracies down, bounds and drops up, thresholds
+    exactly as given) so that the comparison it states is true as printed (``lipgraph.numbers``).
+    """
     res: list[GateResult] = []
     for e, acc in sorted((cfg.min_certified_accuracy or {}).items()):
         got = cert.certified_at(e)
         ok = got >= acc
+        cmp = comparison(got, ">=" if ok else "<", acc, actual_up=False)
         res.append(GateResult(
             f"certified_accuracy@{e:g}", "min-certified-accuracy", ok, got, acc,
-            f"certified accuracy at eps {e:g} is {got:.4f} ({'>=' if ok else '<'} {acc:.4f})", eps=e))
+            f"certified accuracy at eps {e:g} is {cmp}", eps=e, extra={"comparison": cmp}))
     if cfg.min_clean_accuracy is not None:
         if cert.clean_accuracy is None:
             raise LipgraphError("--min-clean-accuracy needs labels in the data (y / labels / y_test)")
         got = cert.clean_accuracy
         ok = got >= cfg.min_clean_accuracy
+        cmp = comparison(got, ">=" if ok else "<", cfg.min_clean_accuracy, actual_up=False)
         res.append(GateResult(
             "clean_accuracy", "min-clean-accuracy", ok, got, cfg.min_clean_accuracy,
-            f"clean accuracy is {got:.4f} ({'>=' if ok else '<'} {cfg.min_clean_accuracy:.4f})"))
+            f"clean accuracy is {cmp}", extra={"comparison": cmp}))
     if cfg.max_lipschitz is not None:
         got = cert.lipschitz_bound
         ok = got <= cfg.max_lipschitz
+        cmp = comparison(got, "<=" if ok else ">", cfg.max_lipschitz, actual_up=True, digits=8)
         res.append(GateResult(
             "lipschitz_bound", "max-lipschitz", ok, got, cfg.max_lipschitz,
-            f"Lipschitz bound is {got:.6g} ({'<=' if ok else '>'} {cfg.max_lipschitz:.6g})"))
+            f"Lipschitz bound is {cmp}", extra={"comparison": cmp}))
     if cfg.baseline is not None and baseline is not None:
         drop_max = cfg.max_drop if cfg.max_drop is not None else 0.0
         shared = sorted(e for e in baseline if any(math.isclose(e, c) for c in cert.eps))
@@ -238,13 +238,18 @@ def evaluate(cert: Any, cfg: GateConfig, baseline: dict[float, float] | None) ->
                 f"the baseline '{cfg.baseline}' shares no eps with this report; nothing to compare"))
         for e in shared:
             old, new = baseline[e], cert.certified_at(e)
-            drop = old - new
-            ok = drop <= drop_max + 1e-12
+            # The drop in decimal arithmetic on the numbers as written (the baseline's JSON, this run's
+            # fraction): a float difference such as 0.8 - 0.79 = 0.010000000000000009 would fail a
+            # --max-drop 0.01 that the printed numbers say is met.
+            drop_dec = shortest(old) - shortest(new)
+            ok = drop_dec <= shortest(drop_max)
+            drop = float(drop_dec)
+            cmp = comparison(drop, "<=" if ok else ">", drop_max, actual_up=True)
             res.append(GateResult(
                 f"baseline_drop@{e:g}", "max-drop", ok, drop, drop_max,
-                f"certified accuracy at eps {e:g}: {old:.4f} -> {new:.4f} (drop {drop:+.4f}, "
-                f"{'within' if ok else 'over'} {drop_max:.4f})",
-                eps=e, extra={"baseline": old, "current": new}))
+                f"certified accuracy at eps {e:g}: {round_down(old)} -> {round_down(new)} "
+                f"(drop {cmp})",
+                eps=e, extra={"baseline": old, "current": new, "comparison": cmp}))
     return res
 
 

@@ -127,21 +127,6 @@ class Graph:
     def is_graph_output(self, name: str) -> bool:
         return name == self.output_name
 
-    @property
-    def dag(self) -> nx.DiGraph:
-        """The node-level DAG: an edge ``u -> v`` (labelled with the tensor) when v reads u's output."""
-        g = nx.DiGraph()
-        producers: dict[str, str] = {}
-        for n in self.nodes:
-            g.add_node(n.name, op_type=n.op_type)
-            for o in n.outputs:
-                producers[o] = n.name
-        for n in self.nodes:
-            for i in n.inputs:
-                if i in producers:
-                    g.add_edge(producers[i], n.name, tensor=i)
-        return g
-
     def fresh_name(self, stem: str) -> str:
         names = {n.name for n in self.nodes} | set(self.tensors)
         while True:

@@ -8,8 +8,6 @@ Batches follow the model: a fixed batch dimension is honoured by padding the las
 from __future__ import annotations
 
 import os
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -179,23 +177,7 @@ class Runner:
 
 
 def stderr_progress(quiet: bool = False) -> Callable[[int, int], None] | None:
-    """A carriage-return progress line on stderr, only for an interactive terminal."""
-    if quiet or not sys.stderr.isatty():
-        return None
-    t0 = time.perf_counter()
-    last = [0.0]
+    """A progress bar on stderr (rate, ETA), only for a terminal and not in CI; see :mod:`lipgraph.progress`."""
+    from lipgraph.progress import inference_progress
 
-    def report(done: int, total: int) -> None:
-        now = time.perf_counter()
-        if done < total and now - last[0] < 0.1:
-            return
-        last[0] = now
-        rate = done / max(now - t0, 1e-9)
-        width = 30
-        filled = int(width * done / max(total, 1))
-        sys.stderr.write(f"\rinference [{'#' * filled}{'.' * (width - filled)}] {done}/{total} ({rate:,.0f}/s)")
-        if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-    return report
+    return inference_progress(quiet)

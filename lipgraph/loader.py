@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import onnx
@@ -15,10 +16,39 @@ from lipgraph.errors import ModelLoadError
 _MAX_MODEL_BYTES = 2**31
 
 
-def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
-    from onnx.external_data_helper import _get_all_tensors
+def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor a graph holds: initializers, sparse ones, and those in node attributes, subgraphs
+    included. Written with the public proto fields: onnx's own walker is private and may change."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    yield from _node_tensors(graph.node)
 
-    return [t for t in _get_all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
+
+def _node_tensors(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.TensorProto]:
+    for node in nodes:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("sparse_tensor"):
+                yield attr.sparse_tensor.values
+                yield attr.sparse_tensor.indices
+            for sparse in attr.sparse_tensors:
+                yield sparse.values
+                yield sparse.indices
+            if attr.HasField("g"):
+                yield from _graph_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _graph_tensors(sub)
+
+
+def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    tensors = list(_graph_tensors(model.graph))
+    for fn in model.functions:
+        tensors.extend(_node_tensors(fn.node))
+    return [t for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL]
 
 
 def _check_external_paths(model: onnx.ModelProto, base_dir: Path) -> None:

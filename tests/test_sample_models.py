@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from lipgraph.cli import main
+from lipgraph.numbers import percent_down
 from lipgraph.report.tables import fmt_lower, fmt_upper
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
@@ -37,7 +38,7 @@ def test_table_row_matches_certify(row: list[str], tmp_path: Path, capsys: pytes
     assert rc == 0, capsys.readouterr().err
     rep = json.loads(out.read_text())
     clean, cert, median, bound = row[2], row[3], row[4], row[5]
-    assert clean == f"{100 * rep['clean_accuracy']:.2f}%"
-    assert cert == f"{100 * rep['certified_accuracy']['0.5']:.2f}%"
+    assert clean == percent_down(rep['clean_accuracy'])
+    assert cert == percent_down(rep['certified_accuracy']['0.5'])
     assert median == fmt_lower(rep["median_radius"])
     assert bound == fmt_upper(rep["lipschitz_bound"], 8)

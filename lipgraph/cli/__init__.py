@@ -31,13 +31,15 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
-              help="Show lipgraph's version and those of onnx, onnxruntime and numpy.")
+              help="Show lipgraph's version and those of onnx, numpy, scipy, networkx, click and onnxruntime.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or verdict lines on stderr (any command).")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
     """Sound L2 Lipschitz bounds and certified robustness radii for ONNX classifiers."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    ctx.obj["quiet"] = quiet
 
 
 def _register() -> None:
@@ -78,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
             click.echo(e.format_message(), err=True)
             return EXIT_ERROR
         msg = e.format_message().replace("\n", " ")
-        click.echo(f"lipgraph: error: {msg} (see `lipgraph --help`)", err=True)
+        # point to the help of the command that was given (`lipgraph certify --help`), not the group's
+        ctx = getattr(e, "ctx", None)
+        where = ctx.command_path if ctx is not None and ctx.command_path else "lipgraph"
+        click.echo(f"lipgraph: error: {msg} (see `{where} --help`)", err=True)
         return EXIT_ERROR
     except UnsupportedModelError as e:
         if debug:

@@ -14,15 +14,20 @@ from lipgraph.report import check_output_path, write_atomic
 @click.option("-o", "--output", "output", type=click.Path(path_type=str), help="Write the report here.")
 @click.option("--input-shape", "input_shape", metavar="DxDx...",
               help="Fix the input's symbolic dimensions, e.g. 1x3x32x32 (the bound then holds for that size).")
-def bound(model: str, input_name: str | None, fmt: str, output: str | None, input_shape: str | None) -> int:
+@click.option("-q", "--quiet", "quiet", is_flag=True, help="No progress bar.")
+def bound(model: str, input_name: str | None, fmt: str, output: str | None, input_shape: str | None,
+          quiet: bool) -> int:
     """Print a sound upper bound of MODEL's L2 Lipschitz constant (input -> logits)."""
     from lipgraph.analyze import analyze
+    from lipgraph.cli.outputs import quiet_requested
+    from lipgraph.progress import inference_progress
     from lipgraph.report.bound import RENDERERS
 
     if output:
         check_output_path(output)
     shape = _parse_shape(input_shape) if input_shape else None
-    analysis = analyze(model, input_name=input_name, input_shape=shape)
+    progress = inference_progress(quiet_requested(quiet), desc="bound", unit="node")  # per node, with ETA
+    analysis = analyze(model, input_name=input_name, input_shape=shape, progress=progress)
     text = RENDERERS[fmt](analysis)
     if output:
         write_atomic(output, text)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import click
 
 from lipgraph.certify import DEFAULT_EPS
+from lipgraph.cli.outputs import FORMATS
 from lipgraph.errors import LipgraphError
-
-_FORMATS = ["text", "json", "junit", "markdown", "html"]
 
 
 def _eps_cb(_ctx: click.Context, _param: click.Parameter, values: tuple[float, ...]) -> tuple[float, ...]:
@@ -15,22 +14,6 @@ def _eps_cb(_ctx: click.Context, _param: click.Parameter, values: tuple[float, .
         if not v >= 0 or v == float("inf"):
             raise click.BadParameter(f"eps must be a finite number >= 0, got {v}")
     return values
-
-
-def _renderer(fmt: str):  # noqa: ANN202
-    if fmt == "html":
-        try:
-            from lipgraph.report import html as html_mod  # written for the HTML report issue
-        except ModuleNotFoundError:
-            raise LipgraphError("the html format is not available in this version; use json, text, "
-                                "junit or markdown") from None
-        fn = getattr(html_mod, "render_certificate", None) or getattr(html_mod, "render_html", None)
-        if fn is None:
-            raise LipgraphError("the html renderer is not available in this version")
-        return fn
-    from lipgraph.report.certify import RENDERERS
-
-    return RENDERERS[fmt]
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,8 +31,14 @@ def _renderer(fmt: str):  # noqa: ANN202
               help="An earlier JSON report; fail when certified accuracy drops by more than --max-drop.")
 @click.option("--max-drop", "max_drop", type=float, metavar="D",
               help="Largest allowed drop in certified accuracy against --baseline (default 0).")
-@click.option("--format", "fmt", type=click.Choice(_FORMATS), default="text", show_default=True)
-@click.option("-o", "--output", "output", type=click.Path(path_type=str), help="Write the report here.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), multiple=True,
+              help="Report format (default text). Repeat it with one -o FILE each, in order.")
+@click.option("-o", "--output", "output", multiple=True, metavar="[FORMAT=]PATH",
+              help="Write a report here: FORMAT=PATH (repeatable, e.g. -o json=r.json -o sarif=r.sarif), or a "
+                   "PATH for the --format given. All are written from one run, together.")
+@click.option("--config", "config", type=click.Path(path_type=str), metavar="PYPROJECT.toml",
+              help="Read [tool.lipgraph] from this file instead of searching for one.")
+@click.option("--no-config", "no_config", is_flag=True, help="Ignore every pyproject.toml (flags only).")
 @click.option("--batch-size", "batch_size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--providers", "providers", metavar="LIST",
               help="ONNX Runtime providers in order, e.g. cuda,cpu (default: CUDA when available, else CPU).")
@@ -57,30 +46,35 @@ def _renderer(fmt: str):  # noqa: ANN202
 @click.option("--input", "input_name", metavar="NAME", help="The graph input to certify (when there are several).")
 @click.option("--per-sample", "per_sample", is_flag=True, help="Add per-sample radii to the JSON report.")
 @click.option("--exit-zero", "exit_zero", is_flag=True, help="Exit 0 even when a gate fails.")
-@click.option("-q", "--quiet", "quiet", is_flag=True, help="No progress bar.")
+@click.option("-q", "--quiet", "quiet", is_flag=True, help="No progress bar and no verdict line on stderr.")
 def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, ...], min_clean: float | None,
-            max_lip: float | None, baseline: str | None, max_drop: float | None, fmt: str, output: str | None,
-            batch_size: int, providers: str | None, limit: int | None, input_name: str | None,
+            max_lip: float | None, baseline: str | None, max_drop: float | None, fmt: tuple[str, ...],
+            output: tuple[str, ...], config: str | None, no_config: bool, batch_size: int, providers: str | None,
+            limit: int | None, input_name: str | None,
             per_sample: bool, exit_zero: bool, quiet: bool) -> int:
     """Certify MODEL on DATA: radii, certified accuracy at each --eps, and CI gates.
 
-    Exit code 0 when every gate passes, 1 when a gate fails, 2 on an error. Gates may also come
-    from [tool.lipgraph] in the nearest pyproject.toml (keys: eps, min-certified-accuracy =
-    {"0.5" = 0.8}, min-clean-accuracy, max-lipschitz, baseline, max-drop); flags override them.
+    Exit code 0 when every gate passes, 1 when a gate fails, 2 on an error; the verdict is always
+    one line on stderr (unless --quiet). Gates may also come from [tool.lipgraph] in the nearest
+    pyproject.toml that has that table, searched from the working directory up (keys: eps,
+    min-certified-accuracy = {"0.5" = 0.8}, min-clean-accuracy, max-lipschitz, baseline,
+    max-drop); flags override them. The file used is printed in the report.
     """
     import time
 
     from lipgraph import gates as g
     from lipgraph.certify import certify as run_certify
+    from lipgraph.cli import outputs as out
+    from lipgraph.config import resolve_config
     from lipgraph.data import load_npz
-    from lipgraph.inference import resolve_providers, stderr_progress
-    from lipgraph.report import check_output_path, write_atomic
+    from lipgraph.errors import UnsupportedModelError
+    from lipgraph.inference import resolve_providers
+    from lipgraph.progress import inference_progress
 
     t0 = time.perf_counter()
+    quiet = out.quiet_requested(quiet)
     # Everything that can be checked cheaply is checked before the work starts.
-    if output:
-        check_output_path(output)
-    render = _renderer(fmt)
+    plan = out.plan_outputs(fmt, output)
     provider_list = resolve_providers(providers)
     flags = g.GateConfig(
         min_certified_accuracy=dict(g.parse_eps_acc(s) for s in min_cert) if min_cert else None,
@@ -90,9 +84,7 @@ def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, 
         max_drop=g.check_accuracy(max_drop, "--max-drop") if max_drop is not None else None,
         eps=list(eps) if eps else None,
     )
-    pyproject = g.find_pyproject()
-    file_cfg = g.load_config(pyproject) if pyproject else g.GateConfig()
-    cfg = g.merge(file_cfg, flags)
+    cfg = g.merge(resolve_config(config, no_config), flags)
     base = g.load_baseline(cfg.baseline) if cfg.baseline else None
     dataset = load_npz(data, limit=limit)
     if cfg.min_clean_accuracy is not None and dataset.y is None:
@@ -100,18 +92,22 @@ def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, 
     eps_grid = list(cfg.eps or DEFAULT_EPS) + g.required_eps(cfg, base)
 
     # the bound is computed beside the inference (lipgraph.certify.certify)
-    cert = run_certify(model, dataset.x, dataset.y, eps_grid, input_name=input_name, batch_size=batch_size,
-                       providers=provider_list, per_sample=per_sample, progress=stderr_progress(quiet),
-                       source=dataset.source)
+    try:
+        cert = run_certify(model, dataset.x, dataset.y, eps_grid, input_name=input_name, batch_size=batch_size,
+                           providers=provider_list, per_sample=per_sample, progress=inference_progress(quiet),
+                           source=dataset.source)
+    except UnsupportedModelError as exc:
+        # the formats that carry findings report each refused node (the others stay unwritten)
+        from lipgraph.report.findings import refusal_report
+
+        out.emit(plan, refusal_report(model, exc.refusals), only=out.FINDING_FORMATS)
+        raise
     cert.meta["data"]["x_key"] = dataset.x_key
     cert.meta["data"]["y_key"] = dataset.y_key
-    if cfg.source:
-        cert.meta["config"] = cfg.source
+    cert.meta["config"] = cfg.source  # None: no [tool.lipgraph] was read
     g.apply(cert, cfg, base)
     cert.meta["time_total_s"] = round(time.perf_counter() - t0, 4)
-    text = render(cert)
-    if output:
-        write_atomic(output, text)
-    else:
-        click.echo(text, nl=False)
+    out.emit(plan, cert)
+    if not quiet:
+        click.echo(out.verdict_line(cert.to_json()), err=True)
     return 0 if (cert.passed or exit_zero) else 1

@@ -9,12 +9,17 @@ from lipgraph.errors import LipgraphError
 
 @click.command()
 def rules() -> int:
-    """List every op lipgraph bounds, by family, with the rule's one-line summary."""
+    """List the ops lipgraph bounds (by family, with each rule's summary), then the ops it always refuses."""
     from lipgraph.report.tables import text_table
     from lipgraph.rules.registry import all_rules
 
-    rows = [[s.family, f"{s.domain}:{s.op_type}", str(s.since), s.summary] for s in all_rules()]
-    click.echo(text_table(["family", "op", "since", "bound"], rows), nl=False)
+    specs = all_rules()
+    bounded = [[s.family, f"{s.domain}:{s.op_type}", str(s.since), s.summary] for s in specs if not s.always_refuses]
+    refused = [[f"{s.domain}:{s.op_type}", str(s.since), s.refusal_reason()] for s in specs if s.always_refuses]
+    click.echo(f"Bounded ops ({len(bounded)}); some refuse particular settings, see `lipgraph rule OP`:\n")
+    click.echo(text_table(["family", "op", "since", "bound"], bounded), nl=False)
+    click.echo(f"\nRefused ops ({len(refused)}): no sound Lipschitz bound exists for them:\n")
+    click.echo(text_table(["op", "since", "why"], refused), nl=False)
     return 0
 
 

@@ -39,11 +39,12 @@ TORCH_HINT = 'the trainer needs PyTorch: pip install torch==2.13.0 -e ".[torch]"
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Model file to write (.onnx).")
 @click.option("--test-out", default=None, type=click.Path(dir_okay=False),
               help="Test split to write (default <model>.test.npz).")
+@click.option("-q", "--quiet", "quiet", is_flag=True, help="No progress bar and no per-epoch lines.")
 def train(dataset: str, arch: str, method: str, epochs: int, c: float, eps: float, gamma: float, seed: int,
           lr: float, batch_size: int, attack_norm: str, pgd_steps: int, awp_warmup: int, c_ramp_epochs: int,
           bjorck_iters: int, lr_schedule: str, gs_loss: str, tau: float,
           maxmin_export: str, legacy_exporter: bool, threads: int, limit_train: int | None,
-          out: str, test_out: str | None) -> None:
+          out: str, test_out: str | None, quiet: bool) -> None:
     """Train a Lipschitz-aware classifier (LMT, GroupSort, AWP) and export it to ONNX.
 
     Progress goes to stderr; the model and its test split (x, y) are written atomically. The
@@ -53,6 +54,8 @@ def train(dataset: str, arch: str, method: str, epochs: int, c: float, eps: floa
         import torch  # noqa: F401
     except ImportError as exc:
         raise LipgraphError(TORCH_HINT) from exc
+    from lipgraph.cli.outputs import quiet_requested
+    from lipgraph.numbers import round_down, round_up
     from lipgraph.report import check_output_path
     from lipgraph.train.loop import TrainConfig
     from lipgraph.train.pipeline import run
@@ -63,7 +66,9 @@ def train(dataset: str, arch: str, method: str, epochs: int, c: float, eps: floa
     cfg = TrainConfig(arch=arch, method=method, epochs=epochs, c=c, eps=eps, gamma=gamma, awp_warmup=awp_warmup,
                       attack_norm=attack_norm, pgd_steps=pgd_steps, c_ramp_epochs=c_ramp_epochs, lr=lr,
                       batch_size=batch_size, bjorck_iters=bjorck_iters, lr_schedule=lr_schedule, gs_loss=gs_loss,
-                      tau=tau, seed=seed)
+                      tau=tau, seed=seed, progress=not quiet_requested(quiet))
+    if not cfg.progress:
+        cfg.log = _silent
     res = run(cfg, dataset, out, test_out, legacy_exporter=legacy_exporter, maxmin_export=maxmin_export,
               threads=threads or None, limit_train=limit_train, certify_eps=[eps])
     if res.rank != 0:  # under torchrun, rank 0 exports and reports
@@ -71,12 +76,17 @@ def train(dataset: str, arch: str, method: str, epochs: int, c: float, eps: floa
     lines = [f"wrote {res.model_path} and {res.test_path} ({res.seconds:.1f}s training)",
              f"trainer's bound estimate {res.trainer_bound:.8g}"]
     if res.analyzer_bound is not None:
-        lines.append(f"analyzer's bound {res.analyzer_bound:.8g}")
+        lines.append(f"analyzer's bound {round_up(res.analyzer_bound, 8)}")
     if res.certificate:
         ce = res.certificate
         cert_at = next(iter(ce["certified_accuracy"].values()), float("nan"))
-        lines.append(f"test: clean {ce['clean_accuracy']:.4f}, certified@{eps:g} {cert_at:.4f}, "
-                     f"median radius {ce['median_radius']:.4g} ({ce['radius_method']})")
+        # accuracies and radii rounded down, the bound up: printed numbers never claim more than was proved
+        lines.append(f"test: clean {round_down(ce['clean_accuracy'])}, certified@{eps:g} {round_down(cert_at)}, "
+                     f"median radius {round_down(ce['median_radius'])} ({ce['radius_method']})")
     lines.append(f"certify with: lipgraph certify {res.model_path} --data {res.test_path} --eps {eps:g}")
     for ln in lines:
         click.echo(ln, err=True)
+
+
+def _silent(_line: str) -> None:
+    """The epoch log under --quiet."""

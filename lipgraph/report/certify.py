@@ -6,11 +6,12 @@ import json
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
+from lipgraph.numbers import percent_down
 from lipgraph.report.tables import fmt_lower, fmt_upper, markdown_table, text_table
 
 
 def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100.0 * x:.2f}%"
+    return percent_down(x)  # an accuracy is rounded down, so a printed 60.17% is never above the truth
 
 
 def _summary_rows(d: dict[str, Any]) -> list[list[str]]:
@@ -24,6 +25,7 @@ def _summary_rows(d: dict[str, Any]) -> list[list[str]]:
         ["mean radius", fmt_lower(d["mean_radius"])],
         ["radius method", d["radius_method"]],
         ["provider", str(m.get("provider"))],
+        ["config", str(m.get("config") or "none (no [tool.lipgraph] found)")],
         ["time", f"bound {m.get('time_bound_s', 0):.3f}s (beside inference), inference "
                  f"{m.get('time_inference_s', 0):.3f}s, total {m.get('time_total_s', 0):.3f}s"],
     ]

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from lipgraph.numbers import exact, percent_down, percent_exact, percent_up, round_up
 from lipgraph.report.svg import (
     Linear,
     attrs,
@@ -39,7 +40,7 @@ from lipgraph.report.svg import (
     tick_label,
     ticks,
 )
-from lipgraph.report.tables import fmt_float, fmt_upper
+from lipgraph.report.tables import fmt_float, fmt_lower, fmt_upper
 
 # Okabe-Ito colours: distinguishable with the common colour-vision deficiencies; all dark enough on white.
 BLUE = "#0072B2"
@@ -81,7 +82,7 @@ code { background: #f2f2f2; padding: 0 3px; border-radius: 3px; word-break: brea
 
 # ------------------------------------------------------------------ small formatting helpers
 def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100.0 * x:.2f}%"
+    return percent_down(x)  # accuracies are rounded down in every format
 
 
 def _num_cell(value: float | None, text: str, cls: str = "n") -> str:
@@ -158,6 +159,14 @@ def _gate_marker(x: float, y: float, g: dict[str, Any]) -> str:
     common = attrs(class_=f"gate {'gate-pass' if ok else 'gate-fail'}", data_kind=g.get("kind"),
                    data_eps=None if e is None else repr(e), data_threshold=None if t is None else repr(t),
                    data_passed="true" if ok else "false", data_colour=colour)
+    if g.get("kind") == "max-drop":
+        # a baseline gate is a diamond (its floor comes from the old report, not from the user's threshold)
+        d = f"M{num(x)} {num(y - 7)} L{num(x + 7)} {num(y)} L{num(x)} {num(y + 7)} L{num(x - 7)} {num(y)} Z"
+        if ok:
+            return (f'<path {common} d="{d}" fill="{colour}" stroke="#fff" stroke-width="1.5">'
+                    f"<title>{esc(label)}</title></path>")
+        return (f'<g {common}><title>{esc(label)}</title>'
+                f'<path d="{d}" fill="#fff" stroke="{colour}" stroke-width="3"/></g>')
     if ok:
         d = f"M{num(x)} {num(y - 8)} L{num(x + 7)} {num(y + 5)} L{num(x - 7)} {num(y + 5)} Z"
         return (f'<path {common} d="{d}" fill="{colour}" stroke="#fff" stroke-width="1.5">'
@@ -249,11 +258,19 @@ def _accuracy_figure(d: dict[str, Any], cert: Any) -> str:
         items.append((f'<line x1="0" x2="22" y1="0" y2="0" stroke="{ORANGE}" stroke-width="2" '
                       f'stroke-dasharray="6 4"/><rect x="6.5" y="-4.5" width="9" height="9" fill="#fff" '
                       f'stroke="{ORANGE}" stroke-width="2"/>', "baseline"))
-    if any(g["passed"] for g, _ in gates):
+    user_gates = [g for g, _ in gates if g.get("kind") != "max-drop"]
+    drop_gates = [g for g, _ in gates if g.get("kind") == "max-drop"]
+    if any(g["passed"] for g in user_gates):
         items.append((f'<path d="M11 -8 L18 5 L4 5 Z" fill="{GREEN}"/>', "gate passed (minimum allowed)"))
-    if any(not g["passed"] for g, _ in gates):
+    if any(not g["passed"] for g in user_gates):
         items.append((f'<path d="M5 -6 L17 6 M17 -6 L5 6" stroke="{RED}" stroke-width="3.5"/>',
                       "gate failed (minimum allowed)"))
+    if any(g["passed"] for g in drop_gates):
+        items.append((f'<path d="M11 -7 L18 0 L11 7 L4 0 Z" fill="{GREEN}"/>',
+                      "baseline gate passed (baseline − max drop)"))
+    if any(not g["passed"] for g in drop_gates):
+        items.append((f'<path d="M11 -7 L18 0 L11 7 L4 0 Z" fill="#fff" stroke="{RED}" stroke-width="3"/>',
+                      "baseline gate failed (baseline − max drop)"))
     for sym, label in items:
         out.append(f'<g transform="translate({lx} {ly})">{sym}<text x="28" y="4">{esc(label)}</text></g>')
         lx += 40 + 7 * len(label)
@@ -335,8 +352,8 @@ def _histogram_figure(d: dict[str, Any], cert: Any) -> str:
     out.append(f'<text transform="translate(16 {(top + h - bottom) / 2:.0f}) rotate(-90)" text-anchor="middle">'
                "samples</text>")
     out.append("</svg>")
-    cap = (f"How far each correctly classified sample is certified (median radius {_fmt_r(d['median_radius'])}, "
-           f"mean {_fmt_r(d['mean_radius'])} over all samples, misclassified ones counting 0). "
+    cap = (f"How far each correctly classified sample is certified (median radius {fmt_lower(d['median_radius'], 4)}, "
+           f"mean {fmt_lower(d['mean_radius'], 4)} over all samples, misclassified ones counting 0). "
            "The grey bar counts the misclassified samples, which have no certified radius.")
     return f'<figure>{"".join(out)}<figcaption>{esc(cap)}</figcaption></figure>'
 
@@ -452,12 +469,12 @@ def _summary(d: dict[str, Any]) -> str:
         ("Lipschitz bound (L2)", f'<span id="lipschitz-bound">{esc(fmt_upper(d["lipschitz_bound"], 8))}</span> '
          '<span class="muted">(rounded up)</span>', d["lipschitz_bound"]),
         ("radius method", esc(d["radius_method"] + (
-            f" (affine tail: {tail.get('ops')}, L_h {fmt_upper(tail['l_h'], 6)})"
+            f" (affine tail: {', '.join(map(str, tail.get('ops') or []))}, L_h {fmt_upper(tail['l_h'], 6)})"
             if isinstance(tail, dict) and "l_h" in tail else "")), None),
         ("data", esc(f"{data.get('source', '')} ({d['samples']} samples, x key {data.get('x_key')}, "
                      f"y key {data.get('y_key')}, range [{fmt_float(data.get('input_min'), 4)}, "
                      f"{fmt_float(data.get('input_max'), 4)}])"), None),
-        ("median / mean radius", esc(f"{_fmt_r(d['median_radius'])} / {_fmt_r(d['mean_radius'])}"), None),
+        ("median / mean radius", esc(f"{fmt_lower(d['median_radius'], 4)} / {fmt_lower(d['mean_radius'], 4)}"), None),
         ("provider", esc(f"{m.get('provider')} (batch size {m.get('batch_size')})"), None),
         ("time", esc(f"bound {m.get('time_bound_s', 0):.3f} s (beside inference; waited "
                      f"{m.get('time_bound_wait_s', 0):.3f} s), inference {m.get('time_inference_s', 0):.3f} s, "
@@ -500,11 +517,24 @@ def _gates_table(d: dict[str, Any]) -> str:
         body.append(
             f'<tr class="gate-row {"gate-pass" if ok else "gate-fail"}" data-passed="{"true" if ok else "false"}">'
             f'<td class="{"ok" if ok else "bad"}">{"✓ PASS" if ok else "✗ FAIL"}</td><td>{esc(g.get("name", ""))}</td>'
-            f'{_num_cell(actual, fmt_float(actual, 6) if actual is not None else "-")}'
-            f'{_num_cell(g.get("threshold"), fmt_float(g.get("threshold"), 6))}'
+            f'{_num_cell(actual, _gate_value(g, actual, is_actual=True))}'
+            f'{_num_cell(g.get("threshold"), _gate_value(g, g.get("threshold"), is_actual=False))}'
             f'<td>{esc(g.get("message", ""))}</td></tr>')
     return ('<table id="gates-table"><thead><tr><th>result</th><th>gate</th><th>actual</th><th>threshold</th>'
             f'<th>detail</th></tr></thead><tbody>{"".join(body)}</tbody></table>')
+
+
+def _gate_value(g: dict[str, Any], x: float | None, is_actual: bool) -> str:
+    """A gate's number as the rest of the report prints it: accuracies as percentages (rounded down),
+    drops in percentage points (rounded up), bounds rounded up; thresholds exactly as given."""
+    if x is None:
+        return "-"
+    kind = g.get("kind")
+    if kind in ("min-certified-accuracy", "min-clean-accuracy"):
+        return percent_down(x) if is_actual else percent_exact(x)
+    if kind == "max-drop":  # a drop in accuracy, in percentage points
+        return (percent_up(x) if is_actual else percent_exact(x)).replace("%", " pp")
+    return round_up(x, 8) if is_actual else exact(x)
 
 
 def _nodes_table(d: dict[str, Any]) -> str:

@@ -38,7 +38,9 @@ def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Seq
     right = right or [False] * len(headers)
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) if rj else c.ljust(w) for c, w, rj in zip(cells, widths, right, strict=True))
+        # rstrip: padding the last column leaves trailing spaces that editors and diffs flag
+        cols = zip(cells, widths, right, strict=True)
+        return "  ".join(c.rjust(w) if rj else c.ljust(w) for c, w, rj in cols).rstrip()
 
     sep = "  ".join("-" * w for w in widths)
     return "\n".join([line(headers), sep, *(line(r) for r in rows)]).rstrip() + "\n"

@@ -123,6 +123,41 @@ class RuleSpec:
     def summary(self) -> str:
         return self.doc.splitlines()[0] if self.doc else ""
 
+    @property
+    def always_refuses(self) -> bool:
+        """True for a rule that can only refuse: its function has no ``return`` (a rule that bounds
+        must return a :class:`Bound`), e.g. the rule of Exp or of the comparisons."""
+        return _never_returns(self.fn)
+
+    def refusal_reason(self) -> str:
+        """For a rule that always refuses: its reason for this op (the summary when it needs a real node)."""
+        from types import SimpleNamespace
+
+        from lipgraph.errors import Refuse
+
+        node = SimpleNamespace(op_type=self.op_type, domain=self.domain, opset=self.since, name="", attrs={},
+                               inputs=[], outputs=[])
+        try:
+            self.fn(RuleContext(node, None, [1.0]))  # type: ignore[arg-type]
+        except Refuse as r:
+            return r.reason
+        except Exception:  # noqa: BLE001 - the reason needs more of a node than a listing has
+            pass
+        return self.summary
+
+
+def _never_returns(fn: Callable[..., Any]) -> bool:
+    import ast
+    import textwrap
+
+    try:
+        # unwrap: a registry may wrap rules (functools.wraps); the rule's own body decides
+        tree = ast.parse(textwrap.dedent(inspect.getsource(inspect.unwrap(fn))))
+    except (OSError, TypeError, SyntaxError):
+        return False  # source unavailable: do not claim a refusal we cannot see
+    func = tree.body[0]
+    return not any(isinstance(n, ast.Return) for n in ast.walk(func))
+
 
 class DuplicateRuleError(RuntimeError):
     pass

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lipgraph.errors import LipgraphError
+from lipgraph.progress import iterate
 from lipgraph.train.archs import LipNet, build_model
 from lipgraph.train.awp import AWP
 from lipgraph.train.data import Splits
@@ -59,10 +60,12 @@ class TrainConfig:
     tau: float = 4.0  # margin-ce temperature
     seed: int = 0
     log: Callable[[str], None] | None = field(default=None, repr=False)
+    progress: bool = field(default=False, repr=False)  # a batch bar per epoch (only on a terminal, not in CI)
 
     def hyperparameters(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("log", None)
+        d.pop("progress", None)  # how the run was shown, not how the model was trained
         return d
 
 
@@ -170,7 +173,8 @@ def train(cfg: TrainConfig, data: Splits) -> tuple[LipNet, list[EpochStats]]:
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         perm = torch.randperm(len(x_all), generator=g)[: n_per_rank * world][rank::world]
         tot_loss, tot_correct, seen = 0.0, 0, 0
-        for s in range(steps):
+        for s in iterate(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                         on=cfg.progress and rank == 0):
             idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
             if len(idx) == 0:
                 continue

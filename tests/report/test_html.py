@@ -21,6 +21,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from lipgraph.cli import main
+from lipgraph.numbers import percent_down
 
 EVIL = "<script>alert(1)</script>"
 ODD = 'a&b "quoted" \'x\' <i>'
@@ -233,13 +234,13 @@ def test_numbers_equal_the_json_report(run) -> None:
     assert float(card.attrs["data-value"]) == rep["lipschitz_bound"] and float(card.text()) >= rep["lipschitz_bound"]
     clean = dom.by_id("clean-row").find_all("td", "n")[0]
     assert float(clean.attrs["data-value"]) == rep["clean_accuracy"]
-    assert clean.text() == f"{100 * rep['clean_accuracy']:.2f}%"
+    assert clean.text() == percent_down(rep['clean_accuracy'])
     rows = dom.by_id("eps-table").find_all("tr", "eps-row")
     assert [float(r.attrs["data-eps"]) for r in rows] == sorted(float(k) for k in rep["certified_accuracy"])
     for r in rows:
         cell = r.find_all("td", "n")[0]
         v = rep["certified_accuracy"][r.attrs["data-eps"]]
-        assert float(cell.attrs["data-value"]) == v and cell.text() == f"{100 * v:.2f}%"
+        assert float(cell.attrs["data-value"]) == v and cell.text() == percent_down(v)
     assert rep["meta"]["model_sha256"] == dom.by_id("model-sha256").text()
     assert rep["meta"]["versions"]["lipgraph"] in run["ps"]["text"]
     assert rep["meta"]["provider"] in run["ps"]["text"]
