@@ -135,7 +135,7 @@ def _light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     graph input of the same type and shape (all inference needs), so a 100 MB model is not copied."""
     src = model.graph
     g = onnx.GraphProto()
-    g.name = src.name
+    g.name = "lipgraph-shapes"  # the name plays no part in inference (and may be corrupt bytes)
     g.node.extend(src.node)
     g.input.extend(src.input)
     g.output.extend(src.output)

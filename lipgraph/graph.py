@@ -314,7 +314,7 @@ def _check_text(model: onnx.ModelProto) -> None:
     """Protobuf hands back ``bytes`` for a string field that is not valid UTF-8 (a corrupt file):
     refuse it here rather than fail on a name somewhere downstream."""
     g = model.graph
-    fields: list[Any] = [imp.domain for imp in model.opset_import]
+    fields: list[Any] = [imp.domain for imp in model.opset_import] + [g.name]
     fields += [v.name for v in list(g.input) + list(g.output) + list(g.value_info) + list(g.initializer)]
     for n in g.node:
         fields += [n.name, n.op_type, n.domain, *n.input, *n.output, *(a.name for a in n.attribute)]
