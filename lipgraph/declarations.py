@@ -90,9 +90,9 @@ def check_declarations(model: onnx.ModelProto) -> None:
     declared = [vi for vi in list(model.graph.output) + list(model.graph.value_info) if vi.type.HasField("tensor_type")]
     if not declared:
         return
-    m = _light_copy(model)
-    strip_declarations(m)
     try:
+        m = _light_copy(model)
+        strip_declarations(m)
         with _warnings.catch_warnings():
             _warnings.simplefilter("ignore")
             inferred = shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
@@ -135,7 +135,6 @@ def _light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     graph input of the same type and shape (all inference needs), so a 100 MB model is not copied."""
     src = model.graph
     g = onnx.GraphProto()
-    g.name = "lipgraph-shapes"  # the name plays no part in inference (and may be corrupt bytes)
     g.node.extend(src.node)
     g.input.extend(src.input)
     g.output.extend(src.output)

@@ -227,7 +227,6 @@ def build_graph(
         )
     graph = model.graph
     _refuse_unloaded_external_data(model)
-    check_declarations(model)
 
     for init in graph.initializer:
         try:
@@ -303,6 +302,7 @@ def build_graph(
     for inp in graph.input:
         g.tensor(inp.name)
     g.sort()
+    check_declarations(model)  # after the structure checks, so a dangling tensor is named first
     if not any(g.output_name in n.outputs for n in g.nodes) and g.output_name != g.input_name:
         raise ModelLoadError(f"no node produces the output '{g.output_name}'")
     g.prune_to_output()

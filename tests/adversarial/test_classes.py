@@ -362,3 +362,41 @@ def test_expand_to_a_symbolic_target_is_not_assumed_unbroadcast() -> None:
         analyze(model)
     concrete = make_model(nodes, [("x", [1, 4, 3])], ["y"], inits)
     assert analyze(model, input_shape=(1, 4, 3)).bound >= exact_norm(concrete, (1, 4, 3)) * (1 - 1e-9)
+
+
+class _PowCopies:
+    """``x ** ones(3, 1, 4)`` then a Linear: torch broadcasts x up through a constant exponent."""
+
+    @staticmethod
+    def build():  # noqa: ANN205 - a torch module, torch imported lazily
+        import torch
+
+        class Net(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.register_buffer("p", torch.ones(3, 1, 4))
+                self.fc = torch.nn.Linear(12, 3)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.fc((x**self.p).reshape(x.shape[0], -1))
+
+        torch.manual_seed(0)
+        return Net().eval()
+
+
+@pytest.mark.parametrize("dynamo", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_real_export_of_a_broadcasting_pow(dynamo: bool) -> None:
+    torch = pytest.importorskip("torch")
+    import io
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_PowCopies.build(), (torch.randn(1, 4),), buf, dynamo=dynamo, input_names=["x"])
+    model = onnx.load_from_string(buf.getvalue())
+    assert any(n.op_type == "Pow" for n in model.graph.node)
+    exact = exact_norm(model, (1, 4))
+    a = analyze(model)
+    assert a.bound >= exact * (1 - 1e-7)
+    # the Pow node counts the three copies of x (the linear layer alone may even exceed the truth)
+    assert any(n.op_type == "Pow" and n.bound == pytest.approx(np.sqrt(3)) for n in a.nodes)
