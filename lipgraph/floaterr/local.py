@@ -1,0 +1,391 @@
+"""Per-op local rounding bounds for the float error walk (``lipgraph.floaterr.walk``).
+
+Each handler gets the states of a node's inputs (a bound on the norm of the real value, on the
+float error so far, and on the magnitudes behind the last affine computation) and the node's
+Lipschitz factors per input, and returns the states of its outputs. With ``F_i`` the factor of
+input ``i``, every handler uses
+
+    err_out <= sum_i F_i err_i + rho          (earlier errors, then this op's own rounding rho)
+    mag_out <= ||f(0)|| + sum_i F_i mag_i     (the real value's norm)
+
+and differs only in ``rho`` (see docs/floating-point.md for each class and its assumptions).
+Everything is a norm bound affine in the input norm ``s`` (:class:`Aff`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from lipgraph.errors import LipgraphError
+from lipgraph.graph import Graph, Node
+
+
+class NoFloatBound(LipgraphError):
+    """No proven float-error bound for this node."""
+
+
+@dataclass(frozen=True)
+class Aff:
+    """The nonnegative bound ``c + d * s`` for inputs of norm ``s``."""
+
+    c: float = 0.0
+    d: float = 0.0
+
+    def __add__(self, o: Aff) -> Aff:
+        return Aff(self.c + o.c, self.d + o.d)
+
+    def scale(self, k: float) -> Aff:
+        return Aff(self.c * k, self.d * k)
+
+
+ZERO = Aff()
+
+
+@dataclass(frozen=True)
+class State:
+    mag: Aff  # ||h(x)|| of the real network
+    err: Aff  # ||h_float(x) - h(x)||
+    terms: Aff  # norm of |W||x| + |b| behind the last affine computation (a fused kernel sums them)
+    fan: int  # roundings that `terms` already went through (0: not an affine result)
+
+    @property
+    def fmag(self) -> Aff:
+        """A bound on the norm of the float value."""
+        return self.mag + self.err
+
+
+@dataclass
+class OpIn:
+    node: Node
+    graph: Graph
+    states: list[State | None]  # None: a constant input
+    factors: list[list[float]]  # [output][input]: Lipschitz factor of the output in that input
+    u: float  # unit roundoff of this node's arithmetic
+    u_dot: float  # relative rounding of the operands of a dot product before multiplying (TF32)
+
+    def prop(self, o: int = 0, which: str = "err") -> Aff:
+        out = ZERO
+        for f, st in zip(self.factors[o], self.states, strict=True):
+            if st is not None:
+                out = out + getattr(st, which).scale(f)
+        return out
+
+    def const(self, i: int) -> np.ndarray | None:
+        if i >= len(self.node.inputs) or not self.node.inputs[i]:
+            return None
+        t = self.graph.tensors.get(self.node.inputs[i])
+        return None if t is None or t.variable or t.value is None else np.asarray(t.value, dtype=np.float64)
+
+    def out_size(self, o: int = 0) -> int:
+        shape = self.graph.shape_of(self.node.outputs[o])
+        if shape is None or any(d is None for d in shape):
+            raise NoFloatBound(f"the output shape of {self.node.op_type} '{self.node.name}' is unknown")
+        return int(np.prod(shape, dtype=np.int64))
+
+    def in_size(self, i: int = 0) -> int:
+        shape = self.graph.shape_of(self.node.inputs[i])
+        if shape is None or any(d is None for d in shape):
+            raise NoFloatBound(f"the input shape of {self.node.op_type} '{self.node.name}' is unknown")
+        return int(np.prod(shape, dtype=np.int64))
+
+
+def gamma(n: int, u: float) -> float:
+    """``gamma_n = n u / (1 - n u)`` (Higham 2002, Lemma 3.1), rounded up."""
+    if n * u >= 0.5:
+        raise NoFloatBound(f"a sum of {n} terms at unit roundoff {u:g} has no useful error bound")
+    return n * u / (1.0 - n * u) * (1.0 + 1e-12)
+
+
+def dot_gamma(n: int, u: float, u_in: float) -> float:
+    """Relative bound of a sum of ``n`` rounded operations whose operands were first rounded to ``u_in``."""
+    if n * u >= 0.5 or u_in >= 0.5:
+        raise NoFloatBound(f"a sum of {n} terms at unit roundoff {u:g} has no useful error bound")
+    return math.expm1(2.0 * math.log1p(u_in) + n * math.log1p(u)) * (1.0 + 1e-9)
+
+
+def _state(mag: Aff, err: Aff, terms: Aff | None = None, fan: int = 0) -> State:
+    return State(mag, err, terms if terms is not None else mag + err, fan)
+
+
+def _norm_broadcast(c: np.ndarray, out_shape_size: int) -> float:
+    """||c broadcast to an output of ``out_shape_size`` elements|| (c repeats evenly)."""
+    c = np.abs(np.asarray(c, dtype=np.float64)).reshape(-1)
+    if c.size == 0:
+        return 0.0
+    reps = out_shape_size / c.size
+    return float(np.sqrt(np.sum(c * c) * reps)) * (1.0 + 1e-12)
+
+
+def _schur(absw: np.ndarray, row_axis_sums: np.ndarray, col_axis_sums: np.ndarray) -> float:
+    """Schur test: a nonnegative matrix has ``||A||_2 <= sqrt(max row sum * max column sum)``."""
+    del absw
+    return math.sqrt(float(np.max(row_axis_sums)) * float(np.max(col_axis_sums))) * (1.0 + 1e-12)
+
+
+# ---------------------------------------------------------------------------- op classes
+
+# No rounding at all: data movement, selection, sign changes (IEEE results are exact).
+EXACT = {
+    "Identity", "Dropout", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Slice", "Split",
+    "Concat", "Expand", "Tile", "Gather", "DepthToSpace", "SpaceToDepth", "Relu", "MaxPool",
+    "GlobalMaxPool", "ReduceMax", "ReduceMin", "Neg", "Abs", "Max", "Min", "Clip", "Pad",
+    "GroupSort", "MaxMin", "PairSort", "CReLU",
+}
+
+# Elementwise functions evaluated by a math library: (f(0), ulp budget k). Assumed accuracy:
+# |fl(f(y)) - f(y)| <= k u (|f(y)| + |y| + 1) per entry (absolute near zero, relative elsewhere).
+ELEMENTWISE: dict[str, tuple[float, int]] = {
+    "LeakyRelu": (0.0, 1), "PRelu": (0.0, 1), "Sigmoid": (0.5, 16), "Tanh": (0.0, 16), "Elu": (0.0, 16),
+    "Selu": (0.0, 16), "Celu": (0.0, 16), "Softplus": (math.log(2.0), 16), "Softsign": (0.0, 16),
+    "Erf": (0.0, 16), "Gelu": (0.0, 32), "HardSigmoid": (math.nan, 4), "HardSwish": (0.0, 8),
+    "Sin": (0.0, 16), "Atan": (0.0, 16), "Asinh": (0.0, 16), "Mish": (0.0, 64), "Silu": (0.0, 64),
+}
+COMPOSITE_ULPS = 64  # lipgraph-domain activations stand for several ONNX ops
+
+
+def exact(a: OpIn) -> list[State]:
+    node, out = a.node, []
+    for o in range(len(node.outputs)):
+        off = _exact_offset(a, o)
+        out.append(_state(a.prop(o, "mag") + Aff(off), a.prop(o)))
+    return out
+
+
+def _exact_offset(a: OpIn, o: int) -> float:
+    """||f(0)|| for the exact ops whose value at zero is not zero (constants enter)."""
+    op = a.node.op_type
+    if op in ("Max", "Min"):
+        consts = [c for i in range(len(a.node.inputs)) if (c := a.const(i)) is not None]
+        if not consts:
+            return 0.0
+        shape = a.graph.shape_of(a.node.outputs[0])
+        zero = np.zeros([int(d) for d in shape]) if shape and all(d is not None for d in shape) else None
+        if zero is None:
+            raise NoFloatBound(f"the output shape of {op} '{a.node.name}' is unknown")
+        val = zero
+        for c in consts:
+            val = np.maximum(val, c) if op == "Max" else np.minimum(val, c)
+        return float(np.linalg.norm(np.broadcast_to(val, zero.shape))) * (1.0 + 1e-12)
+    if op == "Clip":
+        lo = a.const(1) if len(a.node.inputs) > 1 else None
+        hi = a.const(2) if len(a.node.inputs) > 2 else None
+        lo_v = float(lo.reshape(-1)[0]) if lo is not None and lo.size else a.node.attrs.get("min", -math.inf)
+        hi_v = float(hi.reshape(-1)[0]) if hi is not None and hi.size else a.node.attrs.get("max", math.inf)
+        return abs(float(np.clip(0.0, lo_v, hi_v))) * math.sqrt(a.out_size(o)) * (1.0 + 1e-12)
+    if op == "Pad":
+        mode = a.node.attrs.get("mode", "constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        if mode != "constant":
+            return 0.0
+        v = a.const(2) if len(a.node.inputs) > 2 else None
+        val = float(v.reshape(-1)[0]) if v is not None and v.size else float(a.node.attrs.get("value", 0.0))
+        return abs(val) * math.sqrt(max(a.out_size() - a.in_size(), 0)) * (1.0 + 1e-12)
+    return 0.0
+
+
+def cast(a: OpIn) -> list[State]:
+    """A float-to-float Cast rounds only when it narrows: ``u_target |y|`` per entry."""
+    out_t = a.graph.tensors.get(a.node.outputs[0])
+    to = int(a.node.attrs.get("to", 0)) or int(out_t.elem_type or 0 if out_t else 0)
+    src = a.graph.tensors[a.node.inputs[0]].elem_type
+    bits = {onnx.TensorProto.DOUBLE: 53, onnx.TensorProto.FLOAT: 24, onnx.TensorProto.FLOAT16: 11,
+            onnx.TensorProto.BFLOAT16: 8}
+    if to not in bits:
+        raise NoFloatBound(f"Cast '{a.node.name}' to a non-float type")
+    mag, err = a.prop(0, "mag"), a.prop(0)
+    rho = ZERO
+    if src not in bits or bits[to] < bits[src]:
+        rho = (mag + err).scale(2.0 ** -bits[to] * (1.0 + 1e-12))
+    return [_state(mag, err + rho)]
+
+
+def affine_const(a: OpIn) -> list[State]:
+    """``y = a x + b`` elementwise with constant a, b (Add/Sub/Mul/Div by a constant, BatchNormalization).
+
+    ONNX Runtime may fuse it into the producing Conv/Gemm (folded weights, bias in the accumulator),
+    so the rounding is charged against the producer's magnitudes: ``gamma_{fan+3} (|a| T + |b|)``.
+    """
+    node, op = a.node, a.node.op_type
+    var = [i for i, st in enumerate(a.states) if st is not None]
+    if len(var) != 1:
+        raise NoFloatBound(f"{op} '{node.name}' has {len(var)} variable inputs")
+    st = a.states[var[0]]
+    assert st is not None
+    n_out = a.out_size()
+    if op == "BatchNormalization":
+        scale, bias, mean, var_ = (a.const(i) for i in (1, 2, 3, 4))
+        if any(c is None for c in (scale, bias, mean, var_)):
+            raise NoFloatBound(f"BatchNormalization '{node.name}' has non-constant statistics")
+        eps = float(node.attrs.get("epsilon", 1e-5))
+        mult = scale / np.sqrt(var_ + eps)  # type: ignore[operator]
+        shift = bias - mean * mult  # type: ignore[operator]
+        off = _norm_broadcast(shift, n_out)
+        bterms = _norm_broadcast(np.abs(bias) + np.abs(mean * mult), n_out)  # type: ignore[operator]
+    else:
+        c = a.const(1 - var[0])
+        if c is None:
+            raise NoFloatBound(f"{op} '{node.name}' has no constant operand")
+        if op in ("Add", "Sub"):
+            off = bterms = _norm_broadcast(c, n_out)
+        elif op == "Mul":
+            off = bterms = 0.0
+        elif op == "Div" and var[0] == 0:
+            if np.any(c == 0):
+                raise NoFloatBound(f"Div '{node.name}' divides by zero")
+            off, bterms = 0.0, 0.0
+        else:
+            raise NoFloatBound(f"{op} '{node.name}' divides by the variable")
+    # The rule's factor is the norm of x -> a x (broadcast included), which is also the norm of
+    # x -> |a| x: it scales the magnitudes as well as the errors.
+    f_in = a.factors[0][var[0]]
+    terms = st.terms.scale(f_in) + Aff(bterms)
+    rho = terms.scale(gamma(st.fan + 3, a.u))
+    mag = st.mag.scale(f_in) + Aff(off)
+    return [State(mag, st.err.scale(f_in) + rho, terms, st.fan + 3)]
+
+
+def sum_vars(a: OpIn) -> list[State]:
+    """Add/Sub/Sum/Mean of variables (a constant operand may join): ``gamma_{fan+k+1} sum F_i T_i``."""
+    k = len([i for i in a.node.inputs if i])
+    fan = max((st.fan for st in a.states if st is not None), default=0) + k + 1
+    terms = a.prop(0, "terms")
+    consts = [c for i in range(len(a.node.inputs)) if (c := a.const(i)) is not None]
+    off = sum((_norm_broadcast(c, a.out_size()) for c in consts), 0.0)
+    if a.node.op_type == "Mean":
+        off /= k
+    terms = terms + Aff(off)
+    rho = terms.scale(gamma(fan, a.u))
+    return [State(a.prop(0, "mag") + Aff(off), a.prop(0) + rho, terms, fan)]
+
+
+def averaging(a: OpIn) -> list[State]:
+    """AveragePool / GlobalAveragePool / ReduceMean / ReduceSum: nonnegative weights, so
+    ``|| P |y| || <= ||P|| ||y||`` and the sum of ``k`` terms costs ``gamma_{k+1} F ||y_float||``."""
+    node = a.node
+    if node.op_type == "AveragePool":
+        k = int(np.prod([int(v) for v in node.attrs.get("kernel_shape", [1])]))
+    else:
+        k = max(1, a.in_size() // max(a.out_size(), 1))
+    f = a.factors[0][0]
+    st = a.states[0]
+    if st is None or any(s is not None for s in a.states[1:]):
+        raise NoFloatBound(f"{node.op_type} '{node.name}' with a variable axes input")
+    terms = st.fmag.scale(f)
+    rho = terms.scale(gamma(k + 1, a.u))
+    return [State(st.mag.scale(f), st.err.scale(f) + rho, terms, k + 1)]
+
+
+def dot(a: OpIn) -> list[State]:
+    """Gemm / MatMul / Conv / ConvTranspose with a constant weight: every output entry is a sum of
+    ``n`` products plus a bias, ``|fl - exact| <= gamma'_n (|W| |y| + |b|)`` in any order, with or
+    without FMA (Higham 2002, sec. 3.1); ``|| |W| |y| || <= A ||y||`` with ``A`` the Schur bound of |W|."""
+    node, op = a.node, a.node.op_type
+    var = [i for i, st in enumerate(a.states) if st is not None]
+    if op == "Gemm" and var == [0, 2] or op == "Gemm" and var == [1, 2]:
+        raise NoFloatBound(f"Gemm '{node.name}' with a variable C")  # rare; not modelled
+    if len(var) != 1:
+        raise NoFloatBound(f"{op} '{node.name}' has {len(var)} variable inputs")
+    vi = var[0]
+    st = a.states[vi]
+    assert st is not None
+    n_out = a.out_size()
+    extra = 0  # alpha / beta scalings
+    if op in ("Gemm", "MatMul"):
+        w = a.const(1 - vi)
+        if w is None or w.ndim > 2:
+            raise NoFloatBound(f"{op} '{node.name}' without a constant matrix weight")
+        w = np.abs(np.atleast_2d(w))
+        if op == "Gemm":
+            alpha, beta = abs(float(node.attrs.get("alpha", 1.0))), abs(float(node.attrs.get("beta", 1.0)))
+            t_w = int(node.attrs.get("transB" if vi == 0 else "transA", 0))
+            inner = w.shape[1] if (t_w if vi == 0 else not t_w) else w.shape[0]
+            extra = 2
+        else:
+            alpha, beta = 1.0, 0.0
+            inner = w.shape[0] if vi == 0 else w.shape[-1]
+        big_a = alpha * _schur(w, w.sum(axis=1), w.sum(axis=0))
+        c = a.const(2) if op == "Gemm" and len(node.inputs) > 2 else None
+        off = beta * _norm_broadcast(c, n_out) if c is not None else 0.0
+        n = int(inner) + (1 if c is not None else 0) + extra
+    elif op in ("Conv", "ConvTranspose"):
+        if vi != 0:
+            raise NoFloatBound(f"{op} '{node.name}' with a variable weight")
+        w = a.const(1)
+        if w is None or w.ndim < 3:
+            raise NoFloatBound(f"{op} '{node.name}' without a constant kernel")
+        g = int(node.attrs.get("group", 1))
+        aw = np.abs(w)
+        spatial = tuple(range(2, aw.ndim))
+        if op == "Conv":  # (cout, cin/g, k...): row = output channel, column = input channel of its group
+            rows = aw.sum(axis=(1, *spatial))
+            per = aw.shape[0] // g
+            cols = np.concatenate([aw[j * per:(j + 1) * per].sum(axis=(0, *spatial)) for j in range(g)])
+            n = int(np.prod(aw.shape[1:]))
+        else:  # (cin, cout/g, k...)
+            cols = aw.sum(axis=(1, *spatial))
+            per = aw.shape[0] // g
+            rows = np.concatenate([aw[j * per:(j + 1) * per].sum(axis=(0, *spatial)) for j in range(g)])
+            n = per * int(np.prod(aw.shape[2:]))
+        big_a = _schur(aw, rows, cols)
+        b = a.const(2) if len(node.inputs) > 2 else None
+        off = _norm_broadcast(b, n_out) if b is not None else 0.0
+        n += 1 if b is not None else 0
+    else:
+        raise NoFloatBound(f"no dot-product model for {op}")
+    terms = st.fmag.scale(big_a) + Aff(off)
+    rho = terms.scale(dot_gamma(n, a.u, a.u_dot))
+    f = a.factors[0][vi]
+    return [State(st.mag.scale(f) + Aff(off), st.err.scale(f) + rho, terms, n)]
+
+
+def elementwise(a: OpIn) -> list[State]:
+    """A unary function from a math library, accurate to ``k`` units in the sense of :data:`ELEMENTWISE`."""
+    node, op = a.node, a.node.op_type
+    composite = node.domain != "ai.onnx"
+    if op not in ELEMENTWISE:
+        raise NoFloatBound(f"no float-error model for {node.domain}:{op}")
+    f0, ulps = ELEMENTWISE[op]
+    if composite:
+        ulps = max(ulps, COMPOSITE_ULPS)
+    if op == "HardSigmoid":
+        f0 = min(max(float(node.attrs.get("beta", 0.5)), 0.0), 1.0)
+    var = [i for i, st in enumerate(a.states) if st is not None]
+    if len(var) != 1:
+        raise NoFloatBound(f"{op} '{node.name}' has {len(var)} variable inputs")
+    st = a.states[var[0]]
+    assert st is not None
+    n = a.out_size()
+    mag = a.prop(0, "mag") + Aff(abs(f0) * math.sqrt(n))
+    err = a.prop(0)
+    rho = (mag + err + st.fmag + Aff(math.sqrt(n))).scale(ulps * a.u * (1.0 + 1e-9))
+    return [_state(mag, err + rho)]
+
+
+HANDLERS: dict[str, Callable[[OpIn], list[State]]] = {
+    **{op: exact for op in EXACT},
+    **{op: elementwise for op in ELEMENTWISE},
+    "Cast": cast, "CastLike": cast,
+    "BatchNormalization": affine_const, "Mul": affine_const, "Div": affine_const,
+    "Sum": sum_vars, "Mean": sum_vars,
+    "AveragePool": averaging, "GlobalAveragePool": averaging, "ReduceMean": averaging, "ReduceSum": averaging,
+    "Gemm": dot, "MatMul": dot, "Conv": dot, "ConvTranspose": dot,
+}
+
+
+def handler_for(node: Node, graph: Graph) -> Callable[[OpIn], list[State]]:
+    op = node.op_type
+    if op in ("Add", "Sub"):
+        n_var = sum(1 for i in node.inputs if i and graph.is_variable(i))
+        return affine_const if n_var == 1 else sum_vars
+    h = HANDLERS.get(op)
+    if h is None or node.domain not in ("ai.onnx", "lipgraph"):
+        raise NoFloatBound(
+            f"no float-error model for {node.domain}:{op} (node '{node.name}'); certify cannot bound how far "
+            "ONNX Runtime's float logits are from the real network's"
+        )
+    return h
