@@ -177,6 +177,9 @@ def _exact_offset(a: OpIn, o: int) -> float:
         lo_v = float(lo.reshape(-1)[0]) if lo is not None and lo.size else a.node.attrs.get("min", -math.inf)
         hi_v = float(hi.reshape(-1)[0]) if hi is not None and hi.size else a.node.attrs.get("max", math.inf)
         return abs(float(np.clip(0.0, lo_v, hi_v))) * math.sqrt(a.out_size(o)) * (1.0 + 1e-12)
+    if op == "Concat":  # constant pieces are part of the value
+        return math.sqrt(sum(float(np.sum(c * c)) for i in range(len(a.node.inputs))
+                             if (c := a.const(i)) is not None)) * (1.0 + 1e-12)
     if op == "Pad":
         mode = a.node.attrs.get("mode", "constant")
         mode = mode.decode() if isinstance(mode, bytes) else mode
@@ -299,7 +302,9 @@ def dot(a: OpIn) -> list[State]:
         w = a.const(1 - vi)
         if w is None or w.ndim > 2:
             raise NoFloatBound(f"{op} '{node.name}' without a constant matrix weight")
-        w = np.abs(np.atleast_2d(w))
+        if w.ndim == 1:  # a vector operand: a column on the right, a row on the left
+            w = w.reshape(-1, 1) if vi == 0 else w.reshape(1, -1)
+        w = np.abs(w)
         if op == "Gemm":
             alpha, beta = abs(float(node.attrs.get("alpha", 1.0))), abs(float(node.attrs.get("beta", 1.0)))
             t_w = int(node.attrs.get("transB" if vi == 0 else "transA", 0))

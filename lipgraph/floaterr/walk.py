@@ -110,6 +110,9 @@ def float_error_model(
 
 def _node_states(graph: Graph, node: Node, states: dict[str, State], u: float, u_dot: float) -> list[State]:
     ins: list[State | None] = [states.get(i) if i and graph.is_variable(i) else None for i in node.inputs]
+    for i, st in zip(node.inputs, ins, strict=True):
+        if i and graph.is_variable(i) and st is None:
+            raise NoFloatBound(f"no float-error state for '{i}', an input of {node.op_type} '{node.name}'")
     factors = _factors(graph, node, ins)
     out_t = graph.tensors.get(node.outputs[0])
     u_node = max(u, _TYPE_ROUNDOFF.get(out_t.elem_type if out_t and out_t.elem_type else 0, 0.0))

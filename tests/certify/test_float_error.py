@@ -230,3 +230,22 @@ def test_an_op_without_a_float_error_model_is_refused_clearly() -> None:
     assert math.isfinite(analyze(m).bound)
     with pytest.raises(LipgraphError, match="float-error model for ai.onnx:Softmax"):
         certify(m, rng.random((5, 4)).astype(np.float32))
+
+
+def test_constant_pieces_of_a_concat_count_as_magnitude() -> None:
+    """Concat(x, big constant) -> Gemm: the constant's size drives the Gemm's rounding."""
+    rng = np.random.default_rng(12)
+    w = rng.normal(size=(20, 10)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Concat", ["x", "c"], ["h"], axis=1), helper.make_node("Gemm", ["h", "w"], ["y"])],
+        "concat", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+        [numpy_helper.from_array(np.full((1, 16), 2.0**14, np.float32), "c"), numpy_helper.from_array(w, "w")],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    x = rng.normal(size=(32, 4)).astype(np.float32)
+    err = np.array([np.linalg.norm(_ort(m, x[i:i + 1]) - run_float64(m, x[i:i + 1])) for i in range(len(x))])
+    bound = float_error_model(m, None, (1, 4)).at(_norms(x))
+    assert np.all(err <= bound)
+    assert np.max(err) > 1e-4, "the constant makes the error visible"
