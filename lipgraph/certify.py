@@ -43,8 +43,8 @@ def _input_norms(x: np.ndarray, chunk: int = 4096) -> np.ndarray:
     n = len(x)
     out = np.empty(n, dtype=np.float64)
     for start in range(0, n, chunk):
-        xb = np.asarray(x[start:start + chunk], dtype=np.float64).reshape(min(chunk, n - start), -1)
-        out[start:start + chunk] = np.sqrt(np.einsum("ij,ij->i", xb, xb))
+        xb = np.asarray(x[start:start + chunk]).reshape(min(chunk, n - start), -1)
+        out[start:start + chunk] = np.sqrt(np.einsum("ij,ij->i", xb, xb, dtype=np.float64))  # float64 sums
     return out
 
 
@@ -375,10 +375,12 @@ def certify(
         load_rules()  # imports happen here, not concurrently in the worker
         # Bound at the data's own size: symbolic dimensions become concrete (sound for these
         # inputs, and tighter: conv bounds on the exact grid instead of the LMT overlap bound).
-        background = _Background(lambda: (
-            analyze(proto, input_name=graph.input_name, input_shape=sample_shape),
-            float_error_model(proto, graph.input_name, sample_shape, logits_name, u, dot_operand_roundoff),
-        ))
+        def bound_and_error() -> tuple[Any, Any, np.ndarray]:
+            an = analyze(proto, input_name=graph.input_name, input_shape=sample_shape)
+            em = float_error_model(proto, graph.input_name, sample_shape, logits_name, u, dot_operand_roundoff, an)
+            return an, em, _input_norms(xf)
+
+        background = _Background(bound_and_error)
 
     def on_batch(done: int, total: int) -> None:
         if background is not None and (err := background.failed()) is not None:
@@ -393,10 +395,12 @@ def certify(
     labels = fit_labels(y, n, max(k, 2), source)
     t_wait = time.perf_counter()
     if background is not None:
-        analysis, error_model = background.result()
+        analysis, error_model, input_norms = background.result()
         analysis.meta.update(file_meta)
     else:
-        error_model = float_error_model(proto, graph.input_name, sample_shape, logits_name, u, dot_operand_roundoff)
+        error_model = float_error_model(proto, graph.input_name, sample_shape, logits_name, u, dot_operand_roundoff,
+                                        analysis)
+        input_norms = _input_norms(xf)
     t_wait = time.perf_counter() - t_wait
     if analysis.logits_name != graph.output_name:
         raise LipgraphError(f"internal: the analysis certifies '{analysis.logits_name}' but "
@@ -411,7 +415,6 @@ def certify(
 
     t_radii = time.perf_counter()
     tails = find_tail(graph, logits_name, analysis.tensor_bounds)
-    input_norms = _input_norms(xf)
     radii = compute_radii(logits, labels, lipschitz, tails, error_model.at(input_norms), error_model.d)
     t_radii = time.perf_counter() - t_radii
 

@@ -68,12 +68,15 @@ def float_error_model(
     tensor: str | None = None,
     unit_roundoff: float = FLOAT32_UNIT_ROUNDOFF,
     dot_operand_roundoff: float = 0.0,
+    analysis: Any = None,
 ) -> ErrorModel:
     """The error bound of ``tensor`` (default: the logits lipgraph certifies) of ``model``.
 
     ``unit_roundoff`` is the rounding of every float op (at least the tensor type's own, 2^-24 for
     float32); ``dot_operand_roundoff`` the rounding of the operands of the products inside Gemm,
     MatMul and Conv before they are multiplied (0 for float32 kernels, 2^-11 for TF32).
+    ``analysis``: the :class:`~lipgraph.analyze.Analysis` of the same model, whose per-node factors
+    are reused for nodes the passes left unchanged (saves recomputing conv norms).
     Raises :class:`~lipgraph.errors.LipgraphError` naming the op when a node has no error model.
     """
     from lipgraph.graph import build_graph
@@ -85,12 +88,13 @@ def float_error_model(
     # Not the scale folding: it may change intermediate values (magnitudes are what matter here).
     run_passes(graph, [p for p in default_passes() if p.__name__ != "fold_scales"])
     target = tensor or graph.output_name
+    known = _known_factors(analysis)
     states: dict[str, State] = {graph.input_name: State(Aff(0.0, 1.0), ZERO, Aff(0.0, 1.0), 0)}
     for node in graph.nodes:
         if not any(i and i in states for i in node.inputs):
             continue
         try:
-            outs = _node_states(graph, node, states, unit_roundoff, dot_operand_roundoff)
+            outs = _node_states(graph, node, states, unit_roundoff, dot_operand_roundoff, known)
         except NoFloatBound:
             raise
         except Refuse as r:
@@ -108,12 +112,44 @@ def float_error_model(
     return ErrorModel(err.c, err.d, unit_roundoff, dot_operand_roundoff, len(graph.nodes))
 
 
-def _node_states(graph: Graph, node: Node, states: dict[str, State], u: float, u_dot: float) -> list[State]:
+def _known_factors(analysis: Any) -> dict[str, tuple[Node, Graph, float]]:
+    """Canonical nodes whose rule gave its own factor, by name (for :func:`_same_node`)."""
+    if analysis is None:
+        return {}
+    factors = {row.name: row.factor for row in analysis.nodes if row.factor is not None}
+    return {n.name: (n, analysis.graph, factors[n.name]) for n in analysis.graph.nodes if n.name in factors}
+
+
+def _same_node(a: Node, ga: Graph, b: Node, gb: Graph) -> bool:
+    """The same op on the same tensors with the same constants (so the same rule result)."""
+    if (a.op_type, a.domain, a.opset, a.inputs, a.outputs) != (b.op_type, b.domain, b.opset, b.inputs, b.outputs):
+        return False
+    if repr(a.attrs) != repr(b.attrs):
+        return False
+    for name in a.inputs:
+        if not name:
+            continue
+        ta, tb = ga.tensors.get(name), gb.tensors.get(name)
+        if ta is None or tb is None or ta.variable != tb.variable or ga.shape_of(name) != gb.shape_of(name):
+            return False
+        if not ta.variable and (ta.value is None or tb.value is None or ta.value.dtype != tb.value.dtype
+                                or not np.array_equal(ta.value, tb.value)):
+            return False
+    return True
+
+
+def _node_states(graph: Graph, node: Node, states: dict[str, State], u: float, u_dot: float,
+                 known: dict[str, tuple[Node, Graph, float]] | None = None) -> list[State]:
     ins: list[State | None] = [states.get(i) if i and graph.is_variable(i) else None for i in node.inputs]
     for i, st in zip(node.inputs, ins, strict=True):
         if i and graph.is_variable(i) and st is None:
             raise NoFloatBound(f"no float-error state for '{i}', an input of {node.op_type} '{node.name}'")
-    factors = _factors(graph, node, ins)
+    reuse = (known or {}).get(node.name)
+    n_var = sum(1 for st in ins if st is not None)
+    if reuse is not None and n_var == 1 and len(node.outputs) == 1 and _same_node(node, graph, reuse[0], reuse[1]):
+        factors = [[reuse[2] if st is not None else 0.0 for st in ins]]
+    else:
+        factors = _factors(graph, node, ins)
     out_t = graph.tensors.get(node.outputs[0])
     u_node = max(u, _TYPE_ROUNDOFF.get(out_t.elem_type if out_t and out_t.elem_type else 0, 0.0))
     handler = handler_for(node, graph)
