@@ -348,6 +348,51 @@ def dot(a: OpIn) -> list[State]:
     return [State(st.mag.scale(f) + Aff(off), st.err.scale(f) + rho, terms, n)]
 
 
+def resize(a: OpIn) -> list[State]:
+    """Resize / Upsample: nearest picks entries (exact; a tf_crop_and_resize extrapolation value is a
+    constant); linear without antialias combines ``2^r`` taps per output (r axes longer than 1). Whatever
+    the evaluation order (a weighted sum, or nested ``x0 + w (x1 - x0)``), the rounding is at most
+    ``gamma_{2^r + 2}`` times the *unweighted* sum of the taps' magnitudes, and the unweighted tap-sum
+    operator has norm at most ``sqrt(2^r prod_a c_a)`` (Schur test), with ``c_a = 2 (ceil(out_a / in_a)
+    + 1)`` bounding how many outputs use one input as a tap along axis a. The weights are the ones
+    ONNX Runtime computes. Cubic and antialiased filters are not modelled."""
+    node = a.node
+    mode = node.attrs.get("mode", "nearest")
+    mode = (mode.decode() if isinstance(mode, bytes) else str(mode)).lower()
+    st = a.states[0]
+    if st is None or any(s is not None for s in a.states[1:]):
+        raise NoFloatBound(f"Resize '{node.name}' with variable scales, sizes or roi")
+    f = a.factors[0][0]
+    ctm = node.attrs.get("coordinate_transformation_mode", "half_pixel")
+    ctm = ctm.decode() if isinstance(ctm, bytes) else str(ctm)
+    extrap = float(node.attrs.get("extrapolation_value", 0.0)) if ctm == "tf_crop_and_resize" else 0.0
+    off = abs(extrap) * math.sqrt(a.out_size())  # at most every output entry is the extrapolation value
+    mag = st.mag.scale(f) + Aff(off)
+    # Where ONNX Runtime's weights differ from the ONNX reference's, the difference of the two maps
+    # counts as error too, so the "real network" may be read with either definition.
+    from lipgraph.rules.registry import RuleContext
+    from lipgraph.rules.resize import runtime_discrepancy
+
+    in_b: list[float | None] = [1.0] + [None] * (len(node.inputs) - 1)
+    disc = runtime_discrepancy(RuleContext(node, a.graph, in_b))
+    extra = st.fmag.scale(disc)  # ||(R_ort - R_ref) y_float||, added once to the output's error
+    if mode == "nearest":
+        return [_state(mag, st.err.scale(f) + extra)]
+    if mode in ("linear", "bilinear") and not int(node.attrs.get("antialias", 0)):
+        shape, out_shape = a.graph.shape_of(node.inputs[0]), a.graph.shape_of(node.outputs[0])
+        if shape is None or out_shape is None or any(d is None for d in (*shape, *out_shape)):
+            raise NoFloatBound(f"Resize '{node.name}' with unknown sizes")
+        # every axis longer than 1 may interpolate (a scale like 1.1 keeps 5 -> 5 but moves the samples)
+        pairs = [(int(i), int(o)) for i, o in zip(shape, out_shape, strict=True) if max(int(i), int(o)) > 1]
+        rank = max(len(pairs), 1)
+        uses = [2 * (math.ceil(o / max(i, 1)) + 1) for i, o in pairs]
+        taps_norm = math.sqrt(2**rank * math.prod(uses or [1])) * (1.0 + 1e-12)
+        terms = st.fmag.scale(taps_norm) + Aff(off)
+        rho = terms.scale(gamma(2**rank + 2, a.u))
+        return [State(mag, st.err.scale(f) + rho + extra, terms, 2**rank + 2)]
+    raise NoFloatBound(f"no float-error model for Resize mode '{mode}' (antialias or cubic) in '{node.name}'")
+
+
 def elementwise(a: OpIn) -> list[State]:
     """A unary function from a math library, accurate to ``k`` units in the sense of :data:`ELEMENTWISE`."""
     node, op = a.node, a.node.op_type
@@ -379,6 +424,7 @@ HANDLERS: dict[str, Callable[[OpIn], list[State]]] = {
     "Sum": sum_vars, "Mean": sum_vars,
     "AveragePool": averaging, "GlobalAveragePool": averaging, "ReduceMean": averaging, "ReduceSum": averaging,
     "Gemm": dot, "MatMul": dot, "Conv": dot, "ConvTranspose": dot,
+    "Resize": resize, "Upsample": resize,
 }
 
 

@@ -221,6 +221,42 @@ def _scale_as_float32(s: float | None) -> float | None:
     return None if s is None else float(np.float32(s))
 
 
+def runtime_discrepancy(ctx: RuleContext) -> float:
+    """An upper bound of ``||R_ort - R_ref||_2``: how far ONNX Runtime's Resize map is from the reference's.
+
+    Both are Kronecker products of per-axis matrices, and ``A (x) B - A' (x) B' = (A - A') (x) B +
+    A' (x) (B - B')`` telescopes over the axes. Zero when ONNX Runtime is not installed (nothing to
+    compare) or agrees to float32 rounding. Refuses like :func:`resize`.
+    """
+    shape = ctx.in_shape(0)
+    if shape is None or any(d is None for d in shape):
+        raise Refuse("Resize needs a known input shape (the per-axis operators depend on the sizes)")
+    axes = _per_axis(ctx, tuple(int(d) for d in shape))
+    pairs: list[tuple[float, float, float]] = []  # (||ref||, ||ort||, ||ort - ref||) per axis
+    for ax in axes:
+        if ax.roi is None and ax.size is None and ax.scale == 1.0:
+            continue
+        for attrs in _probe_attrs(ctx, ax.scale):
+            key = (tuple(sorted(attrs.items())), ax.n, _scale_as_float32(ax.scale), ax.size, ax.roi)
+            ref = _axis_matrix_cached(key)
+            rt = _runtime_axis_matrix_cached(key)
+            if rt is None or rt.shape != ref.shape:
+                pairs.append((spectral_norm(ref).value, spectral_norm(ref).value, 0.0))
+                continue
+            diff = spectral_norm(rt - ref).value if np.max(np.abs(rt - ref), initial=0.0) > _SAME_WEIGHTS else 0.0
+            pairs.append((spectral_norm(ref).value, spectral_norm(rt).value * _RUNTIME_WEIGHT_SLACK, diff))
+    total = 0.0
+    for j, (_, _, d) in enumerate(pairs):
+        if d == 0.0:
+            continue
+        term = d
+        for k, (r, o, _) in enumerate(pairs):
+            if k != j:
+                term *= o if k < j else r
+        total += term
+    return float(np.nextafter(total * (1 + 8 * len(pairs) * EPS64), np.inf)) if total else 0.0
+
+
 @rule("Resize", "Upsample")
 def resize(ctx: RuleContext) -> Bound:
     """Resize / Upsample with constant scales, sizes and roi: the exact operator norm.

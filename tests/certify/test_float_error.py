@@ -249,3 +249,28 @@ def test_constant_pieces_of_a_concat_count_as_magnitude() -> None:
     bound = float_error_model(m, None, (1, 4)).at(_norms(x))
     assert np.all(err <= bound)
     assert np.max(err) > 1e-4, "the constant makes the error visible"
+
+
+@pytest.mark.parametrize("attrs,scales", [
+    (dict(mode="linear"), [1, 1, 2.0, 1.5]),
+    (dict(mode="linear", coordinate_transformation_mode="align_corners"), [1, 1, 0.6, 1.7]),
+    (dict(mode="nearest"), [1, 1, 2.0, 0.5]),
+])
+def test_resize_then_gemm_is_bounded(attrs: dict, scales: list[float]) -> None:
+    rng = np.random.default_rng(13)
+    shape = [1, 2, 5, 4]
+    out = [int(np.floor(d * s)) for d, s in zip(shape, scales, strict=True)]
+    k = int(np.prod(out))
+    nodes = [helper.make_node("Resize", ["x", "", "scales"], ["r"], **attrs),
+             helper.make_node("Reshape", ["r", "shape"], ["f"]), helper.make_node("Gemm", ["f", "w"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(scales, np.float32), "scales"),
+             numpy_helper.from_array(np.array([1, k], np.int64), "shape"),
+             numpy_helper.from_array(rng.normal(size=(k, 5)).astype(np.float32), "w")]
+    g = helper.make_graph(nodes, "resize", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    em = float_error_model(m, None, tuple(shape))
+    for s in (1e-2, 1.0, 1e3):
+        x = (rng.normal(size=shape) * s + 1e3).astype(np.float32)
+        assert np.linalg.norm(_ort(m, x) - run_float64(m, x)) <= em.at(_norms(x))[0]
