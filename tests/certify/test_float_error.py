@@ -8,6 +8,7 @@ worst-case perturbation (the strongest possible attack) inside 0.999 r.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import onnx
@@ -176,7 +177,8 @@ def test_bound_covers_onnx_runtime_on_mixed_ops(offset: float) -> None:
     assert worst > 0, "the oracle saw float32 rounding (a zero error would test nothing)"
 
 
-def test_torch_cnn_with_batchnorm_is_bounded(tmp_path) -> None:
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_torch_cnn_with_batchnorm_is_bounded(tmp_path, dynamo: bool) -> None:
     torch = pytest.importorskip("torch")
     from torch import nn
 
@@ -187,8 +189,14 @@ def test_torch_cnn_with_batchnorm_is_bounded(tmp_path) -> None:
         net[1].running_mean.uniform_(-50, 50)  # large shifts that the BN removes again
         net[0].bias.uniform_(-50, 50)
     path = tmp_path / "cnn.onnx"
-    torch.onnx.export(net, torch.zeros(1, 1, 8, 8), str(path), dynamo=False, input_names=["x"],
-                      dynamic_axes={"x": {0: "N"}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            torch.onnx.export(net, (torch.zeros(2, 1, 8, 8),), str(path), dynamo=True, input_names=["x"],
+                              dynamic_shapes=({0: torch.export.Dim("N")},), verbose=False)
+        else:
+            torch.onnx.export(net, torch.zeros(1, 1, 8, 8), str(path), dynamo=False, input_names=["x"],
+                              dynamic_axes={"x": {0: "N"}})
     m = onnx.load(str(path))
     x = np.random.default_rng(8).random((64, 1, 8, 8)).astype(np.float32)
     err = np.linalg.norm(_ort(m, x) - run_float64(m, x), axis=1)
@@ -274,3 +282,59 @@ def test_resize_then_gemm_is_bounded(attrs: dict, scales: list[float]) -> None:
     for s in (1e-2, 1.0, 1e3):
         x = (rng.normal(size=shape) * s + 1e3).astype(np.float32)
         assert np.linalg.norm(_ort(m, x) - run_float64(m, x)) <= em.at(_norms(x))[0]
+
+
+OFFSET = 2.0**6
+
+
+def test_pgd_in_float64_and_in_onnx_runtime_flips_nothing_inside_the_radius(tmp_path) -> None:
+    """A ReLU net whose middle layer cancels a 2^6 offset: PGD (L2, float64) at 0.999 r, checked in
+    float64 and in ONNX Runtime. An end-to-end check of a nonlinear net; that the attacks can see a too
+    small allowance is shown on the cancelling Gemm pair above (here the float error is small against
+    the margins, so even no allowance would pass)."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10)).double().eval()
+    with torch.no_grad():
+        net[0].bias.fill_(OFFSET)  # ReLU passes everything; the next layer removes the offset again
+        net[2].bias.copy_(-(net[2].weight @ net[0].bias) + 0.1 * torch.randn(32, dtype=torch.float64))
+        for layer in (net[0], net[2], net[4]):  # the float32 weights the ONNX model holds are the real network
+            layer.weight.copy_(layer.weight.float().double())
+            layer.bias.copy_(layer.bias.float().double())
+    path = tmp_path / "relu.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net.float(), torch.zeros(1, 16), str(path), dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {0: "N"}})
+    net.double()
+    m = onnx.load(str(path))
+    rng = np.random.default_rng(14)
+    x = rng.random((200, 16)).astype(np.float32)
+    with torch.no_grad():
+        y = net(torch.from_numpy(x.astype(np.float64))).argmax(1).numpy()
+    cert = certify(m, x, y, eps=[0.0])
+    idx = np.flatnonzero(cert.radii > 0)
+    assert len(idx) > 20, "some samples are certified, or the attack tests nothing"
+    x0 = torch.from_numpy(x[idx].astype(np.float64))
+    r = torch.from_numpy(0.999 * cert.radii[idx])[:, None]
+    t = torch.from_numpy(y[idx])
+    delta = torch.zeros_like(x0, requires_grad=True)
+    for _ in range(40):  # L2 PGD on the margin, projected onto the ball of radius 0.999 r
+        out = net(x0 + delta)
+        other = out.clone()
+        other[torch.arange(len(t)), t] = -torch.inf
+        margin = out[torch.arange(len(t)), t] - other.max(1).values
+        (grad,) = torch.autograd.grad(margin.sum(), delta)
+        with torch.no_grad():
+            step = grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-30)
+            delta -= 0.25 * r * step
+            delta *= torch.clamp(r / delta.norm(dim=1, keepdim=True).clamp_min(1e-30), max=1.0)
+    with torch.no_grad():
+        xa = x0 + delta
+        assert torch.all(xa.sub(x0).norm(dim=1) <= r[:, 0] * (1 + 1e-12))
+        assert torch.equal(net(xa).argmax(1), t), "PGD flipped the real network inside 0.999 r"
+    xa32 = xa.detach().numpy().astype(np.float32)
+    inside = np.linalg.norm(xa32.astype(np.float64) - x[idx], axis=1) <= cert.radii[idx]
+    assert np.all(np.argmax(_ort(m, xa32), axis=1)[inside] == y[idx][inside]), "ONNX Runtime flipped inside r"
