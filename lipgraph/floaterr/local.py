@@ -16,134 +16,81 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
-from lipgraph.errors import LipgraphError
+from lipgraph.floaterr.state import (
+    ZERO,
+    Aff,
+    NoFloatBound,
+    OpIn,
+    State,
+    dot_gamma,
+    gamma,
+    make_state,
+    norm_broadcast,
+    schur,
+)
 from lipgraph.graph import Graph, Node
-
-
-class NoFloatBound(LipgraphError):
-    """No proven float-error bound for this node."""
-
-
-@dataclass(frozen=True)
-class Aff:
-    """The nonnegative bound ``c + d * s`` for inputs of norm ``s``."""
-
-    c: float = 0.0
-    d: float = 0.0
-
-    def __add__(self, o: Aff) -> Aff:
-        return Aff(self.c + o.c, self.d + o.d)
-
-    def scale(self, k: float) -> Aff:
-        return Aff(self.c * k, self.d * k)
-
-
-ZERO = Aff()
-
-
-@dataclass(frozen=True)
-class State:
-    mag: Aff  # ||h(x)|| of the real network
-    err: Aff  # ||h_float(x) - h(x)||
-    terms: Aff  # norm of |W||x| + |b| behind the last affine computation (a fused kernel sums them)
-    fan: int  # roundings that `terms` already went through (0: not an affine result)
-
-    @property
-    def fmag(self) -> Aff:
-        """A bound on the norm of the float value."""
-        return self.mag + self.err
-
-
-@dataclass
-class OpIn:
-    node: Node
-    graph: Graph
-    states: list[State | None]  # None: a constant input
-    factors: list[list[float]]  # [output][input]: Lipschitz factor of the output in that input
-    u: float  # unit roundoff of this node's arithmetic
-    u_dot: float  # relative rounding of the operands of a dot product before multiplying (TF32)
-
-    def prop(self, o: int = 0, which: str = "err") -> Aff:
-        out = ZERO
-        for f, st in zip(self.factors[o], self.states, strict=True):
-            if st is not None:
-                out = out + getattr(st, which).scale(f)
-        return out
-
-    def const(self, i: int) -> np.ndarray | None:
-        if i >= len(self.node.inputs) or not self.node.inputs[i]:
-            return None
-        t = self.graph.tensors.get(self.node.inputs[i])
-        return None if t is None or t.variable or t.value is None else np.asarray(t.value, dtype=np.float64)
-
-    def out_size(self, o: int = 0) -> int:
-        shape = self.graph.shape_of(self.node.outputs[o])
-        if shape is None or any(d is None for d in shape):
-            raise NoFloatBound(f"the output shape of {self.node.op_type} '{self.node.name}' is unknown")
-        return int(np.prod(shape, dtype=np.int64))
-
-    def in_size(self, i: int = 0) -> int:
-        shape = self.graph.shape_of(self.node.inputs[i])
-        if shape is None or any(d is None for d in shape):
-            raise NoFloatBound(f"the input shape of {self.node.op_type} '{self.node.name}' is unknown")
-        return int(np.prod(shape, dtype=np.int64))
-
-
-def gamma(n: int, u: float) -> float:
-    """``gamma_n = n u / (1 - n u)`` (Higham 2002, Lemma 3.1), rounded up."""
-    if n * u >= 0.5:
-        raise NoFloatBound(f"a sum of {n} terms at unit roundoff {u:g} has no useful error bound")
-    return n * u / (1.0 - n * u) * (1.0 + 1e-12)
-
-
-def dot_gamma(n: int, u: float, u_in: float) -> float:
-    """Relative bound of a sum of ``n`` rounded operations whose operands were first rounded to ``u_in``."""
-    if n * u >= 0.5 or u_in >= 0.5:
-        raise NoFloatBound(f"a sum of {n} terms at unit roundoff {u:g} has no useful error bound")
-    return math.expm1(2.0 * math.log1p(u_in) + n * math.log1p(u)) * (1.0 + 1e-9)
-
-
-def _state(mag: Aff, err: Aff, terms: Aff | None = None, fan: int = 0) -> State:
-    return State(mag, err, terms if terms is not None else mag + err, fan)
-
-
-def _norm_broadcast(c: np.ndarray, out_shape_size: int) -> float:
-    """||c broadcast to an output of ``out_shape_size`` elements|| (c repeats evenly)."""
-    c = np.abs(np.asarray(c, dtype=np.float64)).reshape(-1)
-    if c.size == 0:
-        return 0.0
-    reps = out_shape_size / c.size
-    return float(np.sqrt(np.sum(c * c) * reps)) * (1.0 + 1e-12)
-
-
-def _schur(absw: np.ndarray, row_axis_sums: np.ndarray, col_axis_sums: np.ndarray) -> float:
-    """Schur test: a nonnegative matrix has ``||A||_2 <= sqrt(max row sum * max column sum)``."""
-    del absw
-    return math.sqrt(float(np.max(row_axis_sums)) * float(np.max(col_axis_sums))) * (1.0 + 1e-12)
-
 
 # ---------------------------------------------------------------------------- op classes
 
 # No rounding at all: data movement, selection, sign changes (IEEE results are exact).
 EXACT = {
-    "Identity", "Dropout", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Slice", "Split",
-    "Concat", "Expand", "Tile", "Gather", "DepthToSpace", "SpaceToDepth", "Relu", "MaxPool",
-    "GlobalMaxPool", "ReduceMax", "ReduceMin", "Neg", "Abs", "Max", "Min", "Clip", "Pad",
-    "GroupSort", "MaxMin", "PairSort", "CReLU",
+    "Identity",
+    "Dropout",
+    "Flatten",
+    "Reshape",
+    "Squeeze",
+    "Unsqueeze",
+    "Transpose",
+    "Slice",
+    "Split",
+    "Concat",
+    "Expand",
+    "Tile",
+    "Gather",
+    "DepthToSpace",
+    "SpaceToDepth",
+    "Relu",
+    "MaxPool",
+    "GlobalMaxPool",
+    "ReduceMax",
+    "ReduceMin",
+    "Neg",
+    "Abs",
+    "Max",
+    "Min",
+    "Clip",
+    "Pad",
+    "GroupSort",
+    "MaxMin",
+    "PairSort",
+    "CReLU",
 }
 
 # Elementwise functions evaluated by a math library: (f(0), ulp budget k). Assumed accuracy:
 # |fl(f(y)) - f(y)| <= k u (|f(y)| + |y| + 1) per entry (absolute near zero, relative elsewhere).
 ELEMENTWISE: dict[str, tuple[float, int]] = {
-    "LeakyRelu": (0.0, 1), "PRelu": (0.0, 1), "Sigmoid": (0.5, 16), "Tanh": (0.0, 16), "Elu": (0.0, 16),
-    "Selu": (0.0, 16), "Celu": (0.0, 16), "Softplus": (math.log(2.0), 16), "Softsign": (0.0, 16),
-    "Erf": (0.0, 16), "Gelu": (0.0, 32), "HardSigmoid": (math.nan, 4), "HardSwish": (0.0, 8),
-    "Sin": (0.0, 16), "Atan": (0.0, 16), "Asinh": (0.0, 16), "Mish": (0.0, 64), "Silu": (0.0, 64),
+    "LeakyRelu": (0.0, 1),
+    "PRelu": (0.0, 1),
+    "Sigmoid": (0.5, 16),
+    "Tanh": (0.0, 16),
+    "Elu": (0.0, 16),
+    "Selu": (0.0, 16),
+    "Celu": (0.0, 16),
+    "Softplus": (math.log(2.0), 16),
+    "Softsign": (0.0, 16),
+    "Erf": (0.0, 16),
+    "Gelu": (0.0, 32),
+    "HardSigmoid": (math.nan, 4),
+    "HardSwish": (0.0, 8),
+    "Sin": (0.0, 16),
+    "Atan": (0.0, 16),
+    "Asinh": (0.0, 16),
+    "Mish": (0.0, 64),
+    "Silu": (0.0, 64),
 }
 COMPOSITE_ULPS = 64  # lipgraph-domain activations stand for several ONNX ops
 
@@ -152,7 +99,7 @@ def exact(a: OpIn) -> list[State]:
     node, out = a.node, []
     for o in range(len(node.outputs)):
         off = _exact_offset(a, o)
-        out.append(_state(a.prop(o, "mag") + Aff(off), a.prop(o)))
+        out.append(make_state(a.prop(o, "mag") + Aff(off), a.prop(o)))
     return out
 
 
@@ -178,8 +125,9 @@ def _exact_offset(a: OpIn, o: int) -> float:
         hi_v = float(hi.reshape(-1)[0]) if hi is not None and hi.size else a.node.attrs.get("max", math.inf)
         return abs(float(np.clip(0.0, lo_v, hi_v))) * math.sqrt(a.out_size(o)) * (1.0 + 1e-12)
     if op == "Concat":  # constant pieces are part of the value
-        return math.sqrt(sum(float(np.sum(c * c)) for i in range(len(a.node.inputs))
-                             if (c := a.const(i)) is not None)) * (1.0 + 1e-12)
+        return math.sqrt(
+            sum(float(np.sum(c * c)) for i in range(len(a.node.inputs)) if (c := a.const(i)) is not None)
+        ) * (1.0 + 1e-12)
     if op == "Pad":
         mode = a.node.attrs.get("mode", "constant")
         mode = mode.decode() if isinstance(mode, bytes) else mode
@@ -196,15 +144,19 @@ def cast(a: OpIn) -> list[State]:
     out_t = a.graph.tensors.get(a.node.outputs[0])
     to = int(a.node.attrs.get("to", 0)) or int(out_t.elem_type or 0 if out_t else 0)
     src = a.graph.tensors[a.node.inputs[0]].elem_type
-    bits = {onnx.TensorProto.DOUBLE: 53, onnx.TensorProto.FLOAT: 24, onnx.TensorProto.FLOAT16: 11,
-            onnx.TensorProto.BFLOAT16: 8}
+    bits = {
+        onnx.TensorProto.DOUBLE: 53,
+        onnx.TensorProto.FLOAT: 24,
+        onnx.TensorProto.FLOAT16: 11,
+        onnx.TensorProto.BFLOAT16: 8,
+    }
     if to not in bits:
         raise NoFloatBound(f"Cast '{a.node.name}' to a non-float type")
     mag, err = a.prop(0, "mag"), a.prop(0)
     rho = ZERO
     if src not in bits or bits[to] < bits[src]:
         rho = (mag + err).scale(2.0 ** -bits[to] * (1.0 + 1e-12))
-    return [_state(mag, err + rho)]
+    return [make_state(mag, err + rho)]
 
 
 def affine_const(a: OpIn) -> list[State]:
@@ -227,14 +179,14 @@ def affine_const(a: OpIn) -> list[State]:
         eps = float(node.attrs.get("epsilon", 1e-5))
         mult = scale / np.sqrt(var_ + eps)  # type: ignore[operator]
         shift = bias - mean * mult  # type: ignore[operator]
-        off = _norm_broadcast(shift, n_out)
-        bterms = _norm_broadcast(np.abs(bias) + np.abs(mean * mult), n_out)  # type: ignore[operator]
+        off = norm_broadcast(shift, n_out)
+        bterms = norm_broadcast(np.abs(bias) + np.abs(mean * mult), n_out)  # type: ignore[operator]
     else:
         c = a.const(1 - var[0])
         if c is None:
             raise NoFloatBound(f"{op} '{node.name}' has no constant operand")
         if op in ("Add", "Sub"):
-            off = bterms = _norm_broadcast(c, n_out)
+            off = bterms = norm_broadcast(c, n_out)
         elif op == "Mul":
             off = bterms = 0.0
         elif op == "Div" and var[0] == 0:
@@ -258,7 +210,7 @@ def sum_vars(a: OpIn) -> list[State]:
     fan = max((st.fan for st in a.states if st is not None), default=0) + k + 1
     terms = a.prop(0, "terms")
     consts = [c for i in range(len(a.node.inputs)) if (c := a.const(i)) is not None]
-    off = sum((_norm_broadcast(c, a.out_size()) for c in consts), 0.0)
+    off = sum((norm_broadcast(c, a.out_size()) for c in consts), 0.0)
     if a.node.op_type == "Mean":
         off /= k
     terms = terms + Aff(off)
@@ -313,9 +265,9 @@ def dot(a: OpIn) -> list[State]:
         else:
             alpha, beta = 1.0, 0.0
             inner = w.shape[0] if vi == 0 else w.shape[-1]
-        big_a = alpha * _schur(w, w.sum(axis=1), w.sum(axis=0))
+        big_a = alpha * schur(w, w.sum(axis=1), w.sum(axis=0))
         c = a.const(2) if op == "Gemm" and len(node.inputs) > 2 else None
-        off = beta * _norm_broadcast(c, n_out) if c is not None else 0.0
+        off = beta * norm_broadcast(c, n_out) if c is not None else 0.0
         n = int(inner) + (1 if c is not None else 0) + extra
     elif op in ("Conv", "ConvTranspose"):
         if vi != 0:
@@ -329,16 +281,16 @@ def dot(a: OpIn) -> list[State]:
         if op == "Conv":  # (cout, cin/g, k...): row = output channel, column = input channel of its group
             rows = aw.sum(axis=(1, *spatial))
             per = aw.shape[0] // g
-            cols = np.concatenate([aw[j * per:(j + 1) * per].sum(axis=(0, *spatial)) for j in range(g)])
+            cols = np.concatenate([aw[j * per : (j + 1) * per].sum(axis=(0, *spatial)) for j in range(g)])
             n = int(np.prod(aw.shape[1:]))
         else:  # (cin, cout/g, k...)
             cols = aw.sum(axis=(1, *spatial))
             per = aw.shape[0] // g
-            rows = np.concatenate([aw[j * per:(j + 1) * per].sum(axis=(0, *spatial)) for j in range(g)])
+            rows = np.concatenate([aw[j * per : (j + 1) * per].sum(axis=(0, *spatial)) for j in range(g)])
             n = per * int(np.prod(aw.shape[2:]))
-        big_a = _schur(aw, rows, cols)
+        big_a = schur(aw, rows, cols)
         b = a.const(2) if len(node.inputs) > 2 else None
-        off = _norm_broadcast(b, n_out) if b is not None else 0.0
+        off = norm_broadcast(b, n_out) if b is not None else 0.0
         n += 1 if b is not None else 0
     else:
         raise NoFloatBound(f"no dot-product model for {op}")
@@ -377,7 +329,7 @@ def resize(a: OpIn) -> list[State]:
     disc = runtime_discrepancy(RuleContext(node, a.graph, in_b))
     extra = st.fmag.scale(disc)  # ||(R_ort - R_ref) y_float||, added once to the output's error
     if mode == "nearest":
-        return [_state(mag, st.err.scale(f) + extra)]
+        return [make_state(mag, st.err.scale(f) + extra)]
     if mode in ("linear", "bilinear") and not int(node.attrs.get("antialias", 0)):
         shape, out_shape = a.graph.shape_of(node.inputs[0]), a.graph.shape_of(node.outputs[0])
         if shape is None or out_shape is None or any(d is None for d in (*shape, *out_shape)):
@@ -413,18 +365,29 @@ def elementwise(a: OpIn) -> list[State]:
     mag = a.prop(0, "mag") + Aff(abs(f0) * math.sqrt(n))
     err = a.prop(0)
     rho = (mag + err + st.fmag + Aff(math.sqrt(n))).scale(ulps * a.u * (1.0 + 1e-9))
-    return [_state(mag, err + rho)]
+    return [make_state(mag, err + rho)]
 
 
 HANDLERS: dict[str, Callable[[OpIn], list[State]]] = {
     **{op: exact for op in EXACT},
     **{op: elementwise for op in ELEMENTWISE},
-    "Cast": cast, "CastLike": cast,
-    "BatchNormalization": affine_const, "Mul": affine_const, "Div": affine_const,
-    "Sum": sum_vars, "Mean": sum_vars,
-    "AveragePool": averaging, "GlobalAveragePool": averaging, "ReduceMean": averaging, "ReduceSum": averaging,
-    "Gemm": dot, "MatMul": dot, "Conv": dot, "ConvTranspose": dot,
-    "Resize": resize, "Upsample": resize,
+    "Cast": cast,
+    "CastLike": cast,
+    "BatchNormalization": affine_const,
+    "Mul": affine_const,
+    "Div": affine_const,
+    "Sum": sum_vars,
+    "Mean": sum_vars,
+    "AveragePool": averaging,
+    "GlobalAveragePool": averaging,
+    "ReduceMean": averaging,
+    "ReduceSum": averaging,
+    "Gemm": dot,
+    "MatMul": dot,
+    "Conv": dot,
+    "ConvTranspose": dot,
+    "Resize": resize,
+    "Upsample": resize,
 }
 
 

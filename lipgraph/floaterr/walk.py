@@ -18,7 +18,8 @@ import numpy as np
 import onnx
 
 from lipgraph.errors import LipgraphError, Refuse
-from lipgraph.floaterr.local import ZERO, Aff, NoFloatBound, OpIn, State, handler_for
+from lipgraph.floaterr.local import handler_for
+from lipgraph.floaterr.state import ZERO, Aff, NoFloatBound, OpIn, State
 from lipgraph.graph import Graph, Node
 from lipgraph.rules.registry import RuleContext, lookup
 
@@ -132,14 +133,24 @@ def _same_node(a: Node, ga: Graph, b: Node, gb: Graph) -> bool:
         ta, tb = ga.tensors.get(name), gb.tensors.get(name)
         if ta is None or tb is None or ta.variable != tb.variable or ga.shape_of(name) != gb.shape_of(name):
             return False
-        if not ta.variable and (ta.value is None or tb.value is None or ta.value.dtype != tb.value.dtype
-                                or not np.array_equal(ta.value, tb.value)):
+        if not ta.variable and (
+            ta.value is None
+            or tb.value is None
+            or ta.value.dtype != tb.value.dtype
+            or not np.array_equal(ta.value, tb.value)
+        ):
             return False
     return True
 
 
-def _node_states(graph: Graph, node: Node, states: dict[str, State], u: float, u_dot: float,
-                 known: dict[str, tuple[Node, Graph, float]] | None = None) -> list[State]:
+def _node_states(
+    graph: Graph,
+    node: Node,
+    states: dict[str, State],
+    u: float,
+    u_dot: float,
+    known: dict[str, tuple[Node, Graph, float]] | None = None,
+) -> list[State]:
     ins: list[State | None] = [states.get(i) if i and graph.is_variable(i) else None for i in node.inputs]
     for i, st in zip(node.inputs, ins, strict=True):
         if i and graph.is_variable(i) and st is None:

@@ -12,8 +12,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
-def cancelling_gemms(offset: float, n_in: int = 16, width: int = 64, k: int = 10,
-                     seed: int = 0) -> tuple[onnx.ModelProto, tuple[np.ndarray, np.ndarray]]:
+def cancelling_gemms(
+    offset: float, n_in: int = 16, width: int = 64, k: int = 10, seed: int = 0
+) -> tuple[onnx.ModelProto, tuple[np.ndarray, np.ndarray]]:
     """``Gemm(x, W1, b1 = +-offset) -> Gemm(W2, b2 = -b1 W2)``: the real network is ``x W1 W2``.
 
     Returns the model and the real network's affine map ``(A, b)`` with ``F(x) = x A + b`` in float64
@@ -26,7 +27,8 @@ def cancelling_gemms(offset: float, n_in: int = 16, width: int = 64, k: int = 10
     b2 = (-(b1.astype(np.float64) @ w2.astype(np.float64))).astype(np.float32)
     g = helper.make_graph(
         [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"]), helper.make_node("Gemm", ["h", "w2", "b2"], ["y"])],
-        "cancel", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n_in])],
+        "cancel",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n_in])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", k])],
         [numpy_helper.from_array(v, n) for n, v in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2))],
     )
@@ -44,8 +46,9 @@ def as_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     g = m.graph
     for i, init in enumerate(list(g.initializer)):
         if init.data_type == TensorProto.FLOAT:
-            g.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float64),
-                                                              init.name))
+            g.initializer[i].CopyFrom(
+                numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float64), init.name)
+            )
     for vi in [*g.input, *g.output, *g.value_info]:
         if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
             vi.type.tensor_type.elem_type = TensorProto.DOUBLE

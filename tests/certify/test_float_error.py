@@ -38,8 +38,9 @@ def _data(n: int = 400, d: int = 16, seed: int = 1) -> tuple[np.ndarray, np.ndar
     return rng.random((n, d)).astype(np.float32), rng.integers(0, 10, n)
 
 
-def _worst_case_flips(m: onnx.ModelProto, a: np.ndarray, b: np.ndarray, x: np.ndarray, target: np.ndarray,
-                      radii: np.ndarray) -> tuple[int, int, int]:
+def _worst_case_flips(
+    m: onnx.ModelProto, a: np.ndarray, b: np.ndarray, x: np.ndarray, target: np.ndarray, radii: np.ndarray
+) -> tuple[int, int, int]:
     """(certified, real-network flips, ONNX Runtime flips) under the exact worst-case L2 attack at 0.999 r.
 
     For an affine real network the margin to class i falls fastest along ``-(a_t - a_i)``: each
@@ -131,11 +132,16 @@ def _mixed_cnn(rng: np.random.Generator, offset: float) -> onnx.ModelProto:
         return numpy_helper.from_array(np.asarray(v, dtype=f), name)
 
     inits = [
-        init("k1", rng.normal(size=(4, 2, 3, 3)) / 3), init("c1", rng.choice([-1, 1], 4) * offset),
-        init("g", rng.uniform(0.5, 2, 4)), init("be", rng.normal(size=4)), init("mu", rng.choice([-1, 1], 4) * offset),
+        init("k1", rng.normal(size=(4, 2, 3, 3)) / 3),
+        init("c1", rng.choice([-1, 1], 4) * offset),
+        init("g", rng.uniform(0.5, 2, 4)),
+        init("be", rng.normal(size=4)),
+        init("mu", rng.choice([-1, 1], 4) * offset),
         init("va", rng.uniform(0.5, 2, 4)),
-        init("k2", rng.normal(size=(4, 4, 3, 3)) / 6), init("sc", [0.5]),
-        init("w", rng.normal(size=(10, 32)) / 6), init("bw", rng.normal(size=10)),
+        init("k2", rng.normal(size=(4, 4, 3, 3)) / 6),
+        init("sc", [0.5]),
+        init("w", rng.normal(size=(10, 32)) / 6),
+        init("bw", rng.normal(size=10)),
         numpy_helper.from_array(np.array([1, 32], dtype=np.int64), "shape"),
     ]
     nodes = [
@@ -155,8 +161,13 @@ def _mixed_cnn(rng: np.random.Generator, offset: float) -> onnx.ModelProto:
         helper.make_node("Reshape", ["p3", "shape"], ["flat"]),
         helper.make_node("Gemm", ["flat", "w", "bw"], ["y"], transB=1),
     ]
-    g = helper.make_graph(nodes, "mixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+    g = helper.make_graph(
+        nodes,
+        "mixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        inits,
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     return m
@@ -183,8 +194,14 @@ def test_torch_cnn_with_batchnorm_is_bounded(tmp_path, dynamo: bool) -> None:
     from torch import nn
 
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.AvgPool2d(2),
-                        nn.Flatten(), nn.Linear(6 * 16, 10)).eval()
+    net = nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(6 * 16, 10),
+    ).eval()
     with torch.no_grad():
         net[1].running_mean.uniform_(-50, 50)  # large shifts that the BN removes again
         net[0].bias.uniform_(-50, 50)
@@ -192,11 +209,19 @@ def test_torch_cnn_with_batchnorm_is_bounded(tmp_path, dynamo: bool) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if dynamo:
-            torch.onnx.export(net, (torch.zeros(2, 1, 8, 8),), str(path), dynamo=True, input_names=["x"],
-                              dynamic_shapes=({0: torch.export.Dim("N")},), verbose=False)
+            torch.onnx.export(
+                net,
+                (torch.zeros(2, 1, 8, 8),),
+                str(path),
+                dynamo=True,
+                input_names=["x"],
+                dynamic_shapes=({0: torch.export.Dim("N")},),
+                verbose=False,
+            )
         else:
-            torch.onnx.export(net, torch.zeros(1, 1, 8, 8), str(path), dynamo=False, input_names=["x"],
-                              dynamic_axes={"x": {0: "N"}})
+            torch.onnx.export(
+                net, torch.zeros(1, 1, 8, 8), str(path), dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "N"}}
+            )
     m = onnx.load(str(path))
     x = np.random.default_rng(8).random((64, 1, 8, 8)).astype(np.float32)
     err = np.linalg.norm(_ort(m, x) - run_float64(m, x), axis=1)
@@ -227,9 +252,9 @@ def test_tf32_operand_rounding_is_a_parameter() -> None:
 def test_an_op_without_a_float_error_model_is_refused_clearly() -> None:
     rng = np.random.default_rng(11)
     g = helper.make_graph(
-        [helper.make_node("Softmax", ["x"], ["n"], axis=1),
-         helper.make_node("Gemm", ["n", "w"], ["y"])],
-        "softmax", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_node("Softmax", ["x"], ["n"], axis=1), helper.make_node("Gemm", ["n", "w"], ["y"])],
+        "softmax",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
         [numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "w")],
     )
@@ -246,36 +271,50 @@ def test_constant_pieces_of_a_concat_count_as_magnitude() -> None:
     w = rng.normal(size=(20, 10)).astype(np.float32)
     g = helper.make_graph(
         [helper.make_node("Concat", ["x", "c"], ["h"], axis=1), helper.make_node("Gemm", ["h", "w"], ["y"])],
-        "concat", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        "concat",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
         [numpy_helper.from_array(np.full((1, 16), 2.0**14, np.float32), "c"), numpy_helper.from_array(w, "w")],
     )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     x = rng.normal(size=(32, 4)).astype(np.float32)
-    err = np.array([np.linalg.norm(_ort(m, x[i:i + 1]) - run_float64(m, x[i:i + 1])) for i in range(len(x))])
+    err = np.array([np.linalg.norm(_ort(m, x[i : i + 1]) - run_float64(m, x[i : i + 1])) for i in range(len(x))])
     bound = float_error_model(m, None, (1, 4)).at(_norms(x))
     assert np.all(err <= bound)
     assert np.max(err) > 1e-4, "the constant makes the error visible"
 
 
-@pytest.mark.parametrize("attrs,scales", [
-    (dict(mode="linear"), [1, 1, 2.0, 1.5]),
-    (dict(mode="linear", coordinate_transformation_mode="align_corners"), [1, 1, 0.6, 1.7]),
-    (dict(mode="nearest"), [1, 1, 2.0, 0.5]),
-])
+@pytest.mark.parametrize(
+    "attrs,scales",
+    [
+        (dict(mode="linear"), [1, 1, 2.0, 1.5]),
+        (dict(mode="linear", coordinate_transformation_mode="align_corners"), [1, 1, 0.6, 1.7]),
+        (dict(mode="nearest"), [1, 1, 2.0, 0.5]),
+    ],
+)
 def test_resize_then_gemm_is_bounded(attrs: dict, scales: list[float]) -> None:
     rng = np.random.default_rng(13)
     shape = [1, 2, 5, 4]
     out = [int(np.floor(d * s)) for d, s in zip(shape, scales, strict=True)]
     k = int(np.prod(out))
-    nodes = [helper.make_node("Resize", ["x", "", "scales"], ["r"], **attrs),
-             helper.make_node("Reshape", ["r", "shape"], ["f"]), helper.make_node("Gemm", ["f", "w"], ["y"])]
-    inits = [numpy_helper.from_array(np.array(scales, np.float32), "scales"),
-             numpy_helper.from_array(np.array([1, k], np.int64), "shape"),
-             numpy_helper.from_array(rng.normal(size=(k, 5)).astype(np.float32), "w")]
-    g = helper.make_graph(nodes, "resize", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], inits)
+    nodes = [
+        helper.make_node("Resize", ["x", "", "scales"], ["r"], **attrs),
+        helper.make_node("Reshape", ["r", "shape"], ["f"]),
+        helper.make_node("Gemm", ["f", "w"], ["y"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(scales, np.float32), "scales"),
+        numpy_helper.from_array(np.array([1, k], np.int64), "shape"),
+        numpy_helper.from_array(rng.normal(size=(k, 5)).astype(np.float32), "w"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "resize",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])],
+        inits,
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     em = float_error_model(m, None, tuple(shape))
@@ -306,8 +345,9 @@ def test_pgd_in_float64_and_in_onnx_runtime_flips_nothing_inside_the_radius(tmp_
     path = tmp_path / "relu.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net.float(), torch.zeros(1, 16), str(path), dynamo=False, input_names=["x"],
-                          dynamic_axes={"x": {0: "N"}})
+        torch.onnx.export(
+            net.float(), torch.zeros(1, 16), str(path), dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "N"}}
+        )
     net.double()
     m = onnx.load(str(path))
     rng = np.random.default_rng(14)

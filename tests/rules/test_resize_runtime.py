@@ -22,8 +22,11 @@ def _model(dtype: int, scales=None, sizes=None, roi=None, **attrs):
     x = helper.make_tensor_value_info("x", dtype, SHAPE)
     y = helper.make_tensor_value_info("y", dtype, None)
     inits, names = [], ["x"]
-    for name, val, dt in (("roi", roi, TensorProto.FLOAT), ("scales", scales, TensorProto.FLOAT),
-                          ("sizes", sizes, TensorProto.INT64)):
+    for name, val, dt in (
+        ("roi", roi, TensorProto.FLOAT),
+        ("scales", scales, TensorProto.FLOAT),
+        ("sizes", sizes, TensorProto.INT64),
+    ):
         if val is None:
             names.append("")
         else:
@@ -38,8 +41,9 @@ def _model(dtype: int, scales=None, sizes=None, roi=None, **attrs):
 def _dense(run, dtype) -> np.ndarray:
     n = int(np.prod(SHAPE))
     zero = run(np.zeros(SHAPE, dtype)).ravel()
-    return np.array([run(np.eye(n, dtype=dtype)[i].reshape(SHAPE)).ravel() - zero for i in range(n)],
-                    dtype=np.float64).T
+    return np.array(
+        [run(np.eye(n, dtype=dtype)[i].reshape(SHAPE)).ravel() - zero for i in range(n)], dtype=np.float64
+    ).T
 
 
 def _norms(case: dict) -> tuple[float, float]:
@@ -56,23 +60,35 @@ def _norms(case: dict) -> tuple[float, float]:
 # Each case: ONNX Runtime's and the reference's norms differ by more than 1%.
 CASES = {
     "pytorch_half_pixel_to_one_output": dict(
-        scales=[1, 1, 1.0, 0.5], mode="linear", coordinate_transformation_mode="pytorch_half_pixel"),
+        scales=[1, 1, 1.0, 0.5], mode="linear", coordinate_transformation_mode="pytorch_half_pixel"
+    ),
     "pytorch_half_pixel_shrink": dict(
-        scales=[1, 1, 0.3, 0.5], mode="linear", coordinate_transformation_mode="pytorch_half_pixel"),
+        scales=[1, 1, 0.3, 0.5], mode="linear", coordinate_transformation_mode="pytorch_half_pixel"
+    ),
     "tf_crop_and_resize_roi": dict(
-        scales=[1, 1, 1.0, 0.5], roi=[0, 0, 0, 0.2, 1, 1, 1, 0.9], mode="linear",
-        coordinate_transformation_mode="tf_crop_and_resize"),
+        scales=[1, 1, 1.0, 0.5],
+        roi=[0, 0, 0, 0.2, 1, 1, 1, 0.9],
+        mode="linear",
+        coordinate_transformation_mode="tf_crop_and_resize",
+    ),
     "tf_crop_and_resize_roi_nearest": dict(
-        scales=[1, 1, 1.5, 1.0], roi=[0, 0, 0.2, 0, 1, 1, 0.9, 1], mode="nearest",
-        coordinate_transformation_mode="tf_crop_and_resize"),
+        scales=[1, 1, 1.5, 1.0],
+        roi=[0, 0, 0.2, 0, 1, 1, 0.9, 1],
+        mode="nearest",
+        coordinate_transformation_mode="tf_crop_and_resize",
+    ),
     "cubic_antialias": dict(
-        sizes=[1, 1, 1, 3], mode="cubic", antialias=1, coordinate_transformation_mode="pytorch_half_pixel"),
-    "cubic_antialias_shrink": dict(scales=[1, 1, 0.3, 1.0], mode="cubic", antialias=1,
-                                   coordinate_transformation_mode="pytorch_half_pixel"),
-    "align_corners_fractional": dict(scales=[1, 1, 1.5, 1.0], mode="linear",
-                                     coordinate_transformation_mode="align_corners"),
-    "cubic_align_corners_fractional": dict(scales=[1, 1, 1.5, 1.0], mode="cubic",
-                                           coordinate_transformation_mode="align_corners"),
+        sizes=[1, 1, 1, 3], mode="cubic", antialias=1, coordinate_transformation_mode="pytorch_half_pixel"
+    ),
+    "cubic_antialias_shrink": dict(
+        scales=[1, 1, 0.3, 1.0], mode="cubic", antialias=1, coordinate_transformation_mode="pytorch_half_pixel"
+    ),
+    "align_corners_fractional": dict(
+        scales=[1, 1, 1.5, 1.0], mode="linear", coordinate_transformation_mode="align_corners"
+    ),
+    "cubic_align_corners_fractional": dict(
+        scales=[1, 1, 1.5, 1.0], mode="cubic", coordinate_transformation_mode="align_corners"
+    ),
 }
 
 
