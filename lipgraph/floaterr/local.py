@@ -400,6 +400,6 @@ def handler_for(node: Node, graph: Graph) -> Callable[[OpIn], list[State]]:
     if h is None or node.domain not in ("ai.onnx", "lipgraph"):
         raise NoFloatBound(
             f"no float-error model for {node.domain}:{op} (node '{node.name}'); certify cannot bound how far "
-            "ONNX Runtime's float logits are from the real network's"
+            "ONNX Runtime's float logits are from the real network's (docs/floating-point.md lists the ops covered)"
         )
     return h
