@@ -166,8 +166,12 @@ def main() -> int:
         "ratio": ratio,
         "target_ratio": 1.25,
         "lipgraph_time_split_s": {k: report["meta"].get(k) for k in
-                                  ("time_bound_s", "time_inference_s", "time_radii_s", "time_total_s")},
+                                  ("time_bound_s", "time_inference_s", "time_bound_wait_s", "time_radii_s",
+                                   "time_total_s")},
         "provider": report["meta"].get("provider"),
+        # the per-sample float allowance (issue 15): its method and size on this model
+        "float_error": report["meta"].get("float_error"),
+        "float_allowance": report["meta"].get("float_allowance"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
     }
     print(f"{'':24}{'median s':>10}{'images/s':>12}")

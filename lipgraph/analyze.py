@@ -30,6 +30,7 @@ class NodeBound:
     cumulative: float  # L of its (first) output w.r.t. the model input
     lower: float | None = None
     origin: list[str] = field(default_factory=list)
+    factor: float | None = None  # the rule's own factor when it gave one (output = factor * L_in)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -222,6 +223,7 @@ def _walk(graph: Graph, progress: Callable[[int, int], None] | None = None
                 cumulative=float(outs[0]),
                 lower=result.lower,
                 origin=list(node.origin),
+                factor=float(result.factor) if result.factor is not None else None,
             )
         )
     if refusals:

@@ -8,9 +8,12 @@ For a sample with target class ``t`` (its label, or the prediction when there ar
 * a single logit ``z`` (class 1 iff ``z > 0``): ``(|z| - delta) / L``, or ``/ (||a|| L_h)``.
 
 The reported radius is the largest of these sound radii, 0 when the prediction is wrong.
-Float allowance: ``delta = 1e-5 * max_j |F_j|`` per sample (ONNX Runtime's float32 logits against
-the real-arithmetic network), norms and bounds are upper bounds (rounding included), and every
-radius is rounded down. Ties: only ``i = t`` is excluded from the max, so a tie gives radius 0.
+Float allowance: ``delta`` per sample comes from a proven bound ``e(||x||)`` on the distance between
+ONNX Runtime's float32 logits and the real-arithmetic network's (``lipgraph.floaterr``, derived in
+docs/floating-point.md), charged twice so that the radius holds for the real network and for ONNX
+Runtime's own outputs; ``1e-5 * max_j |F_j|`` stays as a floor. Norms and bounds are upper bounds
+(rounding included), and every radius is rounded down. Ties: only ``i = t`` is excluded from the
+max, so a tie gives radius 0.
 """
 
 from __future__ import annotations
@@ -33,6 +36,16 @@ DEFAULT_EPS: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
 MARGIN_REL = 1e-5  # SPEC sec. 7: margins are reduced by at least this times max|logit|
 _EPS64 = float(2.0**-53)
 _SQRT2_UP = float(np.nextafter(math.sqrt(2.0), math.inf))
+
+
+def _input_norms(x: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """``||x_i||_2`` per sample in float64 (chunked: no float64 copy of the whole data)."""
+    n = len(x)
+    out = np.empty(n, dtype=np.float64)
+    for start in range(0, n, chunk):
+        xb = np.asarray(x[start:start + chunk]).reshape(min(chunk, n - start), -1)
+        out[start:start + chunk] = np.sqrt(np.einsum("ij,ij->i", xb, xb, dtype=np.float64))  # float64 sums
+    return out
 
 
 def eps_key(e: float) -> str:
@@ -58,9 +71,33 @@ def _round_down(r: np.ndarray) -> np.ndarray:
 
 
 def compute_radii(logits: np.ndarray, labels: np.ndarray | None, lipschitz: float,
-                  tails: Sequence[Any] = ()) -> Radii:
-    """Certified radii for ``logits`` (N, K) given the network bound and optional tail candidates."""
+                  tails: Sequence[Any] = (), float_error: np.ndarray | None = None,
+                  float_error_slope: float = 0.0) -> Radii:
+    """Certified radii for ``logits`` (N, K) given the network bound and optional tail candidates.
+
+    ``float_error`` (N,): a bound ``e`` on ``||logits - real logits||_2`` per sample, and
+    ``float_error_slope`` the bound's growth ``d`` per unit of input norm (``e(s) = c + d s``).
+    A logit difference moves by at most ``sqrt(2) e`` (one logit: ``e``). The margins are reduced
+    by that at x (so the real network's margin at x is positive) and by the error anywhere within
+    the radius r, ``e(s + r) <= e(s) + d r0`` with ``r0 >= r`` the radius with ``2 sqrt(2) e(s)``
+    taken off (so ONNX Runtime's float margin is positive there too).
+    """
     f = np.asarray(logits, dtype=np.float64)
+    floor = MARGIN_REL * np.max(np.abs(f), axis=1) if f.ndim == 2 and f.size else np.zeros(len(f))
+    if float_error is None:
+        return _radii(f, labels, lipschitz, tails, floor)
+    mult = 1.0 if f.ndim == 2 and f.shape[1] == 1 else _SQRT2_UP
+    err = np.asarray(float_error, dtype=np.float64)
+    base = np.maximum(2.0 * mult * err, floor)
+    if float_error_slope <= 0:
+        return _radii(f, labels, lipschitz, tails, base)
+    r0 = _radii(f, labels, lipschitz, tails, base).radius
+    delta = np.maximum(np.nextafter((2.0 * err + float_error_slope * r0) * mult * (1.0 + 4 * _EPS64), np.inf), floor)
+    return _radii(f, labels, lipschitz, tails, delta)
+
+
+def _radii(f: np.ndarray, labels: np.ndarray | None, lipschitz: float, tails: Sequence[Any],
+           delta: np.ndarray) -> Radii:
     if f.ndim != 2 or f.shape[1] < 1:
         raise LipgraphError(f"the logits have shape {f.shape}; expected (samples, classes)")
     n, k = f.shape
@@ -69,7 +106,6 @@ def compute_radii(logits: np.ndarray, labels: np.ndarray | None, lipschitz: floa
         raise LipgraphError(f"the model produced NaN or Inf logits (first at sample {bad}); check the inputs")
     if not (lipschitz >= 0):
         raise LipgraphError(f"the Lipschitz bound is {lipschitz}; cannot certify")
-    delta = MARGIN_REL * np.max(np.abs(f), axis=1)
     rows = np.arange(n)
     if k == 1:
         z = f[:, 0]
@@ -284,16 +320,20 @@ def certify(
     progress: Callable[[int, int], None] | None = None,
     analysis: Any = None,
     source: str = "data",
+    unit_roundoff: float | None = None,
+    dot_operand_roundoff: float = 0.0,
 ) -> Certificate:
     """Certify ``model`` on inputs ``x`` (N, ...) with optional labels ``y`` (N,).
 
     Returns a :class:`Certificate` with clean and certified accuracy at every ``eps`` (one L2 radius,
     or several, in the model's input space). Raises :class:`~lipgraph.errors.LipgraphError` (``DataError`` for
     data that does not fit the model) with a one-line message. Without a precomputed ``analysis``,
-    the bound is computed in a background thread while ONNX Runtime runs.
+    the bound is computed in a background thread while ONNX Runtime runs. ``unit_roundoff`` (default
+    float32's 2^-24) and ``dot_operand_roundoff`` (2^-11 for TF32 products) set the float error model.
     """
     from lipgraph.analyze import analyze
     from lipgraph.data import fit_inputs, fit_labels
+    from lipgraph.floaterr import FLOAT32_UNIT_ROUNDOFF, float_error_model
     from lipgraph.graph import build_graph
     from lipgraph.inference import DEFAULT_BATCH_SIZE, Runner, logits_model, model_input, resolve_providers
     from lipgraph.loader import load_model
@@ -330,12 +370,19 @@ def certify(
     xf = fit_inputs(x, inp.shape, inp.dtype, source)
     elem = graph.tensors[logits_name].elem_type if logits_name in graph.tensors else None
     runner = Runner(logits_model(proto, inp.name, logits_name, elem), inp, logits_name, prov)
+    u = FLOAT32_UNIT_ROUNDOFF if unit_roundoff is None else float(unit_roundoff)
+    sample_shape = (1, *xf.shape[1:])
+    error_model = None
     if analysis is None:
         load_rules()  # imports happen here, not concurrently in the worker
         # Bound at the data's own size: symbolic dimensions become concrete (sound for these
         # inputs, and tighter: conv bounds on the exact grid instead of the LMT overlap bound).
-        sample_shape = (1, *xf.shape[1:])
-        background = _Background(lambda: analyze(proto, input_name=graph.input_name, input_shape=sample_shape))
+        def bound_and_error() -> tuple[Any, Any, np.ndarray]:
+            an = analyze(proto, input_name=graph.input_name, input_shape=sample_shape)
+            em = float_error_model(proto, graph.input_name, sample_shape, logits_name, u, dot_operand_roundoff, an)
+            return an, em, _input_norms(xf)
+
+        background = _Background(bound_and_error)
 
     def on_batch(done: int, total: int) -> None:
         if background is not None and (err := background.failed()) is not None:
@@ -350,8 +397,12 @@ def certify(
     labels = fit_labels(y, n, max(k, 2), source)
     t_wait = time.perf_counter()
     if background is not None:
-        analysis = background.result()
+        analysis, error_model, input_norms = background.result()
         analysis.meta.update(file_meta)
+    else:
+        error_model = float_error_model(proto, graph.input_name, sample_shape, logits_name, u, dot_operand_roundoff,
+                                        analysis)
+        input_norms = _input_norms(xf)
     t_wait = time.perf_counter() - t_wait
     if analysis.logits_name != graph.output_name:
         raise LipgraphError(f"internal: the analysis certifies '{analysis.logits_name}' but "
@@ -366,7 +417,7 @@ def certify(
 
     t_radii = time.perf_counter()
     tails = find_tail(graph, logits_name, analysis.tensor_bounds)
-    radii = compute_radii(logits, labels, lipschitz, tails)
+    radii = compute_radii(logits, labels, lipschitz, tails, error_model.at(input_norms), error_model.d)
     t_radii = time.perf_counter() - t_radii
 
     # at eps = 0 a correct sample counts even with radius 0: certified accuracy at 0 == clean accuracy
@@ -390,7 +441,12 @@ def certify(
             {"h": tails[-1].h, "l_h": tails[-1].l_h, "ops": tails[-1].ops, "candidates": len(tails)}
             if tails else None
         ),
-        "float_allowance": f"margins reduced by {MARGIN_REL:g} * max|logit| per sample; radii rounded down",
+        "float_allowance": (
+            "margins reduced by twice a proven bound e(||x||) on the float32 logits' error "
+            f"(floor {MARGIN_REL:g} * max|logit|); radii rounded down"
+        ),
+        "float_error": {**error_model.describe(), "max_over_samples": float(np.max(error_model.at(input_norms)))
+                        if n else 0.0},
         "time_inference_s": round(t_inf, 4),
         "time_bound_wait_s": round(t_wait, 4),  # the bound runs beside inference; this is what it added
         "time_radii_s": round(t_radii, 4),

@@ -84,7 +84,8 @@ def test_composed_tail_matches_ort_jacobian() -> None:
                           for i in range(f.shape[1]) if i != t[s]) for s in range(len(x))])
     assert cert.radius_method == "pairwise"
     assert np.all(cert.radii <= exact * (1 + 1e-5))
-    np.testing.assert_allclose(cert.radii, exact, rtol=2e-3)
+    # within the margins' proven float32 error allowance (lipgraph.floaterr: 8 chained affine ops)
+    np.testing.assert_allclose(cert.radii, exact, rtol=1e-2)
 
 
 def test_nonlinear_op_ends_the_tail() -> None:

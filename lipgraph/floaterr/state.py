@@ -1,0 +1,116 @@
+"""The quantities of the float error walk: affine bounds, per-tensor states, sum-rounding constants.
+
+See ``lipgraph.floaterr.local`` for how each op updates them, and docs/floating-point.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from lipgraph.errors import LipgraphError
+from lipgraph.graph import Graph, Node
+
+
+class NoFloatBound(LipgraphError):
+    """No proven float-error bound for this node."""
+
+
+@dataclass(frozen=True)
+class Aff:
+    """The nonnegative bound ``c + d * s`` for inputs of norm ``s``."""
+
+    c: float = 0.0
+    d: float = 0.0
+
+    def __add__(self, o: Aff) -> Aff:
+        return Aff(self.c + o.c, self.d + o.d)
+
+    def scale(self, k: float) -> Aff:
+        return Aff(self.c * k, self.d * k)
+
+
+ZERO = Aff()
+
+
+@dataclass(frozen=True)
+class State:
+    mag: Aff  # ||h(x)|| of the real network
+    err: Aff  # ||h_float(x) - h(x)||
+    terms: Aff  # norm of |W||x| + |b| behind the last affine computation (a fused kernel sums them)
+    fan: int  # roundings that `terms` already went through (0: not an affine result)
+
+    @property
+    def fmag(self) -> Aff:
+        """A bound on the norm of the float value."""
+        return self.mag + self.err
+
+
+@dataclass
+class OpIn:
+    node: Node
+    graph: Graph
+    states: list[State | None]  # None: a constant input
+    factors: list[list[float]]  # [output][input]: Lipschitz factor of the output in that input
+    u: float  # unit roundoff of this node's arithmetic
+    u_dot: float  # relative rounding of the operands of a dot product before multiplying (TF32)
+
+    def prop(self, o: int = 0, which: str = "err") -> Aff:
+        out = ZERO
+        for f, st in zip(self.factors[o], self.states, strict=True):
+            if st is not None:
+                out = out + getattr(st, which).scale(f)
+        return out
+
+    def const(self, i: int) -> np.ndarray | None:
+        if i >= len(self.node.inputs) or not self.node.inputs[i]:
+            return None
+        t = self.graph.tensors.get(self.node.inputs[i])
+        return None if t is None or t.variable or t.value is None else np.asarray(t.value, dtype=np.float64)
+
+    def out_size(self, o: int = 0) -> int:
+        shape = self.graph.shape_of(self.node.outputs[o])
+        if shape is None or any(d is None for d in shape):
+            raise NoFloatBound(f"the output shape of {self.node.op_type} '{self.node.name}' is unknown")
+        return int(np.prod(shape, dtype=np.int64))
+
+    def in_size(self, i: int = 0) -> int:
+        shape = self.graph.shape_of(self.node.inputs[i])
+        if shape is None or any(d is None for d in shape):
+            raise NoFloatBound(f"the input shape of {self.node.op_type} '{self.node.name}' is unknown")
+        return int(np.prod(shape, dtype=np.int64))
+
+
+def gamma(n: int, u: float) -> float:
+    """``gamma_n = n u / (1 - n u)`` (Higham 2002, Lemma 3.1), rounded up."""
+    if n * u >= 0.5:
+        raise NoFloatBound(f"a sum of {n} terms at unit roundoff {u:g} has no useful error bound")
+    return n * u / (1.0 - n * u) * (1.0 + 1e-12)
+
+
+def dot_gamma(n: int, u: float, u_in: float) -> float:
+    """Relative bound of a sum of ``n`` rounded operations whose operands were first rounded to ``u_in``."""
+    if n * u >= 0.5 or u_in >= 0.5:
+        raise NoFloatBound(f"a sum of {n} terms at unit roundoff {u:g} has no useful error bound")
+    return math.expm1(2.0 * math.log1p(u_in) + n * math.log1p(u)) * (1.0 + 1e-9)
+
+
+def make_state(mag: Aff, err: Aff, terms: Aff | None = None, fan: int = 0) -> State:
+    return State(mag, err, terms if terms is not None else mag + err, fan)
+
+
+def norm_broadcast(c: np.ndarray, out_shape_size: int) -> float:
+    """||c broadcast to an output of ``out_shape_size`` elements|| (c repeats evenly)."""
+    c = np.abs(np.asarray(c, dtype=np.float64)).reshape(-1)
+    if c.size == 0:
+        return 0.0
+    reps = out_shape_size / c.size
+    return float(np.sqrt(np.sum(c * c) * reps)) * (1.0 + 1e-12)
+
+
+def schur(absw: np.ndarray, row_axis_sums: np.ndarray, col_axis_sums: np.ndarray) -> float:
+    """Schur test: a nonnegative matrix has ``||A||_2 <= sqrt(max row sum * max column sum)``."""
+    del absw
+    return math.sqrt(float(np.max(row_axis_sums)) * float(np.max(col_axis_sums))) * (1.0 + 1e-12)

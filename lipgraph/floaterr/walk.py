@@ -1,0 +1,186 @@
+"""The float error walk: a bound ``e(s) = c + d s`` on ``||F_float(x) - F_real(x)||_2`` for ``||x||_2 = s``.
+
+The walk runs over the model as ONNX Runtime sees it (the pattern passes, which keep the function,
+but not the scale folding, which may change intermediate values), in topological order. Each
+tensor carries a :class:`~lipgraph.floaterr.local.State`; the Lipschitz factor of each node in
+each of its variable inputs comes from the node's own bound rule, called with bound 1 on that input
+and 0 on the others (a rule bounds the node over its whole domain, so this bounds how far the
+real node moves when that input moves: see docs/floating-point.md, "Propagation").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+
+from lipgraph.errors import LipgraphError, Refuse
+from lipgraph.floaterr.local import handler_for
+from lipgraph.floaterr.state import ZERO, Aff, NoFloatBound, OpIn, State
+from lipgraph.graph import Graph, Node
+from lipgraph.rules.registry import RuleContext, lookup
+
+FLOAT32_UNIT_ROUNDOFF = 2.0**-24
+TF32_UNIT_ROUNDOFF = 2.0**-11  # TF32 keeps 10 mantissa bits: operands of products are rounded to this
+_TYPE_ROUNDOFF = {
+    onnx.TensorProto.DOUBLE: 2.0**-53,
+    onnx.TensorProto.FLOAT: 2.0**-24,
+    onnx.TensorProto.FLOAT16: 2.0**-11,
+    onnx.TensorProto.BFLOAT16: 2.0**-8,
+}
+# The walk itself adds and multiplies O(nodes) nonnegative float64 numbers, each rounded by at
+# most 2^-53 relative: a final factor this large absorbs that for graphs of up to ~10^6 ops.
+_WALK_SLACK = 1.0 + 1e-9
+
+
+@dataclass(frozen=True)
+class ErrorModel:
+    """``||F_float(x) - F_real(x)||_2 <= c + d ||x||_2`` for the certified tensor."""
+
+    c: float
+    d: float
+    unit_roundoff: float
+    dot_operand_roundoff: float
+    nodes: int
+
+    def at(self, input_norms: np.ndarray) -> np.ndarray:
+        """The bound for each sample, from the inputs' L2 norms (rounded up)."""
+        s = np.asarray(input_norms, dtype=np.float64) * (1.0 + 1e-12)
+        return np.nextafter((self.c + self.d * s) * _WALK_SLACK, np.inf)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "method": "a-priori running error bound (per sample, affine in ||x||_2)",
+            "c": self.c,
+            "d": self.d,
+            "unit_roundoff": self.unit_roundoff,
+            "dot_operand_roundoff": self.dot_operand_roundoff,
+            "nodes": self.nodes,
+        }
+
+
+def float_error_model(
+    model: onnx.ModelProto,
+    input_name: str | None,
+    input_shape: tuple[int, ...] | None,
+    tensor: str | None = None,
+    unit_roundoff: float = FLOAT32_UNIT_ROUNDOFF,
+    dot_operand_roundoff: float = 0.0,
+    analysis: Any = None,
+) -> ErrorModel:
+    """The error bound of ``tensor`` (default: the logits lipgraph certifies) of ``model``.
+
+    ``unit_roundoff`` is the rounding of every float op (at least the tensor type's own, 2^-24 for
+    float32); ``dot_operand_roundoff`` the rounding of the operands of the products inside Gemm,
+    MatMul and Conv before they are multiplied (0 for float32 kernels, 2^-11 for TF32).
+    ``analysis``: the :class:`~lipgraph.analyze.Analysis` of the same model, whose per-node factors
+    are reused for nodes the passes left unchanged (saves recomputing conv norms).
+    Raises :class:`~lipgraph.errors.LipgraphError` naming the op when a node has no error model.
+    """
+    from lipgraph.graph import build_graph
+    from lipgraph.passes import default_passes, run_passes
+    from lipgraph.rules import load_rules
+
+    load_rules()
+    graph = build_graph(model, input_name, input_shape)
+    # Not the scale folding: it may change intermediate values (magnitudes are what matter here).
+    run_passes(graph, [p for p in default_passes() if p.__name__ != "fold_scales"])
+    target = tensor or graph.output_name
+    known = _known_factors(analysis)
+    states: dict[str, State] = {graph.input_name: State(Aff(0.0, 1.0), ZERO, Aff(0.0, 1.0), 0)}
+    for node in graph.nodes:
+        if not any(i and i in states for i in node.inputs):
+            continue
+        try:
+            outs = _node_states(graph, node, states, unit_roundoff, dot_operand_roundoff, known)
+        except NoFloatBound:
+            raise
+        except Refuse as r:
+            raise NoFloatBound(f"no float-error bound for {node.op_type} '{node.name}': {r.reason}") from None
+        for name, st in zip(node.outputs, outs, strict=True):
+            if name:
+                states[name] = st
+        if target in states:
+            break
+    if target not in states:
+        raise LipgraphError(f"internal: the float error walk did not reach '{target}'")
+    err = states[target].err
+    if not (math.isfinite(err.c) and math.isfinite(err.d)):
+        raise NoFloatBound("the float error bound of the logits is not finite (huge or non-finite constants)")
+    return ErrorModel(err.c, err.d, unit_roundoff, dot_operand_roundoff, len(graph.nodes))
+
+
+def _known_factors(analysis: Any) -> dict[str, tuple[Node, Graph, float]]:
+    """Canonical nodes whose rule gave its own factor, by name (for :func:`_same_node`)."""
+    if analysis is None:
+        return {}
+    factors = {row.name: row.factor for row in analysis.nodes if row.factor is not None}
+    return {n.name: (n, analysis.graph, factors[n.name]) for n in analysis.graph.nodes if n.name in factors}
+
+
+def _same_node(a: Node, ga: Graph, b: Node, gb: Graph) -> bool:
+    """The same op on the same tensors with the same constants (so the same rule result)."""
+    if (a.op_type, a.domain, a.opset, a.inputs, a.outputs) != (b.op_type, b.domain, b.opset, b.inputs, b.outputs):
+        return False
+    if repr(a.attrs) != repr(b.attrs):
+        return False
+    for name in a.inputs:
+        if not name:
+            continue
+        ta, tb = ga.tensors.get(name), gb.tensors.get(name)
+        if ta is None or tb is None or ta.variable != tb.variable or ga.shape_of(name) != gb.shape_of(name):
+            return False
+        if not ta.variable and (
+            ta.value is None
+            or tb.value is None
+            or ta.value.dtype != tb.value.dtype
+            or not np.array_equal(ta.value, tb.value)
+        ):
+            return False
+    return True
+
+
+def _node_states(
+    graph: Graph,
+    node: Node,
+    states: dict[str, State],
+    u: float,
+    u_dot: float,
+    known: dict[str, tuple[Node, Graph, float]] | None = None,
+) -> list[State]:
+    ins: list[State | None] = [states.get(i) if i and graph.is_variable(i) else None for i in node.inputs]
+    for i, st in zip(node.inputs, ins, strict=True):
+        if i and graph.is_variable(i) and st is None:
+            raise NoFloatBound(f"no float-error state for '{i}', an input of {node.op_type} '{node.name}'")
+    reuse = (known or {}).get(node.name)
+    n_var = sum(1 for st in ins if st is not None)
+    if reuse is not None and n_var == 1 and len(node.outputs) == 1 and _same_node(node, graph, reuse[0], reuse[1]):
+        factors = [[reuse[2] if st is not None else 0.0 for st in ins]]
+    else:
+        factors = _factors(graph, node, ins)
+    out_t = graph.tensors.get(node.outputs[0])
+    u_node = max(u, _TYPE_ROUNDOFF.get(out_t.elem_type if out_t and out_t.elem_type else 0, 0.0))
+    handler = handler_for(node, graph)
+    return handler(OpIn(node, graph, ins, factors, u_node, u_dot))
+
+
+def _factors(graph: Graph, node: Node, ins: list[State | None]) -> list[list[float]]:
+    """``[output][input]``: the rule's bound with 1 on that input and 0 on the other variable ones."""
+    spec = lookup(node.domain, node.op_type, node.opset)
+    if spec is None:
+        raise NoFloatBound(f"no bound rule for {node.op_type} '{node.name}'")
+    n_out = len(node.outputs)
+    out = [[0.0] * len(ins) for _ in range(n_out)]
+    for i, st in enumerate(ins):
+        if st is None:
+            continue
+        in_b: list[float | None] = [None if s is None else (1.0 if j == i else 0.0) for j, s in enumerate(ins)]
+        vals = spec.fn(RuleContext(node, graph, in_b)).output_bounds(n_out)
+        for o, v in enumerate(vals):
+            if not (v >= 0 and math.isfinite(v)):
+                raise NoFloatBound(f"{node.op_type} '{node.name}' has no finite Lipschitz factor")
+            out[o][i] = v
+    return out
