@@ -226,6 +226,16 @@ def _logits_choice(graph: Any) -> tuple[str, str | None, list[str]]:
     return name, None, []
 
 
+def _check_precision_covered(precision: str, meta: dict[str, Any], tf32_roundoff: float) -> None:
+    """Never report radii from TF32 logits unless the float error model was given TF32's operand rounding."""
+    if precision != "tf32":
+        return
+    used = float((meta.get("float_error") or {}).get("dot_operand_roundoff", 0.0))
+    if not (tf32_roundoff > 0 and used >= tf32_roundoff):
+        raise LipgraphError("--allow-tf32: the logits were computed in TF32, which the float allowance used here "
+                            "does not cover; certify without --allow-tf32")
+
+
 def _blas_single_thread() -> contextlib.AbstractContextManager[Any]:
     """One BLAS thread for the bound while ONNX Runtime holds the cores.
 
@@ -284,13 +294,16 @@ def certify(
     progress: Callable[[int, int], None] | None = None,
     analysis: Any = None,
     source: str = "data",
+    precision: str = "fp32",
 ) -> Certificate:
     """Certify ``model`` on inputs ``x`` (N, ...) with optional labels ``y`` (N,).
 
     Returns a :class:`Certificate` with clean and certified accuracy at every ``eps`` (one L2 radius,
     or several, in the model's input space). Raises :class:`~lipgraph.errors.LipgraphError` (``DataError`` for
     data that does not fit the model) with a one-line message. Without a precomputed ``analysis``,
-    the bound is computed in a background thread while ONNX Runtime runs.
+    the bound is computed in a background thread while ONNX Runtime runs. ``providers``: "auto" (default:
+    CUDA when it works, else CPU) or a list (CUDA then required); ``precision``: "fp32" (TF32 off on CUDA)
+    or "tf32", accepted only when the float allowance covers TF32 (:mod:`lipgraph.providers`).
     """
     from lipgraph.analyze import analyze
     from lipgraph.data import fit_inputs, fit_labels
@@ -298,12 +311,15 @@ def certify(
     from lipgraph.inference import DEFAULT_BATCH_SIZE, Runner, logits_model, model_input, resolve_providers
     from lipgraph.loader import load_model
     from lipgraph.passes import run_passes
+    from lipgraph.providers import check_precision, parse_providers, tf32_operand_roundoff
     from lipgraph.rules import load_rules
     from lipgraph.tail import find_tail
 
     t_start = time.perf_counter()
     eps_list = _check_eps(eps)
     prov = resolve_providers(providers)
+    request = parse_providers(providers)
+    tf32_roundoff = tf32_operand_roundoff() if check_precision(precision) == "tf32" else 0.0
     x = np.asarray(x)
     if x.dtype == object:
         raise DataError(f"{source}: inputs are an object array; lipgraph needs a numeric array")
@@ -329,7 +345,7 @@ def certify(
         raise LipgraphError(f"the model input '{inp.name}' is not a float tensor")
     xf = fit_inputs(x, inp.shape, inp.dtype, source)
     elem = graph.tensors[logits_name].elem_type if logits_name in graph.tensors else None
-    runner = Runner(logits_model(proto, inp.name, logits_name, elem), inp, logits_name, prov)
+    runner = Runner(logits_model(proto, inp.name, logits_name, elem), inp, logits_name, request, precision)
     if analysis is None:
         load_rules()  # imports happen here, not concurrently in the worker
         # Bound at the data's own size: symbolic dimensions become concrete (sound for these
@@ -374,7 +390,7 @@ def certify(
     clean = float(np.mean(radii.correct)) if labels is not None else None
     meta = dict(analysis.meta)
     meta.update({
-        "provider": runner.provider,
+        **runner.describe(),  # provider that actually ran, device name, precision mode
         "providers": prov,
         "batch_size": int(inp.shape[0]) if inp.shape and inp.shape[0] else int(batch_size or DEFAULT_BATCH_SIZE),
         "certified_tensor": logits_name,
@@ -396,6 +412,8 @@ def certify(
         "time_radii_s": round(t_radii, 4),
         "time_total_s": round(time.perf_counter() - t_start, 4),
     })
+    _check_precision_covered(runner.precision, meta, tf32_roundoff)
+    warns.extend(runner.warnings)
     if labels is None:
         warns.append("no labels in the data: certifying the model's own predictions")
     if x.dtype.kind in "iu" and meta["data"]["input_max"] > 1.5:
