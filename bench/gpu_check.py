@@ -73,8 +73,11 @@ def environment(gpu: str) -> dict[str, Any]:
 
     from lipgraph.providers import device_name
 
-    info: dict[str, Any] = {"onnxruntime": ort.__version__, "ort_providers": ort.get_available_providers(),
-                            "python": platform.python_version()}
+    info: dict[str, Any] = {
+        "onnxruntime": ort.__version__,
+        "ort_providers": ort.get_available_providers(),
+        "python": platform.python_version(),
+    }
     try:
         import torch
 
@@ -127,18 +130,29 @@ def compare_certificates(models: list[Path], x: np.ndarray, y: np.ndarray, gpu: 
         ok = margins_ok and beyond == 0 and c_gpu.meta["precision"] == "fp32"
         passed &= ok
         per_model[path.stem] = {
-            "provider": c_gpu.meta["provider"], "device": c_gpu.meta.get("device"),
-            "precision": c_gpu.meta["precision"], "max_rel_logit_dev": float(np.max(dev / scale)),
-            "allowance_rel": MARGIN_REL, "margins_within_allowance": margins_ok,
-            "certified_cpu": c_cpu.certified_accuracy, "certified_gpu": c_gpu.certified_accuracy,
-            "lost": lost, "gained": gained, "changes_beyond_allowance": beyond,
-            "max_abs_radius_diff": float(np.max(np.abs(r_gpu - r_cpu))), "passed": ok,
+            "provider": c_gpu.meta["provider"],
+            "device": c_gpu.meta.get("device"),
+            "precision": c_gpu.meta["precision"],
+            "max_rel_logit_dev": float(np.max(dev / scale)),
+            "allowance_rel": MARGIN_REL,
+            "margins_within_allowance": margins_ok,
+            "certified_cpu": c_cpu.certified_accuracy,
+            "certified_gpu": c_gpu.certified_accuracy,
+            "lost": lost,
+            "gained": gained,
+            "changes_beyond_allowance": beyond,
+            "max_abs_radius_diff": float(np.max(np.abs(r_gpu - r_cpu))),
+            "passed": ok,
         }
     worst = max(v["max_rel_logit_dev"] for v in per_model.values())
-    return {"models": len(per_model), "worst_rel_logit_dev": worst,
-            "lost_total": sum(sum(v["lost"].values()) for v in per_model.values()),
-            "gained_total": sum(sum(v["gained"].values()) for v in per_model.values()),
-            "passed": passed, "per_model": per_model}
+    return {
+        "models": len(per_model),
+        "worst_rel_logit_dev": worst,
+        "lost_total": sum(sum(v["lost"].values()) for v in per_model.values()),
+        "gained_total": sum(sum(v["gained"].values()) for v in per_model.values()),
+        "passed": passed,
+        "per_model": per_model,
+    }
 
 
 def _margin(f: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
@@ -169,8 +183,13 @@ def train_on_device(device: str, epochs: int, limit: int | None, work: Path, leg
     # the legacy exporter in a CPU rehearsal only because it is faster; the GPU run uses the default one
     export_onnx(net, data.in_shape, str(path), {"method": "lmt", "device_check": device}, legacy=legacy)
     TRAINED.update(net=net, path=path, x=data.x_test, y=data.y_test)
-    return {"device": device, "epochs": epochs, "train_seconds": round(seconds, 2),
-            "val_acc": hist[-1].val_acc, "steps_per_s": round(epochs * math.ceil(len(data.x_train) / 64) / seconds, 1)}
+    return {
+        "device": device,
+        "epochs": epochs,
+        "train_seconds": round(seconds, 2),
+        "val_acc": hist[-1].val_acc,
+        "steps_per_s": round(epochs * math.ceil(len(data.x_train) / 64) / seconds, 1),
+    }
 
 
 TRAINED: dict[str, Any] = {}
@@ -206,9 +225,14 @@ def attack_inside_radii(gpu: str, steps: int, restarts: int) -> dict[str, Any]:
     sess = ort.InferenceSession(str(TRAINED["path"]), providers=list(parse_providers(gpu).names))
     pred = sess.run(None, {sess.get_inputs()[0].name: adv_in.view(-1, *shape).numpy()})[0].argmax(1)
     flips_ort = int(np.sum(pred != y[ok]))
-    return {"provider": cert.meta["provider"], "attacked": int(len(ok)), "flips_inside": int(flips_in),
-            "flips_inside_ort": flips_ort, "flips_at_3x": int(flips_out),
-            "passed": flips_in == 0 and flips_ort == 0 and flips_out > 0}
+    return {
+        "provider": cert.meta["provider"],
+        "attacked": int(len(ok)),
+        "flips_inside": int(flips_in),
+        "flips_inside_ort": flips_ort,
+        "flips_at_3x": int(flips_out),
+        "passed": flips_in == 0 and flips_ort == 0 and flips_out > 0,
+    }
 
 
 def _pgd(f: Callable[[Any], Any], x: Any, t: Any, r: Any, steps: int, restarts: int) -> tuple[Any, int]:
@@ -268,18 +292,23 @@ def table(rows: list[dict[str, Any]]) -> str:
         rest = {k: v for k, v in r.items() if k not in ("step", "status", "seconds")}
         lines.append(f"{r['step']:<14} {r['status']:<13} {r.get('seconds', 0):>7.1f}  {summary(rest)}")
         for name, pm in (r.get("per_model") or {}).items():
-            lines.append(f"{'':<14} {name:<13} {'':>7}  dev {pm['max_rel_logit_dev']:.2e} (allow "
-                         f"{pm['allowance_rel']:.0e}), lost {sum(pm['lost'].values())}, gained "
-                         f"{sum(pm['gained'].values())}, beyond {pm['changes_beyond_allowance']}, "
-                         f"{pm['precision']} on {pm['provider']}")
+            lines.append(
+                f"{'':<14} {name:<13} {'':>7}  dev {pm['max_rel_logit_dev']:.2e} (allow "
+                f"{pm['allowance_rel']:.0e}), lost {sum(pm['lost'].values())}, gained "
+                f"{sum(pm['gained'].values())}, beyond {pm['changes_beyond_allowance']}, "
+                f"{pm['precision']} on {pm['provider']}"
+            )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dry-run", action="store_true", help="rehearse on the CPU (the CPU provider stands in for CUDA)")
-    ap.add_argument("--out", default=os.environ.get("OUT") and str(Path(os.environ["OUT"]) / "bench" / "results"),
-                    help="folder for gpu_check.json (default: $OUT/bench/results, else bench/results)")
+    ap.add_argument(
+        "--out",
+        default=os.environ.get("OUT") and str(Path(os.environ["OUT"]) / "bench" / "results"),
+        help="folder for gpu_check.json (default: $OUT/bench/results, else bench/results)",
+    )
     args = ap.parse_args(argv)
     import onnxruntime as ort
 
@@ -287,8 +316,10 @@ def main(argv: list[str] | None = None) -> int:
 
     has_cuda = CUDA in ort.get_available_providers()
     if not has_cuda and not args.dry_run:
-        say("gpu_check: this onnxruntime has no CUDA provider: nothing measured, no JSON written "
-            "(run bench/gpu_check.sh on a GPU machine, or --dry-run for a CPU rehearsal)")
+        say(
+            "gpu_check: this onnxruntime has no CUDA provider: nothing measured, no JSON written "
+            "(run bench/gpu_check.sh on a GPU machine, or --dry-run for a CPU rehearsal)"
+        )
         return 0
     gpu = "cpu" if args.dry_run else "cuda"
     small = args.dry_run
@@ -301,19 +332,37 @@ def main(argv: list[str] | None = None) -> int:
         x, y, models = x[:60], y[:60], models[:2]
     steps = Steps()
     env = steps.run("environment", "versions, providers, GPU name", lambda: environment(CUDA if not small else "cpu"))
-    steps.run("certify", f"sample models on {gpu} vs cpu ({len(x)} samples each)",
-              lambda: compare_certificates(models, x, y, gpu))
-    steps.run("train", f"lipgraph train --device {'cpu' if small else 'cuda'} (LMT, digits)",
-              lambda: train_on_device("cpu" if small else "cuda", 3 if small else 10, 600 if small else None, work,
-                                      legacy=small))
-    steps.run("attack", f"PGD inside the {gpu} radii of the trained model",
-              lambda: attack_inside_radii(gpu, 10 if small else 100, 1 if small else 4))
-    steps.run("throughput", f"certify samples/s, {gpu} vs cpu",
-              lambda: throughput(models[1], x, y, gpu, 500 if small else 50_000, 1 if small else 3))
+    steps.run(
+        "certify",
+        f"sample models on {gpu} vs cpu ({len(x)} samples each)",
+        lambda: compare_certificates(models, x, y, gpu),
+    )
+    steps.run(
+        "train",
+        f"lipgraph train --device {'cpu' if small else 'cuda'} (LMT, digits)",
+        lambda: train_on_device(
+            "cpu" if small else "cuda", 3 if small else 10, 600 if small else None, work, legacy=small
+        ),
+    )
+    steps.run(
+        "attack",
+        f"PGD inside the {gpu} radii of the trained model",
+        lambda: attack_inside_radii(gpu, 10 if small else 100, 1 if small else 4),
+    )
+    steps.run(
+        "throughput",
+        f"certify samples/s, {gpu} vs cpu",
+        lambda: throughput(models[1], x, y, gpu, 500 if small else 50_000, 1 if small else 3),
+    )
     say("\n" + table(steps.rows))
-    result = {"benchmark": "gpu_check", "dry_run": bool(small), "command": "bash bench/gpu_check.sh"
-              if not small else "python bench/gpu_check.py --dry-run", "environment": env,
-              "summary": {r["step"]: r["status"] for r in steps.rows}, "steps": steps.rows}
+    result = {
+        "benchmark": "gpu_check",
+        "dry_run": bool(small),
+        "command": "bash bench/gpu_check.sh" if not small else "python bench/gpu_check.py --dry-run",
+        "environment": env,
+        "summary": {r["step"]: r["status"] for r in steps.rows},
+        "steps": steps.rows,
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     say(f"wrote {out_dir / 'gpu_check.json'}")

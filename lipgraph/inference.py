@@ -111,6 +111,10 @@ class Runner:
         self._bytes = model_bytes
         self._probed = False
         if self.request.wants_cuda:
+            if self.precision_requested == "fp32":
+                # belt and braces beside use_tf32=0: NVIDIA's math libraries read this variable (documented with
+                # cuBLAS) when they load, and then never use TF32 in this process
+                os.environ.setdefault("NVIDIA_TF32_OVERRIDE", "0")
             preload_cuda_libraries()
             try:
                 self.session = self._open(self.request.names)

@@ -7,7 +7,7 @@ clear error instead of certifying on a provider nobody asked for.
 
 Precision. ONNX Runtime's CUDA provider runs float32 Gemm/MatMul/Conv in TF32 on Ampere and newer GPUs
 by default (provider option ``use_tf32``, default 1): products are formed from operands rounded to 10
-mantissa bits (unit roundoff 2^-11 instead of 2^-24; NVIDIA, "TensorFloat-32 in the A100 GPU", 2020),
+mantissa bits (unit roundoff 2^-11 instead of 2^-24; NVIDIA, "A100 Tensor Core GPU Architecture", 2020),
 a relative error near 1e-3 in the logits, which a float32 allowance does not cover. lipgraph therefore
 asks for ``use_tf32=0`` and for cuDNN's fixed implicit-GEMM convolution (``cudnn_conv_algo_search=
 DEFAULT``): a plain float32 dot product per output, never an FFT or Winograd transform whose rounding
@@ -66,9 +66,7 @@ def ort_module():  # noqa: ANN201 - the onnxruntime module, imported lazily with
     try:
         import onnxruntime
     except ImportError:
-        raise LipgraphError(
-            "onnxruntime is not installed; install lipgraph[cpu] (or lipgraph[gpu] for CUDA)"
-        ) from None
+        raise LipgraphError("onnxruntime is not installed; install lipgraph[cpu] (or lipgraph[gpu] for CUDA)") from None
     return onnxruntime
 
 
@@ -99,8 +97,7 @@ def parse_providers(spec: str | list[str] | tuple[str, ...] | ProviderRequest | 
                     "build (lipgraph[gpu]) or use --providers auto to fall back to the CPU"
                 )
             raise LipgraphError(
-                f"execution provider '{name}' is not available in this onnxruntime "
-                f"(available: {', '.join(available)})"
+                f"execution provider '{name}' is not available in this onnxruntime (available: {', '.join(available)})"
             )
         if full not in EXACT_FLOAT32:
             raise LipgraphError(
@@ -224,7 +221,12 @@ def _name_from_nvidia_smi(dev: str) -> str | None:
     if exe is None:
         return None
     with contextlib.suppress(Exception):
-        out = subprocess.run([exe, "--query-gpu=name", "--format=csv,noheader", "-i", dev],
-                             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        out = subprocess.run(
+            [exe, "--query-gpu=name", "--format=csv,noheader", "-i", dev],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
         return out.splitlines()[0].strip() if out else None
     return None

@@ -42,8 +42,7 @@ def test_a_failing_step_is_reported_and_the_rest_still_run(gpu_check, tmp_path, 
     assert gpu_check.main(["--dry-run", "--out", str(tmp_path)]) == 1
     rep = json.loads((tmp_path / "gpu_check.json").read_text())
     status = {r["step"]: r["status"] for r in rep["steps"]}
-    assert status == {"environment": "ok", "certify": "ERROR", "train": "ERROR", "attack": "ERROR",
-                      "throughput": "ok"}
+    assert status == {"environment": "ok", "certify": "ERROR", "train": "ERROR", "attack": "ERROR", "throughput": "ok"}
     assert "no CUDA-capable device" in next(r["error"] for r in rep["steps"] if r["step"] == "certify")
     out = capsys.readouterr().out
     assert "== throughput" in out and "ERROR" in out

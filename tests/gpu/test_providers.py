@@ -23,12 +23,18 @@ from tests.gpu.fake_ort import FakeOrt, install, tf32_like
 def mlp(seed: int = 0, d: int = 6, k: int = 4) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     w1, w2 = rng.normal(size=(12, d)) / math.sqrt(d), rng.normal(size=(k, 12))
-    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("Gemm", ["r", "w2"], ["logits"], transB=1)]
-    g = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", d])],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", k])],
-                          [numpy_helper.from_array(w1.astype(np.float32), "w1"),
-                           numpy_helper.from_array(w2.astype(np.float32), "w2")])
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1"], ["h"], transB=1),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Gemm", ["r", "w2"], ["logits"], transB=1),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "m",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", d])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", k])],
+        [numpy_helper.from_array(w1.astype(np.float32), "w1"), numpy_helper.from_array(w2.astype(np.float32), "w2")],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     return m
@@ -67,9 +73,10 @@ def test_cuda_that_works_runs_float32_with_the_fixed_conv_algorithm(monkeypatch,
     assert fake.cuda_runs == 1 + math.ceil(len(data) / 7)  # the one-sample probe, then the batches
 
 
-@pytest.mark.parametrize("mode, why", [("create_fails", "could not create a CUDA session"),
-                                       ("silent", "without CUDA"),
-                                       ("old_ort", "use_tf32")])
+@pytest.mark.parametrize(
+    "mode, why",
+    [("create_fails", "could not create a CUDA session"), ("silent", "without CUDA"), ("old_ort", "use_tf32")],
+)
 def test_auto_falls_back_to_cpu_with_one_warning(monkeypatch, capfd, data, mode: str, why: str) -> None:
     install(monkeypatch, FakeOrt(mode))
     m = mlp()
@@ -108,8 +115,18 @@ def test_cli_explicit_cuda_failure_exits_2_with_one_line(monkeypatch, capsys, tm
     install(monkeypatch, FakeOrt("create_fails"))
     onnx.save(mlp(), tmp_path / "m.onnx")
     np.savez(tmp_path / "d.npz", x=data)
-    rc = main(["certify", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"), "--providers", "cuda",
-               "--format", "json"])
+    rc = main(
+        [
+            "certify",
+            str(tmp_path / "m.onnx"),
+            "--data",
+            str(tmp_path / "d.npz"),
+            "--providers",
+            "cuda",
+            "--format",
+            "json",
+        ]
+    )
     out, err = capsys.readouterr()
     assert rc == 2 and out == ""
     lines = [ln for ln in err.splitlines() if ln.startswith("lipgraph:")]

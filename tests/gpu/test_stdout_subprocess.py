@@ -30,15 +30,34 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-@pytest.mark.parametrize("mode, providers, code", [("create_fails", "auto", 0), ("create_fails", "cuda", 2),
-                                                   ("works", "auto", 0)])
+@pytest.mark.parametrize(
+    "mode, providers, code", [("create_fails", "auto", 0), ("create_fails", "cuda", 2), ("works", "auto", 0)]
+)
 def test_json_on_stdout_survives_cuda_banners(tmp_path, mode: str, providers: str, code: int) -> None:
     onnx.save(mlp(), tmp_path / "m.onnx")
     np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).uniform(-1, 1, (9, 6)).astype(np.float32))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, mode, "certify", str(tmp_path / "m.onnx"), "--data",
-                           str(tmp_path / "d.npz"), "--providers", providers, "--format", "json"],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            SCRIPT,
+            mode,
+            "certify",
+            str(tmp_path / "m.onnx"),
+            "--data",
+            str(tmp_path / "d.npz"),
+            "--providers",
+            providers,
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == code, proc.stderr
     assert "EP Error" not in proc.stdout and "banner" not in proc.stdout
     if code == 2:
