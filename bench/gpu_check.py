@@ -309,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("OUT") and str(Path(os.environ["OUT"]) / "bench" / "results"),
         help="folder for gpu_check.json (default: $OUT/bench/results, else bench/results)",
     )
+    ap.add_argument(
+        "--require-cuda", action="store_true", help="exit 1 when there is no CUDA provider (the shell script)"
+    )
     args = ap.parse_args(argv)
     import onnxruntime as ort
 
@@ -320,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             "gpu_check: this onnxruntime has no CUDA provider: nothing measured, no JSON written "
             "(run bench/gpu_check.sh on a GPU machine, or --dry-run for a CPU rehearsal)"
         )
-        return 0
+        return 1 if args.require_cuda else 0
     gpu = "cpu" if args.dry_run else "cuda"
     small = args.dry_run
     out_dir = Path(args.out) if args.out else ROOT / "bench" / "results"

@@ -53,7 +53,7 @@ run cli-cuda bash -c "'$PY' -m lipgraph certify sample_models/lmt.onnx --data sa
 print({k: m[k] for k in ('provider', 'device', 'precision')}); assert m['provider'] == 'CUDAExecutionProvider'\""
 
 step "bench/gpu_check.py: certificates CUDA vs CPU, attack, training, throughput"
-run gpu-check "$PY" bench/gpu_check.py --out "$RESULTS"
+run gpu-check "$PY" bench/gpu_check.py --require-cuda --out "$RESULTS"
 
 step "CUDA-only tests"
 run cuda-tests "$PY" -m pytest -q -p no:cacheprovider -rs tests/train/test_device.py tests/gpu

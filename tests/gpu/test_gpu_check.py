@@ -26,7 +26,8 @@ def test_without_cuda_nothing_is_measured_or_written(gpu_check, tmp_path, capsys
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has CUDA: the real check runs instead")
-    assert gpu_check.main(["--out", str(tmp_path)]) == 0
+    assert gpu_check.main(["--out", str(tmp_path)]) == 0  # under bench/run_all.py: nothing to do, not a failure
+    assert gpu_check.main(["--out", str(tmp_path), "--require-cuda"]) == 1  # under bench/gpu_check.sh: a failure
     assert "nothing measured" in capsys.readouterr().out
     assert not (tmp_path / "gpu_check.json").exists()
 
