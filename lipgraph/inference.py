@@ -227,12 +227,14 @@ class Runner:
             return self._run_all(x, batch_size, progress)
 
     def _run_all(self, x: np.ndarray, batch_size: int, progress: Callable[[int, int], None] | None) -> np.ndarray:
+        from lipgraph.providers import CUDA
+
         fixed = self.input.shape[0] if self.input.shape else None
         step = fixed if fixed is not None else batch_size
         n = len(x)
-        if not self._probed and n:
+        if not self._probed and n and self.provider == CUDA:
             self._probed = True
-            self._run_batch(self._pad(x[:1], fixed))  # the "tiny run": does this provider really work?
+            self._run_batch(self._pad(x[:1], fixed))  # the "tiny run": does CUDA really work? (else CudaFailure)
         chunks: list[np.ndarray] = []
         for start in range(0, n, step):
             xb = x[start:start + step]

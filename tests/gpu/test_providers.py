@@ -191,3 +191,19 @@ def test_unknown_precision_and_reduced_precision_providers_are_refused(data) -> 
         certify(mlp(), data, precision="fp16")
     with pytest.raises(LipgraphError, match="auto cannot be combined"):
         parse_providers("auto,cpu")
+
+
+def test_cli_allow_tf32_is_refused_in_one_line_or_accepted_with_the_tf32_bound(capsys, tmp_path, data) -> None:
+    from lipgraph.cli import main
+
+    onnx.save(mlp(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", x=data)
+    args = ["certify", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"), "--format", "json"]
+    rc = main([*args, "--allow-tf32"])
+    out, err = capsys.readouterr()
+    try:
+        from lipgraph.floaterr import TF32_UNIT_ROUNDOFF  # noqa: F401
+    except ImportError:
+        assert rc == 2 and out == "" and err.count("lipgraph: error:") == 1 and "not covered" in err
+        return
+    assert rc == 0 and '"precision": "fp32"' in out  # no CUDA here: the CPU ran, in float32
