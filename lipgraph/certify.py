@@ -226,16 +226,6 @@ def _logits_choice(graph: Any) -> tuple[str, str | None, list[str]]:
     return name, None, []
 
 
-def _check_precision_covered(precision: str, meta: dict[str, Any], tf32_roundoff: float) -> None:
-    """Never report radii from TF32 logits unless the float error model was given TF32's operand rounding."""
-    if precision != "tf32":
-        return
-    used = float((meta.get("float_error") or {}).get("dot_operand_roundoff", 0.0))
-    if not (tf32_roundoff > 0 and used >= tf32_roundoff):
-        raise LipgraphError("--allow-tf32: the logits were computed in TF32, which the float allowance used here "
-                            "does not cover; certify without --allow-tf32")
-
-
 def _blas_single_thread() -> contextlib.AbstractContextManager[Any]:
     """One BLAS thread for the bound while ONNX Runtime holds the cores.
 
@@ -311,7 +301,7 @@ def certify(
     from lipgraph.inference import DEFAULT_BATCH_SIZE, Runner, logits_model, model_input, resolve_providers
     from lipgraph.loader import load_model
     from lipgraph.passes import run_passes
-    from lipgraph.providers import check_precision, parse_providers, tf32_operand_roundoff
+    from lipgraph.providers import check_precision, ensure_precision_covered, parse_providers, tf32_operand_roundoff
     from lipgraph.rules import load_rules
     from lipgraph.tail import find_tail
 
@@ -412,7 +402,7 @@ def certify(
         "time_radii_s": round(t_radii, 4),
         "time_total_s": round(time.perf_counter() - t_start, 4),
     })
-    _check_precision_covered(runner.precision, meta, tf32_roundoff)
+    ensure_precision_covered(runner.precision, meta.get("float_error"), tf32_roundoff)
     warns.extend(runner.warnings)
     if labels is None:
         warns.append("no labels in the data: certifying the model's own predictions")

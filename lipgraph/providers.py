@@ -23,6 +23,7 @@ import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from lipgraph.errors import LipgraphError
 
@@ -132,6 +133,19 @@ def tf32_operand_roundoff() -> float:
             "(it assumes float32 rounding); certify without --allow-tf32 (TF32 is then turned off)"
         ) from None
     return float(max(covered, TF32_UNIT_ROUNDOFF))
+
+
+def ensure_precision_covered(precision: str, float_error: dict[str, Any] | None, tf32_roundoff: float) -> None:
+    """Never report radii from TF32 logits unless the float error bound was computed with TF32's operand rounding
+    (``float_error``: the certificate's description of the bound it used, None when it has none)."""
+    if precision != "tf32":
+        return
+    used = float((float_error or {}).get("dot_operand_roundoff", 0.0))
+    if not (tf32_roundoff > 0 and used >= tf32_roundoff):
+        raise LipgraphError(
+            "--allow-tf32: the logits were computed in TF32, which the float allowance used here does not cover; "
+            "certify without --allow-tf32"
+        )
 
 
 def cuda_options(precision: str) -> dict[str, str]:
