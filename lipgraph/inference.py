@@ -161,6 +161,9 @@ class Runner:
         if CUDA not in used:
             raise CudaFailure(f"ONNX Runtime created the session on {', '.join(used)} without CUDA")
         opts = dict(self.session.get_provider_options().get(CUDA, {}))
+        algo = str(opts.get("cudnn_conv_algo_search", "DEFAULT")).upper()
+        if algo != "DEFAULT":  # a timed search may pick FFT/Winograd convolutions (not plain dot products)
+            raise CudaFailure(f"this onnxruntime's CUDA provider reports cudnn_conv_algo_search={algo}, not DEFAULT")
         want = "1" if self.precision_requested == "tf32" else "0"
         if str(opts.get("use_tf32", "")) != want:
             raise CudaFailure(f"this onnxruntime's CUDA provider does not report use_tf32={want} "

@@ -7,7 +7,8 @@ Modes (what happens when a session asks for CUDA):
   code does), then raises, as onnxruntime-gpu does without a driver;
 * ``silent``: creation quietly yields a CPU-only session (ORT's own fallback);
 * ``run_fails``: runs fail after ``fail_after`` successful ones (a CUDA error mid-run);
-* ``old_ort``: the session ignores ``use_tf32`` (an onnxruntime-gpu older than the option).
+* ``old_ort``: the session ignores ``use_tf32`` (an onnxruntime-gpu older than the option);
+* ``conv_search``: the session reports a timed cuDNN algorithm search instead of the fixed algorithm.
 With ``use_tf32=1`` the fake CUDA session perturbs the logits as TF32 may: the top logit up and the
 others down by ``tf32_rel * max|logit|`` (TF32 rounds operands to 2^-11, so ~1e-3 relative is typical).
 """
@@ -31,6 +32,8 @@ class FakeCudaSession:
         self._options = {"device_id": "0", **options}
         if fake.mode == "old_ort":
             self._options.pop("use_tf32", None)
+        if fake.mode == "conv_search":
+            self._options["cudnn_conv_algo_search"] = "EXHAUSTIVE"
         self._providers = [CUDA, CPU]
 
     def get_providers(self) -> list[str]:

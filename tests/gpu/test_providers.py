@@ -75,7 +75,12 @@ def test_cuda_that_works_runs_float32_with_the_fixed_conv_algorithm(monkeypatch,
 
 @pytest.mark.parametrize(
     "mode, why",
-    [("create_fails", "could not create a CUDA session"), ("silent", "without CUDA"), ("old_ort", "use_tf32")],
+    [
+        ("create_fails", "could not create a CUDA session"),
+        ("silent", "without CUDA"),
+        ("old_ort", "use_tf32"),
+        ("conv_search", "cudnn_conv_algo_search"),
+    ],
 )
 def test_auto_falls_back_to_cpu_with_one_warning(monkeypatch, capfd, data, mode: str, why: str) -> None:
     install(monkeypatch, FakeOrt(mode))
@@ -89,7 +94,7 @@ def test_auto_falls_back_to_cpu_with_one_warning(monkeypatch, capfd, data, mode:
     assert out == ""  # banners (Python print and fd 1) went to stderr
 
 
-@pytest.mark.parametrize("mode", ["create_fails", "silent", "old_ort", "run_fails"])
+@pytest.mark.parametrize("mode", ["create_fails", "silent", "old_ort", "conv_search", "run_fails"])
 def test_explicit_cuda_that_fails_is_an_error(monkeypatch, data, mode: str) -> None:
     install(monkeypatch, FakeOrt(mode, fail_after=2))
     with pytest.raises(LipgraphError, match="CUDA was asked for but cannot be used"):
