@@ -52,6 +52,11 @@ run cli-cuda bash -c "'$PY' -m lipgraph certify sample_models/lmt.onnx --data sa
 --providers cuda --format json -q | '$PY' -c \"import json, sys; m = json.load(sys.stdin)['meta']; \
 print({k: m[k] for k in ('provider', 'device', 'precision')}); assert m['provider'] == 'CUDAExecutionProvider'\""
 
+step "lipgraph train --device cuda (CLI), then certify the result on CUDA"
+TMP=$(mktemp -d)
+run train-cli "$PY" -m lipgraph train --device cuda --method groupsort --epochs 3 --out "$TMP/gs.onnx" -q
+run certify-trained "$PY" -m lipgraph certify "$TMP/gs.onnx" --data "$TMP/gs.test.npz" --providers cuda --eps 0.5
+
 step "bench/gpu_check.py: certificates CUDA vs CPU, attack, training, throughput"
 run gpu-check "$PY" bench/gpu_check.py --require-cuda --out "$RESULTS"
 
