@@ -320,6 +320,7 @@ def certify(
     progress: Callable[[int, int], None] | None = None,
     analysis: Any = None,
     source: str = "data",
+    precision: str = "fp32",
     unit_roundoff: float | None = None,
     dot_operand_roundoff: float = 0.0,
 ) -> Certificate:
@@ -328,8 +329,11 @@ def certify(
     Returns a :class:`Certificate` with clean and certified accuracy at every ``eps`` (one L2 radius,
     or several, in the model's input space). Raises :class:`~lipgraph.errors.LipgraphError` (``DataError`` for
     data that does not fit the model) with a one-line message. Without a precomputed ``analysis``,
-    the bound is computed in a background thread while ONNX Runtime runs. ``unit_roundoff`` (default
-    float32's 2^-24) and ``dot_operand_roundoff`` (2^-11 for TF32 products) set the float error model.
+    the bound is computed in a background thread while ONNX Runtime runs. ``providers``: "auto" (default:
+    CUDA when it works, else CPU) or a list (CUDA then required); ``precision``: "fp32" (TF32 off on CUDA)
+    or "tf32" (products with TF32's 10-bit operands, covered by the float error model).
+    ``unit_roundoff`` (default float32's 2^-24) and ``dot_operand_roundoff`` (2^-11 for TF32 products)
+    set the float error model.
     """
     from lipgraph.analyze import analyze
     from lipgraph.data import fit_inputs, fit_labels
@@ -338,12 +342,15 @@ def certify(
     from lipgraph.inference import DEFAULT_BATCH_SIZE, Runner, logits_model, model_input, resolve_providers
     from lipgraph.loader import load_model
     from lipgraph.passes import run_passes
+    from lipgraph.providers import check_precision, ensure_precision_covered, parse_providers, tf32_operand_roundoff
     from lipgraph.rules import load_rules
     from lipgraph.tail import find_tail
 
     t_start = time.perf_counter()
     eps_list = _check_eps(eps)
     prov = resolve_providers(providers)
+    request = parse_providers(providers)
+    tf32_roundoff = tf32_operand_roundoff() if check_precision(precision) == "tf32" else 0.0
     x = np.asarray(x)
     if x.dtype == object:
         raise DataError(f"{source}: inputs are an object array; lipgraph needs a numeric array")
@@ -369,7 +376,9 @@ def certify(
         raise LipgraphError(f"the model input '{inp.name}' is not a float tensor")
     xf = fit_inputs(x, inp.shape, inp.dtype, source)
     elem = graph.tensors[logits_name].elem_type if logits_name in graph.tensors else None
-    runner = Runner(logits_model(proto, inp.name, logits_name, elem), inp, logits_name, prov)
+    runner = Runner(logits_model(proto, inp.name, logits_name, elem), inp, logits_name, request, precision)
+    # TF32 rounds each product operand to 10 mantissa bits: the error model must know it.
+    dot_operand_roundoff = max(dot_operand_roundoff, tf32_roundoff)
     u = FLOAT32_UNIT_ROUNDOFF if unit_roundoff is None else float(unit_roundoff)
     sample_shape = (1, *xf.shape[1:])
     error_model = None
@@ -425,7 +434,7 @@ def certify(
     clean = float(np.mean(radii.correct)) if labels is not None else None
     meta = dict(analysis.meta)
     meta.update({
-        "provider": runner.provider,
+        **runner.describe(),  # provider that actually ran, device name, precision mode
         "providers": prov,
         "batch_size": int(inp.shape[0]) if inp.shape and inp.shape[0] else int(batch_size or DEFAULT_BATCH_SIZE),
         "certified_tensor": logits_name,
@@ -452,6 +461,8 @@ def certify(
         "time_radii_s": round(t_radii, 4),
         "time_total_s": round(time.perf_counter() - t_start, 4),
     })
+    ensure_precision_covered(runner.precision, meta.get("float_error"), tf32_roundoff)
+    warns.extend(runner.warnings)
     if labels is None:
         warns.append("no labels in the data: certifying the model's own predictions")
     if x.dtype.kind in "iu" and meta["data"]["input_max"] > 1.5:

@@ -41,7 +41,10 @@ def _eps_cb(_ctx: click.Context, _param: click.Parameter, values: tuple[float, .
 @click.option("--no-config", "no_config", is_flag=True, help="Ignore every pyproject.toml (flags only).")
 @click.option("--batch-size", "batch_size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--providers", "providers", metavar="LIST",
-              help="ONNX Runtime providers in order, e.g. cuda,cpu (default: CUDA when available, else CPU).")
+              help="auto (default: CUDA when it works, else CPU with a warning) or ONNX Runtime providers in "
+                   "order, e.g. cuda,cpu (CUDA then required: exit 2 when it cannot be used).")
+@click.option("--allow-tf32", "allow_tf32", is_flag=True,
+              help="Let CUDA use TF32 (faster, smaller radii); refused unless the float allowance covers it.")
 @click.option("--limit", "limit", type=click.IntRange(min=1), metavar="N", help="Use only the first N samples.")
 @click.option("--input", "input_name", metavar="NAME", help="The graph input to certify (when there are several).")
 @click.option("--per-sample", "per_sample", is_flag=True, help="Add per-sample radii to the JSON report.")
@@ -50,7 +53,7 @@ def _eps_cb(_ctx: click.Context, _param: click.Parameter, values: tuple[float, .
 def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, ...], min_clean: float | None,
             max_lip: float | None, baseline: str | None, max_drop: float | None, fmt: tuple[str, ...],
             output: tuple[str, ...], config: str | None, no_config: bool, batch_size: int, providers: str | None,
-            limit: int | None, input_name: str | None,
+            allow_tf32: bool, limit: int | None, input_name: str | None,
             per_sample: bool, exit_zero: bool, quiet: bool) -> int:
     """Certify MODEL on DATA: radii, certified accuracy at each --eps, and CI gates.
 
@@ -75,7 +78,12 @@ def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, 
     quiet = out.quiet_requested(quiet)
     # Everything that can be checked cheaply is checked before the work starts.
     plan = out.plan_outputs(fmt, output)
-    provider_list = resolve_providers(providers)
+    resolve_providers(providers)  # an unknown or missing provider is refused before any work
+    precision = "tf32" if allow_tf32 else "fp32"
+    if allow_tf32:
+        from lipgraph.providers import tf32_operand_roundoff
+
+        tf32_operand_roundoff()  # refuses when the float allowance cannot cover TF32
     flags = g.GateConfig(
         min_certified_accuracy=dict(g.parse_eps_acc(s) for s in min_cert) if min_cert else None,
         min_clean_accuracy=g.check_accuracy(min_clean, "--min-clean-accuracy") if min_clean is not None else None,
@@ -94,8 +102,8 @@ def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, 
     # the bound is computed beside the inference (lipgraph.certify.certify)
     try:
         cert = run_certify(model, dataset.x, dataset.y, eps_grid, input_name=input_name, batch_size=batch_size,
-                           providers=provider_list, per_sample=per_sample, progress=inference_progress(quiet),
-                           source=dataset.source)
+                           providers=providers, precision=precision, per_sample=per_sample,
+                           progress=inference_progress(quiet), source=dataset.source)
     except UnsupportedModelError as exc:
         # the formats that carry findings report each refused node (the others stay unwritten)
         from lipgraph.report.findings import refusal_report

@@ -34,6 +34,8 @@ TORCH_HINT = 'the trainer needs PyTorch: pip install torch==2.13.0 -e ".[torch]"
 @click.option("--maxmin-export", default="split", show_default=True, type=click.Choice(["split", "prelu"]),
               help="How MaxMin is written to ONNX (same function).")
 @click.option("--legacy-exporter", is_flag=True, help="Use torch.onnx.export(dynamo=False).")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+              help="auto: CUDA when PyTorch sees a GPU, else the CPU. Float32 throughout (no AMP, no TF32).")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(0), help="torch threads (0: torch's).")
 @click.option("--limit-train", default=None, type=click.IntRange(1), help="Use only the first N training samples.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Model file to write (.onnx).")
@@ -43,7 +45,7 @@ TORCH_HINT = 'the trainer needs PyTorch: pip install torch==2.13.0 -e ".[torch]"
 def train(dataset: str, arch: str, method: str, epochs: int, c: float, eps: float, gamma: float, seed: int,
           lr: float, batch_size: int, attack_norm: str, pgd_steps: int, awp_warmup: int, c_ramp_epochs: int,
           bjorck_iters: int, lr_schedule: str, gs_loss: str, tau: float,
-          maxmin_export: str, legacy_exporter: bool, threads: int, limit_train: int | None,
+          maxmin_export: str, legacy_exporter: bool, device: str, threads: int, limit_train: int | None,
           out: str, test_out: str | None, quiet: bool) -> None:
     """Train a Lipschitz-aware classifier (LMT, GroupSort, AWP) and export it to ONNX.
 
@@ -66,7 +68,7 @@ def train(dataset: str, arch: str, method: str, epochs: int, c: float, eps: floa
     cfg = TrainConfig(arch=arch, method=method, epochs=epochs, c=c, eps=eps, gamma=gamma, awp_warmup=awp_warmup,
                       attack_norm=attack_norm, pgd_steps=pgd_steps, c_ramp_epochs=c_ramp_epochs, lr=lr,
                       batch_size=batch_size, bjorck_iters=bjorck_iters, lr_schedule=lr_schedule, gs_loss=gs_loss,
-                      tau=tau, seed=seed, progress=not quiet_requested(quiet))
+                      tau=tau, seed=seed, device=device, progress=not quiet_requested(quiet))
     if not cfg.progress:
         cfg.log = _silent
     res = run(cfg, dataset, out, test_out, legacy_exporter=legacy_exporter, maxmin_export=maxmin_export,

@@ -56,7 +56,7 @@ class LipNet(nn.Module):
         return [m for m in self.layers if isinstance(m, BoundedLinear | BoundedConv2d)]
 
     def sub_bound(self, update: bool) -> torch.Tensor:
-        l_h = torch.ones(())
+        l_h = torch.ones((), device=self.layers[-1].weight.device)
         for m in self.bounded()[:-1]:
             l_h = l_h * m.lipschitz_estimate(update=update)
         return l_h

@@ -1,4 +1,5 @@
-"""The training loop for every method; DistributedDataParallel (gloo) when launched by ``torchrun``.
+"""The training loop for every method, on the CPU or a GPU (``device``); DistributedDataParallel when launched by
+``torchrun`` (NCCL between GPUs, gloo between CPU processes).
 
 Methods (SPEC sec. 8, research/training.md):
 * ``plain``: cross-entropy.
@@ -31,6 +32,7 @@ from lipgraph.progress import iterate
 from lipgraph.train.archs import LipNet, build_model
 from lipgraph.train.awp import AWP
 from lipgraph.train.data import Splits
+from lipgraph.train.device import dist_backend, exact_float32, resolve_device
 from lipgraph.train.losses import hinge_loss, lmt_loss, margin_ce_loss, pairwise_radius
 from lipgraph.train.pgd import pgd
 
@@ -59,6 +61,7 @@ class TrainConfig:
     gs_loss: str = "hinge"  # groupsort loss: hinge (margin sqrt2 eps) | margin-ce (tau-CE with that margin)
     tau: float = 4.0  # margin-ce temperature
     seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda (lipgraph.train.device)
     log: Callable[[str], None] | None = field(default=None, repr=False)
     progress: bool = field(default=False, repr=False)  # a batch bar per epoch (only on a terminal, not in CI)
 
@@ -66,6 +69,7 @@ class TrainConfig:
         d = asdict(self)
         d.pop("log", None)
         d.pop("progress", None)  # how the run was shown, not how the model was trained
+        d.pop("device", None)  # where it ran: the exported file must not depend on it
         return d
 
 
@@ -80,10 +84,10 @@ class EpochStats:
     seconds: float
 
 
-def _dist() -> tuple[int, int]:
+def _dist(device: torch.device) -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo")
+        torch.distributed.init_process_group(dist_backend(device))
     if world > 1:
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
@@ -131,9 +135,10 @@ def evaluate(model: LipNet, x: np.ndarray, y: np.ndarray, eps: float, batch: int
     model.refresh(30)  # plain/groupsort training never steps the vectors; the estimate needs them
     l_h = float(model.sub_bound(update=False))
     w_last = model.layers[-1].effective_weight()
+    device = w_last.device
     correct = cert = 0
     for i in range(0, len(x), batch):
-        xb, yb = torch.from_numpy(x[i:i + batch]), torch.from_numpy(y[i:i + batch])
+        xb, yb = torch.from_numpy(x[i:i + batch]).to(device), torch.from_numpy(y[i:i + batch]).to(device)
         logits = model(xb)
         correct += int((logits.argmax(1) == yb).sum())
         cert += int((pairwise_radius(logits, yb, l_h, w_last) >= eps).sum())
@@ -151,18 +156,21 @@ def train(cfg: TrainConfig, data: Splits) -> tuple[LipNet, list[EpochStats]]:
         raise LipgraphError(f"unknown --gs-loss {cfg.gs_loss!r}; choose one of {', '.join(GS_LOSSES)}")
     if cfg.attack_norm not in ("l2", "linf"):
         raise LipgraphError("--attack-norm must be l2 or linf")
-    rank, world = _dist()
+    device = resolve_device(cfg.device)
+    exact_float32(device)
+    rank, world = _dist(device)
     log = cfg.log if (cfg.log is not None and rank == 0) else (lambda _s: None)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.arch, data.in_shape, data.n_classes, cfg.method, cfg.bjorck_iters)
+    # built on the CPU from the CPU generator, then moved: the same initial weights on every device
+    model = build_model(cfg.arch, data.in_shape, data.n_classes, cfg.method, cfg.bjorck_iters).to(device)
     net: nn.Module = model
     if world > 1:
-        net = nn.parallel.DistributedDataParallel(model)
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     use_awp = cfg.method in ("awp", "lmt+awp") and cfg.gamma > 0
     awp = AWP(model, cfg.gamma, cfg.awp_proxy_lr) if use_awp else None
 
-    x_all, y_all = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+    x_all, y_all = torch.from_numpy(data.x_train).to(device), torch.from_numpy(data.y_train).to(device)
     n_per_rank = len(x_all) // world
     steps = max(1, math.ceil(n_per_rank / cfg.batch_size))
     history: list[EpochStats] = []
@@ -171,7 +179,7 @@ def train(cfg: TrainConfig, data: Splits) -> tuple[LipNet, list[EpochStats]]:
         model.train()
         # every rank draws the same permutation, then takes its own equal-length share
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        perm = torch.randperm(len(x_all), generator=g)[: n_per_rank * world][rank::world]
+        perm = torch.randperm(len(x_all), generator=g)[: n_per_rank * world][rank::world].to(device)
         tot_loss, tot_correct, seen = 0.0, 0, 0
         for s in iterate(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                          on=cfg.progress and rank == 0):

@@ -35,7 +35,7 @@ def pairwise_row_distances(w_last: torch.Tensor) -> torch.Tensor:
     """``D[k, i] = ||w_k - w_i||`` for the rows of the last weight, differentiable (0 on the diagonal)."""
     sq = ((w_last[:, None, :] - w_last[None, :, :]) ** 2).sum(-1)
     # clamp keeps the gradient finite at the zero diagonal (the clamped entries get no gradient).
-    return sq.clamp_min(1e-20).sqrt() * (1.0 - torch.eye(w_last.shape[0], dtype=w_last.dtype))
+    return sq.clamp_min(1e-20).sqrt() * (1.0 - torch.eye(w_last.shape[0], dtype=w_last.dtype, device=w_last.device))
 
 
 def lmt_pairwise_logits(logits: torch.Tensor, y: torch.Tensor, l_h: torch.Tensor, w_last: torch.Tensor,

@@ -21,7 +21,7 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, no
         delta = torch.empty_like(x0).uniform_(-eps, eps)
     else:
         delta = torch.randn_like(x0)
-        delta = delta / _flat_norm(delta) * eps * torch.rand(x0.shape[0], *([1] * (x0.dim() - 1)))
+        delta = delta / _flat_norm(delta) * eps * torch.rand(x0.shape[0], *([1] * (x0.dim() - 1)), device=x0.device)
     delta = ((x0 + delta).clamp(lo, hi) - x0).detach()
     for _ in range(steps):
         delta.requires_grad_(True)

@@ -60,6 +60,8 @@ def run(cfg: TrainConfig, dataset: str, out: str, test_out: str | None = None, l
         torch.distributed.destroy_process_group()
     if rank != 0:
         return result
+    # export from a CPU copy (float64 Björck and power iteration there): the file does not depend on the device
+    model = model.to("cpu")
     result.trainer_bound = exported_bound_estimate(model)  # of the weights written, not the training ones
     meta = {"method": cfg.method, "arch": cfg.arch, "dataset": data.name, "epochs": cfg.epochs,
             "hyperparameters": json.dumps(cfg.hyperparameters(), sort_keys=True),
