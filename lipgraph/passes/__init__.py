@@ -33,6 +33,8 @@ _OPTIONAL: list[tuple[str, str]] = [
     ("groupsort", "recognise_sorting_units"),
     ("activation_patterns", "recognise_activations"),
     ("lppool", "recognise_l2_pooling"),
+    # Before fold_scale, which would fold each 1/i of a series into its own copy of the weight.
+    ("power_series", "recognise_power_series"),
     ("fold_scale", "fold_scales"),
 ]
 
