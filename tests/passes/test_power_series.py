@@ -20,8 +20,9 @@ from lipgraph.graph import build_graph
 from lipgraph.passes import run_passes
 from tests.helpers.onnx_oracle import exact_norm, make_model
 
-SETTINGS = dict(deadline=None, derandomize=True, database=None, max_examples=25,
-                suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = dict(
+    deadline=None, derandomize=True, database=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 def skew(k: np.ndarray) -> np.ndarray:
