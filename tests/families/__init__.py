@@ -1,75 +1,145 @@
-"""Models built from the published 1-Lipschitz layer families, for tightness and soundness tests.
+"""Models built from the published 1-Lipschitz layer families, shared by the tests and the bench.
 
-Each family module (``soc``, ``cpl``, ``sll``, ``lbdn``, ...) exposes ``BUILDERS``: a list of
-zero-argument callables, each returning a :class:`FamilyModel` (an eval-mode float32 torch module,
-its batch-1 input shape, and what is known of its true L2 Lipschitz constant). The layers are short
-implementations written from the papers, not copies of the authors' code.
+Interface (every family module follows it, so that tests and ``bench/lipschitz_families.py`` plug
+in the same way): a module ``tests/families/<family>.py`` exposes ``MODELS: list[FamilyModel]``,
+one entry per network (typically an MLP and a conv net). Each entry builds a small torch module in
+eval mode with fixed, seeded weights, says the input shape to export with, and how to get the true
+constant of the network it builds:
+
+* ``true_constant(model) -> (lower, upper)``: an interval that contains the network's true L2
+  Lipschitz constant, computed independently of lipgraph (exact dense-Jacobian SVD in float64 for
+  linear nets, so ``lower == upper`` up to float noise; for nonlinear nets e.g. a power-iteration
+  lower estimate on Jacobians at random inputs and the family's proven certificate as the upper end).
+* ``certificate``: the constant the family proves for the network (1.0 for the 1-Lipschitz ones).
+
+A test then asserts ``lower - noise <= bound <= 1.01 * upper`` for both torch exporters.
+:func:`all_models` gathers every family module that exists (modules are added independently).
 """
 
 from __future__ import annotations
 
+import importlib
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
-import torch
+
+# Family modules in the order of the bench table. A module that is not there yet is skipped.
+FAMILY_MODULES = (
+    "aol", "bcop", "cayley", "lot", "aoc", "sandwich", "liresnet", "torchlip", "circular",
+    "soc", "cpl", "sll", "lbdn",
+)  # fmt: skip
 
 
-@dataclass
+@dataclass(frozen=True)
 class FamilyModel:
-    name: str
-    module: torch.nn.Module
-    input_shape: tuple[int, ...]
-    # Exact true constant where it is computable (linear nets: dense Jacobian SVD), else None.
-    true_constant: float | None = None
-    # The family's own certificate (1 for the 1-Lipschitz families), an upper bound of the truth.
-    certificate: float | None = None
-    linear: bool = False
-    # A lower estimate of the truth (max Jacobian norm at random inputs), where the truth is unknown.
-    lower: float | None = None
+    family: str  # e.g. "Cayley (Trockman & Kolter 2021)"
+    name: str  # "mlp", "conv", ...
+    build: Callable[[], object]  # -> torch.nn.Module in eval mode, deterministic weights
+    input_shape: tuple[int, ...]  # with batch 1, e.g. (1, 3, 8, 8)
+    true_constant: Callable[[object], tuple[float, float]]  # model -> (lower, upper) of the true L
+    certificate: float = 1.0  # what the family proves for this network
+    slow: bool = False  # mark heavier models (export or oracle over ~2 s) for @pytest.mark.slow
+
+    @property
+    def key(self) -> str:
+        return f"{self.family.split(' ')[0].lower()}-{self.name}"
 
 
-Builder = Callable[[], FamilyModel]
+def all_models() -> list[FamilyModel]:
+    out: list[FamilyModel] = []
+    for mod in FAMILY_MODULES:
+        try:
+            m = importlib.import_module(f"tests.families.{mod}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"tests.families.{mod}":
+                continue
+            raise
+        out.extend(m.MODELS)
+    return out
 
 
-def export(model: torch.nn.Module, input_shape: tuple[int, ...], dynamo: bool) -> onnx.ModelProto:
-    """Export with one of torch's two ONNX exporters (as a user deploys the model)."""
-    x = torch.zeros(input_shape)
-    if dynamo:
-        prog = torch.onnx.export(model, (x,), dynamo=True, verbose=False)
-        return prog.model_proto
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def export_onnx(model, input_shape: tuple[int, ...], dynamo: bool):
+    """Export as users do: legacy (opset 17) or dynamo (opset 18) exporter; returns the ModelProto."""
+    import onnx
+    import torch
+
+    x = torch.randn(*input_shape)
     buf = io.BytesIO()
-    torch.onnx.export(model, (x,), buf, dynamo=False, input_names=["x"], output_names=["y"], opset_version=17)
+    if dynamo:
+        prog = torch.onnx.export(
+            model,
+            (x,),
+            dynamo=True,
+            opset_version=18,
+            input_names=["x"],
+            output_names=["logits"],
+            verbose=False,
+            optimize=True,
+        )
+        return prog.model_proto
+    torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=17, input_names=["x"], output_names=["logits"])
     return onnx.load_from_string(buf.getvalue())
 
 
-def dense_jacobian(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> np.ndarray:
-    """The Jacobian of ``fn`` at ``x`` (batch 1) as a float64 matrix (outputs x inputs)."""
-    xd = x.detach().to(torch.float64).requires_grad_(True)
-    jac = torch.autograd.functional.jacobian(lambda z: fn(z).reshape(-1), xd)
-    return jac.reshape(-1, x.numel()).numpy()
+def dense_jacobian_norm(model, input_shape: tuple[int, ...]) -> float:
+    """Exact ``||J||_2`` of a LINEAR (affine) model: the dense Jacobian in float64, then an SVD."""
+    import torch
+
+    m64 = _float64_copy(model)
+    x = torch.zeros(*input_shape, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda t: m64(t).reshape(-1), x)
+    mat = jac.reshape(jac.shape[0], -1).numpy()
+    return float(np.linalg.svd(mat, compute_uv=False)[0])
 
 
-def top_singular_value(m: np.ndarray) -> float:
-    return float(np.linalg.svd(np.asarray(m, dtype=np.float64), compute_uv=False)[0])
+def jacobian_lower(model, input_shape: tuple[int, ...], samples: int = 8, steps: int = 30, seed: int = 0) -> float:
+    """A LOWER estimate of the Lipschitz constant: the largest ``||J(x)||_2`` over random inputs.
 
+    The Jacobian at each point is formed densely (small models) in float64 and its top singular value
+    taken; never a bound, only the low end of the true constant's range.
+    """
+    import torch
 
-def jacobian_lower_estimate(
-    module: torch.nn.Module, input_shape: tuple[int, ...], samples: int = 8, seed: int = 0
-) -> float:
-    """max ||J(x)||_2 over random inputs: a lower estimate of the true constant (never a bound)."""
+    m64 = _float64_copy(model)
     gen = torch.Generator().manual_seed(seed)
-    m64 = _as_float64(module)
     best = 0.0
     for _ in range(samples):
-        x = torch.randn(input_shape, generator=gen, dtype=torch.float64)
-        best = max(best, top_singular_value(dense_jacobian(m64, x)))
+        x = torch.randn(*input_shape, generator=gen, dtype=torch.float64)
+        jac = torch.autograd.functional.jacobian(lambda t: m64(t).reshape(-1), x)
+        mat = jac.reshape(jac.shape[0], -1).numpy()
+        best = max(best, float(np.linalg.svd(mat, compute_uv=False)[0]))
+    del steps
     return best
 
 
-def _as_float64(module: torch.nn.Module) -> torch.nn.Module:
+def linear_truth(input_shape: tuple[int, ...]) -> Callable[[object], tuple[float, float]]:
+    """``true_constant`` for a linear model: the exact dense norm at both ends of the range."""
+
+    def fn(model) -> tuple[float, float]:
+        v = dense_jacobian_norm(model, input_shape)
+        return v, v
+
+    return fn
+
+
+def lower_and_certificate(input_shape: tuple[int, ...], certificate: float = 1.0, samples: int = 8):
+    """``true_constant`` for a nonlinear model of a 1-Lipschitz family: (Jacobian lower estimate, proof)."""
+
+    def fn(model) -> tuple[float, float]:
+        return jacobian_lower(model, input_shape, samples=samples), certificate
+
+    return fn
+
+
+def _float64_copy(model):
     import copy
 
-    return copy.deepcopy(module).to(torch.float64).eval()
+    m = copy.deepcopy(model).double().eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m

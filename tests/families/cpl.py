@@ -13,7 +13,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tests.families import FamilyModel, jacobian_lower_estimate
+from tests.families import FamilyModel, lower_and_certificate
+
+FAMILY = "CPL (Meunier et al. 2022)"
 
 
 def _dense_norm(w: torch.Tensor) -> float:
@@ -52,24 +54,23 @@ class CPLConv(nn.Module):
         return x - self.scale * F.conv_transpose2d(h, self.weight, padding=1)
 
 
-def mlp(seed: int = 0, features: int = 12, hidden: int = 16, depth: int = 2) -> FamilyModel:
+def mlp(seed: int = 0, features: int = 12, hidden: int = 16, depth: int = 2) -> nn.Module:
     gen = torch.Generator().manual_seed(seed)
     layers: list[nn.Module] = [CPLDense(features, hidden, gen) for _ in range(depth)]
     head = nn.Linear(features, 4)
     with torch.no_grad():
         q, _ = torch.linalg.qr(torch.randn(features, 4, generator=gen))
         head.weight.copy_(q.t())
-    net = nn.Sequential(*layers, head).eval()
-    shape = (1, features)
-    return FamilyModel("cpl-mlp", net, shape, None, 1.0, lower=jacobian_lower_estimate(net, shape))
+    return nn.Sequential(*layers, head).eval()
 
 
-def conv(seed: int = 1, channels: int = 2, hidden: int = 4, size: int = 5, depth: int = 2) -> FamilyModel:
+def conv(seed: int = 1, channels: int = 2, hidden: int = 4, size: int = 5, depth: int = 2) -> nn.Module:
     gen = torch.Generator().manual_seed(seed)
     layers: list[nn.Module] = [CPLConv(channels, hidden, (size, size), gen) for _ in range(depth)]
-    net = nn.Sequential(*layers, nn.Flatten()).eval()
-    shape = (1, channels, size, size)
-    return FamilyModel("cpl-conv", net, shape, None, 1.0, lower=jacobian_lower_estimate(net, shape))
+    return nn.Sequential(*layers, nn.Flatten()).eval()
 
 
-BUILDERS = [mlp, conv]
+MODELS = [
+    FamilyModel(FAMILY, "mlp", mlp, (1, 12), lower_and_certificate((1, 12))),
+    FamilyModel(FAMILY, "conv", conv, (1, 2, 5, 5), lower_and_certificate((1, 2, 5, 5))),
+]

@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tests.families import FamilyModel, jacobian_lower_estimate
+from tests.families import FamilyModel, lower_and_certificate
+
+FAMILY = "LBDN (Wang & Manchester 2023)"
 
 
 class SandwichDense(nn.Module):
@@ -30,7 +32,7 @@ class SandwichDense(nn.Module):
         return 2**0.5 * (h * psi) @ self.a
 
 
-def mlp(seed: int = 4, features: int = 10, width: int = 12, hidden: int = 16, depth: int = 3) -> FamilyModel:
+def mlp(seed: int = 4, features: int = 10, width: int = 12, hidden: int = 16, depth: int = 3) -> nn.Module:
     gen = torch.Generator().manual_seed(seed)
     dims = [features] + [width] * depth
     layers: list[nn.Module] = [SandwichDense(dims[i], dims[i + 1], hidden, gen) for i in range(depth)]
@@ -38,9 +40,7 @@ def mlp(seed: int = 4, features: int = 10, width: int = 12, hidden: int = 16, de
     with torch.no_grad():
         q, _ = torch.linalg.qr(torch.randn(width, 4, generator=gen))
         head.weight.copy_(q.t())
-    net = nn.Sequential(*layers, head).eval()
-    shape = (1, features)
-    return FamilyModel("lbdn-mlp", net, shape, None, 1.0, lower=jacobian_lower_estimate(net, shape))
+    return nn.Sequential(*layers, head).eval()
 
 
-BUILDERS = [mlp]
+MODELS = [FamilyModel(FAMILY, "mlp", mlp, (1, 10), lower_and_certificate((1, 10)))]

@@ -12,7 +12,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tests.families import FamilyModel, jacobian_lower_estimate
+from tests.families import FamilyModel, lower_and_certificate
+
+FAMILY = "SLL (Araujo et al. 2023)"
 
 
 class SLLDense(nn.Module):
@@ -42,18 +44,17 @@ class SLLConv(nn.Module):
         return x - F.conv_transpose2d(h * (2.0 / t)[None, :, None, None], self.kernel, padding=1)
 
 
-def mlp(seed: int = 2, features: int = 12, hidden: int = 16, depth: int = 2) -> FamilyModel:
+def mlp(seed: int = 2, features: int = 12, hidden: int = 16, depth: int = 2) -> nn.Module:
     gen = torch.Generator().manual_seed(seed)
-    net = nn.Sequential(*[SLLDense(features, hidden, gen) for _ in range(depth)]).eval()
-    shape = (1, features)
-    return FamilyModel("sll-mlp", net, shape, None, 1.0, lower=jacobian_lower_estimate(net, shape))
+    return nn.Sequential(*[SLLDense(features, hidden, gen) for _ in range(depth)]).eval()
 
 
-def conv(seed: int = 3, channels: int = 2, hidden: int = 4, size: int = 5, depth: int = 2) -> FamilyModel:
+def conv(seed: int = 3, channels: int = 2, hidden: int = 4, size: int = 5, depth: int = 2) -> nn.Module:
     gen = torch.Generator().manual_seed(seed)
-    net = nn.Sequential(*[SLLConv(channels, hidden, gen) for _ in range(depth)], nn.Flatten()).eval()
-    shape = (1, channels, size, size)
-    return FamilyModel("sll-conv", net, shape, None, 1.0, lower=jacobian_lower_estimate(net, shape))
+    return nn.Sequential(*[SLLConv(channels, hidden, gen) for _ in range(depth)], nn.Flatten()).eval()
 
 
-BUILDERS = [mlp, conv]
+MODELS = [
+    FamilyModel(FAMILY, "mlp", mlp, (1, 12), lower_and_certificate((1, 12))),
+    FamilyModel(FAMILY, "conv", conv, (1, 2, 5, 5), lower_and_certificate((1, 2, 5, 5))),
+]

@@ -10,7 +10,6 @@ import math
 import warnings
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import helper
@@ -119,17 +118,3 @@ def test_property_nearly_skew_conv_sound(seed, channels, size, terms, scale, noi
     assert bound >= exact * (1 - 1e-7) - 1e-9, (bound, exact)
     if noise == 0.0 and terms >= 5:
         assert bound <= 1.01 * exact, (bound, exact)
-
-
-@pytest.mark.parametrize("dynamo", [False, True])
-@pytest.mark.parametrize("builder", ["mlp", "conv"])
-def test_soc_family_exports(builder, dynamo):
-    from tests.families import export, soc
-
-    fm = getattr(soc, builder)()
-    model = export(fm.module, fm.input_shape, dynamo)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        a = analyze(model, input_shape=fm.input_shape)
-    assert [n.op_type for n in a.nodes if n.op_type == "PowerSeries"] == ["PowerSeries"] * 2
-    assert fm.true_constant * (1 - 1e-6) <= a.bound <= 1.01 * fm.true_constant
