@@ -215,16 +215,33 @@ def recognise_residual_sandwiches(graph: Graph) -> None:
                 break
 
 
+def _reaches_logits_linearly(graph: Graph, tensor: str) -> bool:
+    """True when ``tensor`` is the graph output or reaches it through a chain of tail-linear ops."""
+    from lipgraph.tail import _LINEAR_OPS
+
+    seen = 0
+    while not graph.is_graph_output(tensor):
+        readers = graph.consumers(tensor)
+        if len(readers) != 1 or readers[0].domain != "ai.onnx" or readers[0].op_type not in _LINEAR_OPS:
+            return False
+        tensor = readers[0].outputs[0]
+        seen += 1
+        if seen > 10_000:
+            return False
+    return True
+
+
 def recognise_sandwiches(graph: Graph) -> None:
     """Fuse dense ``M sigma(N x + b)`` (LBDN / Sandwich hidden layers) into ``Sandwich`` nodes.
 
-    Not when M writes the logits: the certify tail reads the last linear op itself.
+    Not when M feeds the logits through linear ops only: the certify tail reads the last linear
+    op itself (its pairwise rows give better radii than a fused block would).
     """
     changed = True
     while changed:
         changed = False
         for node in list(graph.nodes):
-            if not is_std(node, "Gemm", "MatMul") or graph.is_graph_output(node.outputs[0]):
+            if not is_std(node, "Gemm", "MatMul") or _reaches_logits_linearly(graph, node.outputs[0]):
                 continue
             br = match_branch(graph, node.outputs[0], allow_post=False)
             if br is None or br.q.kind != "dense":

@@ -245,3 +245,25 @@ def test_lbdn_inequality_numerically():
         rhs = 1 + max(0.0, np.linalg.eigvalsh(g)[-1]) * np.linalg.norm(n, 2) ** 2
         d = rng.uniform(0, 1, size=h) * (rng.uniform(size=h) > 0.3)
         assert np.linalg.norm(m @ (d[:, None] * n), 2) ** 2 <= rhs * (1 + 1e-12)
+
+
+def test_last_layer_feeding_the_logits_is_left_to_the_tail():
+    """``MatMul -> Relu -> MatMul -> Add(bias)`` as the logits: not fused (the certify tail reads M)."""
+    from onnx import helper
+
+    from tests.helpers.onnx_oracle import make_model
+
+    rng = np.random.default_rng(0)
+    inits = {
+        "w1": rng.standard_normal((6, 8)).astype(np.float32),
+        "w2": rng.standard_normal((8, 5)).astype(np.float32),
+        "b": np.ones(5, np.float32),
+    }
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("MatMul", ["r", "w2"], ["z"]),
+        helper.make_node("Add", ["z", "b"], ["y"]),
+    ]
+    a = analyze(make_model(nodes, [("x", [1, 6])], ["y"], inits))
+    assert [n.op_type for n in a.nodes] == ["MatMul", "Relu", "MatMul", "Add"]
