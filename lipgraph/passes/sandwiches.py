@@ -216,19 +216,21 @@ def recognise_residual_sandwiches(graph: Graph) -> None:
 
 
 def _reaches_logits_linearly(graph: Graph, tensor: str) -> bool:
-    """True when ``tensor`` is the graph output or reaches it through a chain of tail-linear ops."""
+    """True when ``tensor`` is the graph output or reaches it through shape ops, constant shifts and
+    scalings only (no other matrix): then the op writing it is the tail's last linear op."""
     from lipgraph.tail import _LINEAR_OPS
 
-    seen = 0
-    while not graph.is_graph_output(tensor):
+    for _ in range(10_000):
+        if graph.is_graph_output(tensor):
+            return True
         readers = graph.consumers(tensor)
         if len(readers) != 1 or readers[0].domain != "ai.onnx" or readers[0].op_type not in _LINEAR_OPS:
             return False
-        tensor = readers[0].outputs[0]
-        seen += 1
-        if seen > 10_000:
-            return False
-    return True
+        reader = readers[0]
+        if reader.op_type in ("Gemm", "MatMul") or sum(graph.is_variable(i) for i in reader.inputs if i) != 1:
+            return False  # a later matrix is the tail's (or the chain is not affine in one tensor)
+        tensor = reader.outputs[0]
+    return False
 
 
 def recognise_sandwiches(graph: Graph) -> None:
