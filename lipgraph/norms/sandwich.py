@@ -74,17 +74,19 @@ def lbdn_lambda_candidates(m: np.ndarray, n: np.ndarray) -> list[np.ndarray]:
     base[ok] = cm[ok] / rn[ok]
     out = [base]
     k, ll = n @ n.T, m.T @ m
-    iu = np.triu_indices(h, 1)
-    kij, lij = k[iu], ll[iu]
-    ratio = np.where(kij != 0, -lij / np.where(kij != 0, kij, 1.0), -1.0)
+    off = ~np.eye(h, dtype=bool)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where((k != 0) & off, -ll / np.where(k != 0, k, 1.0), -1.0)
     good = (ratio > 0) & np.isfinite(ratio)
-    if np.count_nonzero(good) >= h:
-        w = np.sqrt(np.abs(kij[good] * lij[good]))
-        rows, cols, r = iu[0][good], iu[1][good], np.log(ratio[good])
-        a = np.zeros((rows.size, h))
-        a[np.arange(rows.size), rows] = w
-        a[np.arange(rows.size), cols] = w
-        sol, *_ = np.linalg.lstsq(a, w * r, rcond=None)
+    if np.count_nonzero(good) >= 2 * h:
+        # Weighted least squares for y = log lambda over the pairs: y_i + y_j = log ratio_ij, weight
+        # w_ij = sqrt(|k_ij l_ij|). Normal equations (h x h, never the pairs x h matrix):
+        # (diag(sum_j w_ij^2) + W2) y = sum_j w_ij^2 log ratio_ij.
+        w2 = np.where(good, np.abs(k * ll), 0.0)
+        logr = np.where(good, np.log(np.where(good, ratio, 1.0)), 0.0)
+        normal = np.diag(w2.sum(axis=1)) + w2
+        rhs = (w2 * logr).sum(axis=1)
+        sol, *_ = np.linalg.lstsq(normal, rhs, rcond=None)
         if np.all(np.isfinite(sol)) and np.max(np.abs(sol)) < 600:
             out.append(np.exp(sol))
     return out
