@@ -28,7 +28,7 @@ def skew(k: np.ndarray) -> np.ndarray:
     return k - np.swapaxes(k[:, :, ::-1, ::-1], 0, 1)
 
 
-def series_model(kernel: np.ndarray, size: int, terms: int, pads=None, tap_term: bool = False, dense=False):
+def series_model(kernel: np.ndarray, size: int, terms: int, pads=None, tap_term: bool = False, dense=False, muls=None):
     """``x + sum_{i<=terms} A^i x / i!`` as Conv (or MatMul) -> Div(i) -> Add, like torch's export."""
     nodes, inits = [], {"w": kernel.astype(np.float32)}
     z, acc = "x", "x"
@@ -39,7 +39,9 @@ def series_model(kernel: np.ndarray, size: int, terms: int, pads=None, tap_term:
         else:
             pad = pads or [1, 1, 1, 1]
             nodes.append(helper.make_node("Conv", [z, "w"], [f"a{i}"], pads=pad, kernel_shape=[3, 3]))
-        nodes.append(helper.make_node("Div", [f"a{i}", f"c{i}"], [f"z{i}"]))
+        if muls is not None:  # general coefficients: Mul by any scalar (negative ones too)
+            inits[f"c{i}"] = np.array(muls[i - 1], dtype=np.float32)
+        nodes.append(helper.make_node("Div" if muls is None else "Mul", [f"a{i}", f"c{i}"], [f"z{i}"]))
         nodes.append(helper.make_node("Add", [acc, f"z{i}"], [f"s{i}"]))
         z, acc = f"z{i}", f"s{i}"
     if tap_term:  # a term read outside the chain: the pass must not fuse
@@ -118,3 +120,23 @@ def test_property_nearly_skew_conv_sound(seed, channels, size, terms, scale, noi
     assert bound >= exact * (1 - 1e-7) - 1e-9, (bound, exact)
     if noise == 0.0 and terms >= 5:
         assert bound <= 1.01 * exact, (bound, exact)
+
+
+@settings(**SETTINGS)
+@given(
+    seed=st.integers(0, 10_000),
+    terms=st.integers(2, 6),
+    muls=st.lists(st.floats(-1.5, 1.5, allow_nan=False, width=32), min_size=6, max_size=6),
+    skewed=st.booleans(),
+)
+def test_property_general_coefficients_sound(seed, terms, muls, skewed):
+    """Any scalars between the steps (not 1/i): p has arbitrary real coefficients; still sound."""
+    rng = np.random.default_rng(seed)
+    k = 0.3 * rng.standard_normal((2, 2, 3, 3))
+    k = skew(k) if skewed else k
+    model, shape = series_model(k, 3, terms, muls=muls)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bound = analyze(model).bound
+    exact = exact_norm(model, shape)
+    assert bound >= exact * (1 - 1e-7) - 1e-9, (bound, exact)
