@@ -33,12 +33,16 @@ def _up(x: Fraction | float) -> float:
 
 def abs_series(coefs: list[Fraction], r: float) -> float:
     """``sum_i |a_i| r^i`` rounded up (the bound of composing the ops one by one)."""
+    if not math.isfinite(r):
+        return math.inf
     rf = Fraction(r)
     return _up(sum((abs(a) * rf**i for i, a in enumerate(coefs)), Fraction(0)))
 
 
 def perturbation(coefs: list[Fraction], rho: float, delta: float) -> float:
     """``sum_{i>=1} |a_i| ((rho + delta)^i - rho^i)``: how far ``p(S + N)`` can be from ``p(S)``."""
+    if not (math.isfinite(rho) and math.isfinite(delta)):
+        return math.inf
     r, d = Fraction(rho), Fraction(delta)
     return _up(sum((abs(a) * ((r + d) ** i - r**i) for i, a in enumerate(coefs) if i), Fraction(0)))
 
@@ -72,6 +76,8 @@ def imaginary_axis_max(coefs: list[Fraction], rho: float) -> float:
     Numerical Algorithms, sec. 5.1). For the truncated exponential, ``q - 1`` starts at
     ``t^((m+1)/2)`` with factorially small coefficients, so the slack is far below 1e-6.
     """
+    if not math.isfinite(rho) or rho > 1e6:
+        return math.inf
     c = _modulus_squared(coefs)
     t_max = Fraction(_up(Fraction(rho) ** 2))
     abs_sum = sum((abs(ck) * t_max**k for k, ck in enumerate(c)), Fraction(0))
@@ -81,6 +87,8 @@ def imaginary_axis_max(coefs: list[Fraction], rho: float) -> float:
     q = np.zeros_like(t)
     for ck in reversed(c):
         q = q * t + float(ck)
+    if not np.all(np.isfinite(q)):
+        return math.inf
     d = len(c)
     gamma = (2 * d + 4) * EPS64 / (1 - (2 * d + 4) * EPS64)
     # Consecutive rounded grid points are at most h (1 + 2u) apart.
