@@ -33,7 +33,12 @@ _OPTIONAL: list[tuple[str, str]] = [
     ("groupsort", "recognise_sorting_units"),
     ("activation_patterns", "recognise_activations"),
     ("lppool", "recognise_l2_pooling"),
+    # Before fold_scale, which would fold each 1/i of a series into its own copy of the weight.
+    ("power_series", "recognise_power_series"),
     ("fold_scale", "fold_scales"),
+    # After fold_scale (scalings already in Q or P are found by the rule); residual before plain.
+    ("sandwiches", "recognise_residual_sandwiches"),
+    ("sandwiches", "recognise_sandwiches"),
 ]
 
 

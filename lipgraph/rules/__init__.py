@@ -14,6 +14,7 @@ FAMILIES = (
     "arithmetic",
     "groupsort",
     "resize",
+    "families",
 )
 
 _loaded = False

@@ -1,0 +1,214 @@
+"""Rules for the fused 1-Lipschitz family blocks (domain ``lipgraph``), made by the passes
+lipgraph/passes/power_series.py, residual_sandwich.py and sandwich.py.
+
+Each rule returns the smaller of the family's structural certificate (when its preconditions hold
+for the stored constants) and the bound the ops would get one by one, so recognising a block never
+loosens a bound. The mathematics is in each docstring and in docs/lipschitz-families.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lipgraph.errors import Refuse
+from lipgraph.norms import EPS64 as EPS
+from lipgraph.norms.conv import conv_bound
+from lipgraph.norms.dense import spectral_norm
+from lipgraph.norms.series import abs_series, imaginary_axis_max, perturbation, skew_split_kernel, skew_split_matrix
+from lipgraph.rules.registry import LIPGRAPH_DOMAIN, Bound, RuleContext, rule
+
+
+def operator_norm(attrs: dict, weight: np.ndarray) -> float:
+    """Sound upper bound of the norm of the dense matrix or (zero-padded) conv ``weight`` in ``attrs``' geometry."""
+    if attrs["kind"] == "dense":
+        return spectral_norm(weight).value
+    if not np.any(weight):
+        return 0.0
+    try:
+        nb = conv_bound(
+            weight,
+            attrs["group"],
+            attrs["strides"],
+            attrs["dilations"],
+            attrs["pads_begin"],
+            attrs["pads_end"],
+            attrs["spatial"],
+            want_lower=False,
+        )
+    except ValueError as exc:
+        raise Refuse(str(exc)) from exc
+    return nb.value
+
+
+def _skew_geometry(attrs: dict) -> bool:
+    """True when the op's adjoint is the op with the adjoint weight (so 'skew' is checkable on the weight)."""
+    if attrs["kind"] == "dense":
+        m = attrs["matrix"]
+        return m.shape[0] == m.shape[1]
+    k = attrs["kernel"]
+    if attrs["group"] != 1 or k.shape[0] != k.shape[1] or any(s != 1 for s in attrs["strides"]):
+        return False
+    for ks, dl, pb, pe in zip(k.shape[2:], attrs["dilations"], attrs["pads_begin"], attrs["pads_end"], strict=True):
+        if ks % 2 == 0 or pb != pe or pb != dl * (ks - 1) // 2:
+            return False
+    return True
+
+
+@rule("PowerSeries", domain=LIPGRAPH_DOMAIN)
+def power_series(ctx: RuleContext) -> Bound:
+    """Power series ``sum_i a_i A^i x`` of one square operator (SOC): ``||p(A)||``, near 1 for skew A.
+
+    What: the chain ``x + a_1 A x + ... + a_m A^m x`` fused by the power-series pass, A a Conv
+    (zero padding) or a dense matrix; skew orthogonal convolutions use ``a_i = 1/i!``.
+    How: split ``A = S + N`` with S exactly skew-adjoint (the weight minus its adjoint, halved;
+    for a stride-1 conv with symmetric 'same' zero padding the adjoint is the conv with channels
+    swapped and taps flipped). ``p(S)`` is normal with eigenvalues ``p(i theta)``,
+    ``|theta| <= rho``, ``rho >= ||S||`` (an upper bound of the operator norm: exact SVD or
+    circulant FFT bound with rounding allowance), so ``||p(S)|| <= max_{|theta| <= rho}
+    |p(i theta)|``, bounded rigorously on a grid with the polynomial's slope. The non-skew rest
+    adds ``sum_i |a_i| ((rho + delta)^i - rho^i)``, ``delta >= ||N||`` (0 for an exactly skew
+    weight). The result is the min of that and ``sum_i |a_i| ||A||^i`` (the op-by-op bound).
+    How tight: within ~1e-4 of ``max |p(i theta)|`` over the spectrum's hull; equal to the exact
+    norm when the extreme eigenvalue of S sits where ``|p(i theta)|`` peaks (1 + rho^(m+1)/(m+1)!
+    at worst for the exponential). Nearly skew weights lose ``~ delta e^rho``.
+    Source: Singla and Feizi 2021 (skew orthogonal convolutions); Sedghi, Gupta, Long 2019 (conv
+    spectra).
+    """
+    _, lin = ctx.single_variable_input()
+    attrs = ctx.node.attrs
+    coefs = attrs["coefficients"]
+    weight = attrs["matrix"] if attrs["kind"] == "dense" else attrs["kernel"]
+    generic = abs_series(coefs, operator_norm(attrs, weight))
+    best, method = generic, f"power series of {attrs['terms']} terms: sum |a_i| ||A||^i"
+    if _skew_geometry(attrs):
+        split = skew_split_matrix if attrs["kind"] == "dense" else skew_split_kernel
+        s, n_hat, n_err = split(weight)
+        rho = operator_norm(attrs, s)
+        delta = (operator_norm(attrs, n_hat) + n_err) if np.any(n_hat) else 0.0
+        cand = imaginary_axis_max(coefs, rho) + (perturbation(coefs, rho, delta) if delta else 0.0)
+        if cand < best:
+            kind = "exactly skew" if delta == 0.0 else f"nearly skew, ||A - S|| <= {delta:.3g}"
+            best, method = (
+                cand,
+                f"power series of {attrs['terms']} terms, {kind}: max |p(i theta)|, |theta| <= {rho:.4g}",
+            )
+    return Bound(best * lin, method, factor=best)
+
+
+# ----------------------------------------------------------------------------- sandwiches
+
+
+def _up(x: float) -> float:
+    return float(np.nextafter(x * (1 + 8 * EPS), np.inf))
+
+
+def _l1_err(arr: np.ndarray, ops: int) -> float:
+    """Operator-norm bound of the rounding of ``ops`` float64 products per entry of ``arr``.
+
+    Dense or conv: the norm is at most the sum of the absolute entries (each conv tap is a shift)."""
+    return _up(float(np.sum(np.abs(arr))) * (ops + 1) * EPS * 1.01)
+
+
+def _second_operator(attrs: dict, factor: float) -> tuple[np.ndarray, float]:
+    """``factor * P diag(c_pre)`` as a matrix (n x h) or ConvTranspose kernel, and its rounding bound."""
+    p, c_pre = attrs["p"], np.asarray(attrs["c_pre"], dtype=np.float64)
+    if attrs["kind"] == "dense":
+        scaled = factor * p * (c_pre[None, :] if c_pre.size > 1 else c_pre.reshape(1, 1))
+    else:
+        shape = (-1,) + (1,) * (p.ndim - 1)
+        scaled = factor * p * (c_pre.reshape(shape) if c_pre.size > 1 else c_pre.reshape(1))
+    return scaled, _l1_err(scaled, len(attrs["c_post"]) + 2)
+
+
+def _rows(q: np.ndarray, kind: str) -> np.ndarray:
+    """The hidden units of Q as rows: dense rows of the h x n matrix, or the conv's output channels."""
+    return q.reshape(q.shape[0], -1)
+
+
+def _hidden_scale(p_rows: np.ndarray, q_rows: np.ndarray) -> np.ndarray:
+    """The nonnegative S minimising ``||P - Q^T S||_F`` per hidden unit (any choice is sound)."""
+    den = np.sum(q_rows * q_rows, axis=1)
+    num = np.sum(p_rows * q_rows, axis=1)
+    s = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+    return np.maximum(s, 0.0)
+
+
+def _scale_rows(arr: np.ndarray, s: np.ndarray, kind: str) -> np.ndarray:
+    return arr * s.reshape((-1,) + (1,) * (arr.ndim - 1))
+
+
+@rule("ResidualSandwich", domain=LIPGRAPH_DOMAIN)
+def residual_sandwich(ctx: RuleContext) -> Bound:
+    """Residual sandwich ``x - P sigma(Q x + b)`` (CPL, SLL): ``max(1, ||S^(1/2) Q||^2 - 1)`` when ``P = Q^T S``.
+
+    What: the block fused by the residual-sandwich pass: Q a Gemm/MatMul or Conv, P a Gemm/MatMul
+    or the ConvTranspose with Q's geometry (the adjoint of a conv with P's kernel), sigma
+    nondecreasing and 1-Lipschitz, scalings folded into P (sign of the residual included).
+    How: with secant slopes ``D`` (diagonal, in [0, 1]) the block's Jacobian is ``I - P D Q``. Pick
+    ``S >= 0`` diagonal per hidden unit closest to ``P = Q^T S`` and let ``E = P - Q^T S``. Then
+    ``I - Q^T S D Q`` is symmetric with spectrum in ``[1 - ||S^(1/2) Q||^2, 1]``, so
+    ``||J|| <= max(1, ||S^(1/2) Q||^2 - 1) + ||E|| ||Q||``. Norms are sound upper bounds (exact SVD,
+    circulant FFT bound or dense conv SVD, with rounding allowances; the float products forming
+    P, S and E add their own l1 rounding terms). The result is the min of that and ``1 + ||P|| ||Q||``.
+    How tight: exactly 1 for CPL (``S = 2/||W||^2``) and SLL up to the norm's allowance; when P is not
+    a scaled transpose of Q (a different kernel, S < 0) the ``||E||`` term keeps it sound.
+    Source: Meunier et al. 2022 (CPL); Araujo et al. 2023 (SLL).
+    """
+    _, lin = ctx.single_variable_input()
+    attrs = ctx.node.attrs
+    kind = attrs["kind"]
+    factor = -float(attrs["sign"]) * float(np.prod(attrs["c_post"])) if attrs["c_post"] else -float(attrs["sign"])
+    q = np.asarray(attrs["q"], dtype=np.float64)
+    p, p_err = _second_operator(attrs, factor)
+    # Hidden units: dense P is n x h (columns), ConvTranspose kernel is (M, C/g, k...) (axis 0).
+    p_rows = p.T if kind == "dense" else p.reshape(p.shape[0], -1)
+    q_rows = _rows(q, kind)
+    q_norm = operator_norm(attrs, q)
+    p_norm = operator_norm(attrs, p.T if kind == "dense" else p) + p_err
+    generic = _up(1.0 + p_norm * q_norm)
+    s = _hidden_scale(p_rows, q_rows)
+    sq = _scale_rows(q, np.sqrt(s), kind)
+    sigma = operator_norm(attrs, sq) + _l1_err(sq, 3)
+    e = p_rows - _scale_rows(q_rows, s, kind)
+    e_op = e.T if kind == "dense" else e.reshape(p.shape)
+    e_norm = (operator_norm(attrs, e_op) if np.any(e) else 0.0) + p_err + _l1_err(np.abs(e) + np.abs(p_rows), 3)
+    cert = _up(max(1.0, _up(sigma * sigma) - 1.0) + e_norm * q_norm)
+    if cert < generic:
+        method = f"residual sandwich, P = Q^T S + E: max(1, ||S^1/2 Q||^2 - 1) + ||E|| ||Q|| ({kind})"
+        best = cert
+    else:
+        best, method = generic, f"residual sandwich, 1 + ||P|| ||Q|| (P is not Q^T S with S >= 0; {kind})"
+    return Bound(best * lin, method, factor=best)
+
+
+@rule("Sandwich", domain=LIPGRAPH_DOMAIN)
+def sandwich(ctx: RuleContext) -> Bound:
+    """Sandwich layer ``M sigma(N x + b)`` (LBDN): ``sqrt(1 + max(0, lambda_max(G)) ||N||^2)``.
+
+    What: a dense layer pair fused by the sandwich pass, sigma nondecreasing and 1-Lipschitz.
+    How: for any positive diagonal Lambda and ``G = Lambda N N^T Lambda + M^T M - 2 Lambda``,
+    ``||M D N||^2 <= 1 + max(0, lambda_max(G)) ||N||^2`` for every diagonal D in [0, 1] (slope
+    restriction: ``v^T Lambda v <= v^T Lambda u`` for ``v = D u``, then complete the square; proof in
+    docs/lipschitz-families.md). Lambda solves the off-diagonal equations of ``G = 0`` in least squares
+    (exact for LBDN, where ``Lambda = Psi^2``); lambda_max is bounded by eigvalsh plus its backward
+    error and the float error of forming G. The result is the min of that and ``||M|| ||N||``.
+    How tight: 1 (to ~1e-12) for Wang and Manchester's layers; never above the product of norms.
+    Source: Wang and Manchester 2023 (direct parameterisation of Lipschitz-bounded deep networks);
+    Fazlyab et al. 2019 (slope-restricted quadratic constraints).
+    """
+    from lipgraph.norms.sandwich import sandwich_certificate
+
+    _, lin = ctx.single_variable_input()
+    attrs = ctx.node.attrs
+    factor = float(np.prod(attrs["c_post"])) if attrs["c_post"] else 1.0
+    n = np.asarray(attrs["q"], dtype=np.float64)
+    m, m_err = _second_operator(attrs, factor)
+    n_norm = spectral_norm(n).value
+    m_norm = spectral_norm(m).value + m_err
+    generic = _up(m_norm * n_norm)
+    cert, gap = sandwich_certificate(m, n, n_norm, m_err)
+    if cert < generic:
+        best, method = cert, f"sandwich (LBDN), lambda_max(G) <= {gap:.2e}"
+    else:
+        best, method = generic, "sandwich, ||M|| ||N|| (no diagonal Lambda certifies less)"
+    return Bound(best * lin, method, factor=best)
