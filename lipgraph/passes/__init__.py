@@ -31,6 +31,7 @@ def default_passes() -> list[Pass]:
 _OPTIONAL: list[tuple[str, str]] = [
     ("identity", "remove_identities"),
     ("groupsort", "recognise_sorting_units"),
+    ("circular_conv", "recognise_circular_convs"),
     ("activation_patterns", "recognise_activations"),
     ("lppool", "recognise_l2_pooling"),
     ("fold_scale", "fold_scales"),

@@ -71,11 +71,18 @@ def export_onnx(model, input_shape: tuple[int, ...], dynamo: bool):
     x = torch.randn(*input_shape)
     buf = io.BytesIO()
     if dynamo:
-        prog = torch.onnx.export(model, (x,), dynamo=True, opset_version=18, input_names=["x"],
-                                 output_names=["logits"], verbose=False, optimize=True)
+        prog = torch.onnx.export(
+            model,
+            (x,),
+            dynamo=True,
+            opset_version=18,
+            input_names=["x"],
+            output_names=["logits"],
+            verbose=False,
+            optimize=True,
+        )
         return prog.model_proto
-    torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=17, input_names=["x"],
-                      output_names=["logits"])
+    torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=17, input_names=["x"], output_names=["logits"])
     return onnx.load_from_string(buf.getvalue())
 
 
