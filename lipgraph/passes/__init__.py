@@ -30,7 +30,9 @@ def default_passes() -> list[Pass]:
 # (module, function) in the order they run after the logits pass.
 _OPTIONAL: list[tuple[str, str]] = [
     ("identity", "remove_identities"),
+    ("sorting_variants", "rewrite_where_max_min"),
     ("groupsort", "recognise_sorting_units"),
+    ("sorting_variants", "recognise_open_pair_sorts"),
     ("circular_conv", "recognise_circular_convs"),
     ("activation_patterns", "recognise_activations"),
     ("lppool", "recognise_l2_pooling"),
