@@ -37,6 +37,7 @@ _OPTIONAL: list[tuple[str, str]] = [
     ("activation_patterns", "recognise_activations"),
     ("lppool", "recognise_l2_pooling"),
     ("fold_scale", "fold_scales"),
+    ("linear_maps", "compose_linear_maps"),
 ]
 
 
