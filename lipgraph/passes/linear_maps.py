@@ -211,6 +211,9 @@ def compose_linear_maps(graph: Graph) -> None:
         oshape = known_shape(graph, exit_node.outputs[0])
         if entry is None or eshape is None or oshape is None or math.prod(eshape) > MAX_ENTRY:
             continue
+        sizes = [known_shape(graph, n.outputs[0]) for n in nodes]
+        if any(s is None or math.prod(s) * math.prod(eshape) > MAX_ENTRIES for s in sizes):
+            continue  # checked before any array is built: a large region must cost nothing
         try:
             mat, amat, inner = compose_region(graph, nodes, entry)
         except (_NotAffine, ValueError, IndexError, TypeError):
