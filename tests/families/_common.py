@@ -152,3 +152,30 @@ def orthogonal_conv_net(kernels: list[np.ndarray], n: int, n_out: int = 10, seed
     else:
         layers.append(linear_from(orthogonal_rows(n_out, d, seed + 7)))
     return nn.Sequential(*layers).eval()
+
+
+def stage_product_range(input_shape: tuple[int, ...], activations: tuple[type, ...]):
+    """``true_constant`` for a Sequential of linear stages and 1-Lipschitz activations: (Jacobian lower
+    estimate, product of the stages' exact norms -- each a dense-Jacobian SVD on its real input size)."""
+    from tests.families import dense_jacobian_norm, jacobian_lower
+
+    def fn(model) -> tuple[float, float]:
+        x = torch.zeros(*input_shape)
+        prod = 1.0
+        stage: list[nn.Module] = []
+        for layer in [*model, None]:
+            if layer is None or isinstance(layer, activations):
+                if stage:
+                    seq = nn.Sequential(*stage)
+                    prod *= dense_jacobian_norm(seq, tuple(x.shape))
+                    with torch.no_grad():
+                        x = seq(x)
+                    stage = []
+                if layer is not None:
+                    with torch.no_grad():
+                        x = layer(x)
+            else:
+                stage.append(layer)
+        return jacobian_lower(model, input_shape), float(np.nextafter(prod, np.inf))
+
+    return fn
