@@ -33,10 +33,11 @@ _OPTIONAL: list[tuple[str, str]] = [
     ("sorting_variants", "rewrite_where_max_min"),
     ("groupsort", "recognise_sorting_units"),
     ("sorting_variants", "recognise_open_pair_sorts"),
-    ("circular_conv", "recognise_circular_convs"),
     ("activation_patterns", "recognise_activations"),
     ("lppool", "recognise_l2_pooling"),
     ("fold_scale", "fold_scales"),
+    # after BatchNorm folding, so that a Conv -> BN pair is first folded into one Conv
+    ("circular_conv", "recognise_circular_convs"),
     ("linear_maps", "compose_linear_maps"),
 ]
 

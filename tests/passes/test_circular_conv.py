@@ -144,3 +144,29 @@ def test_padded_tensor_read_elsewhere_is_not_fused() -> None:
     model = make_model(nodes, [("x", (1, 2, 4, 4))], ["z"], {"W": w, "pads": pads}, opset=17)
     assert not _fused(model)
     assert analyze(model).bound >= exact_norm(model, (1, 2, 4, 4)) * (1 - 1e-7)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dynamo", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_torch_circular_convs_with_batchnorm(dynamo: bool) -> None:
+    """torch circular Conv -> BatchNorm -> circular Conv, as exported: exact against a float64 oracle
+    (onnx's reference evaluator on the exported graph), with BN folded before the circular fusion."""
+    torch = pytest.importorskip("torch")
+    from tests.families import export_onnx
+    from tests.helpers.onnx_oracle import dense_matrix, to_float64
+
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.uniform_(0.5, 2)
+    conv = torch.nn.Conv2d
+    m = torch.nn.Sequential(
+        conv(2, 3, 3, padding=1, padding_mode="circular"), bn, conv(3, 2, 3, padding=1, padding_mode="circular")
+    ).eval()
+    proto = export_onnx(m, (1, 2, 6, 6), dynamo)
+    mat = dense_matrix(to_float64(proto), (1, 2, 6, 6), backend="reference", dtype=np.float64)
+    truth = float(np.linalg.svd(mat, compute_uv=False)[0])
+    bound = analyze(proto).bound
+    assert truth * (1 - REL) <= bound <= truth * (1 + REL), (bound, truth)
