@@ -34,7 +34,7 @@ MAX_ENTRIES = 6_000_000  # float64 entries of any intermediate (basis x tensor) 
 # Per-sample linear in their one variable input (constants are biases, scales or shapes).
 _UNARY = {
     "Gemm", "MatMul", "Conv", "Add", "Sub", "Mul", "Div", "Neg", "Identity", "Dropout", "Flatten", "Reshape",
-    "Squeeze", "Unsqueeze", "Transpose", "Cast", "Slice",
+    "Squeeze", "Unsqueeze", "Transpose", "Cast", "Slice", "Pad",
 }  # fmt: skip
 _WEIGHTED = {"Gemm", "MatMul", "Conv", "CircularConv", "LinearMap"}
 
@@ -55,7 +55,7 @@ def _is_linear(graph: Graph, node: Node) -> bool:
         return True  # a sum of two linear branches (checked to meet again inside one region)
     if len(var) != 1:
         return False
-    if node.op_type == "Conv" or node.op_type == "Slice":
+    if node.op_type in ("Conv", "Slice", "Pad"):
         return var == [0]
     return True
 
@@ -155,6 +155,23 @@ def _slice_batch(graph: Graph, node: Node, x: np.ndarray) -> np.ndarray:
     return x[tuple(idx)]
 
 
+def _pad_batch(graph: Graph, node: Node, x: np.ndarray) -> np.ndarray:
+    """Constant-mode Pad (the constant is a bias: the linear part pads with zeros); no axes input."""
+    mode = node.attrs.get("mode", "constant")
+    if mode != "constant" or (len(node.inputs) > 3 and node.inputs[3]):
+        raise _NotAffine("only constant-mode Pad over all axes")
+    pads = node.attrs.get("pads")
+    if pads is None:
+        v = const_value(graph, node.inputs[1]) if len(node.inputs) > 1 else None
+        if v is None:
+            raise _NotAffine("Pad amounts unknown")
+        pads = [int(a) for a in np.asarray(v).reshape(-1)]
+    r = x.ndim
+    if len(pads) != 2 * r or pads[0] != 0 or pads[r] != 0 or any(int(p) < 0 for p in pads):
+        raise _NotAffine("Pad of the batch axis or a crop")
+    return np.pad(x, [(int(pads[i]), int(pads[i + r])) for i in range(r)])
+
+
 def _step(graph: Graph, node: Node, vals: dict[str, np.ndarray], absolute: bool) -> tuple[np.ndarray, int]:
     var = _var_inputs(graph, node)
     op = node.op_type
@@ -162,6 +179,8 @@ def _step(graph: Graph, node: Node, vals: dict[str, np.ndarray], absolute: bool)
         return _conv_batch(graph, node, vals[node.inputs[0]], absolute, op == "CircularConv")
     if op == "Slice":
         return _slice_batch(graph, node, vals[node.inputs[0]]), 0
+    if op == "Pad":
+        return _pad_batch(graph, node, vals[node.inputs[0]]), 0
     if op in ("Add", "Sub") and len(var) == 2:
         a, b = vals[node.inputs[0]], vals[node.inputs[1]]
         if a.shape != b.shape:
