@@ -97,7 +97,7 @@ def dense_jacobian_norm(model, input_shape: tuple[int, ...]) -> float:
     return float(np.linalg.svd(mat, compute_uv=False)[0])
 
 
-def jacobian_lower(model, input_shape: tuple[int, ...], samples: int = 8, steps: int = 30, seed: int = 0) -> float:
+def jacobian_lower(model, input_shape: tuple[int, ...], samples: int = 8, seed: int = 0) -> float:
     """A LOWER estimate of the Lipschitz constant: the largest ``||J(x)||_2`` over random inputs.
 
     The Jacobian at each point is formed densely (small models) in float64 and its top singular value
@@ -113,7 +113,6 @@ def jacobian_lower(model, input_shape: tuple[int, ...], samples: int = 8, steps:
         jac = torch.autograd.functional.jacobian(lambda t: m64(t).reshape(-1), x)
         mat = jac.reshape(jac.shape[0], -1).numpy()
         best = max(best, float(np.linalg.svd(mat, compute_uv=False)[0]))
-    del steps
     return best
 
 
