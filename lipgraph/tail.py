@@ -76,7 +76,7 @@ def find_tail(graph: Graph, logits: str, tensor_bounds: dict[str, float],
     name = logits
     while True:
         node = _producer(graph, name)
-        if node is None or node.domain != "ai.onnx" or node.op_type not in _LINEAR_OPS:
+        if node is None or not _is_tail_op(node):
             break
         var = [k for k, i in enumerate(node.inputs) if i and graph.is_variable(i)]
         if len(var) != 1 or node.outputs[0] != name:
@@ -100,6 +100,12 @@ def find_tail(graph: Graph, logits: str, tensor_bounds: dict[str, float],
             break  # longer tails contain this op too
         out.append(cand)
     return out
+
+
+def _is_tail_op(node: Node) -> bool:
+    if node.domain == "lipgraph":  # a linear region composed by lipgraph/passes/linear_maps.py
+        return node.op_type == "LinearMap"
+    return node.domain == "ai.onnx" and node.op_type in _LINEAR_OPS
 
 
 def _producer(graph: Graph, name: str) -> Node | None:
@@ -167,6 +173,11 @@ def _apply(graph: Graph, node: Node, vi: int, x: np.ndarray, absolute: bool) -> 
     def mag(c: np.ndarray) -> np.ndarray:
         return np.abs(c) if absolute else c
 
+    if op == "LinearMap" and node.domain == "lipgraph":
+        # Its matrix (and, for the rounding term, the bound on its absolute values) acts on the flat sample.
+        mat = _float_const(graph, node, 2 if absolute else 1)
+        y = x.reshape(m, -1) @ mat.T
+        return y.reshape((m, *[int(v) for v in attrs["out_shape"][1:]])), int(attrs.get("inner", 0))
     if op == "Gemm":
         if vi != 0 or int(attrs.get("transA", 0)) != 0 or x.ndim != 2:
             raise _NotAffine("Gemm with a transposed or non-matrix variable operand")

@@ -35,7 +35,9 @@ def default_passes(tightening: bool = True) -> list[Pass]:
 # (module, function) in the order they run after the logits pass.
 _OPTIONAL: list[tuple[str, str]] = [
     ("identity", "remove_identities"),
+    ("sorting_variants", "rewrite_where_max_min"),
     ("groupsort", "recognise_sorting_units"),
+    ("sorting_variants", "recognise_open_pair_sorts"),
     ("activation_patterns", "recognise_activations"),
     ("lppool", "recognise_l2_pooling"),
     # Before fold_scale, which would fold each 1/i of a series into its own copy of the weight.
@@ -44,6 +46,10 @@ _OPTIONAL: list[tuple[str, str]] = [
     # After fold_scale (scalings already in Q or P are found by the rule); residual before plain.
     ("sandwiches", "recognise_residual_sandwiches"),
     ("sandwiches", "recognise_sandwiches"),
+    # after BatchNorm folding, so that a Conv -> BN pair is first folded into one Conv
+    ("circular_conv", "recognise_circular_convs"),
+    # last: the structured passes above certify more than the composed matrix of their region would
+    ("linear_maps", "compose_linear_maps"),
 ]
 
 
@@ -54,6 +60,8 @@ _TIGHTENING: set[tuple[str, str]] = {
     ("fold_scale", "fold_scales"),
     ("sandwiches", "recognise_residual_sandwiches"),
     ("sandwiches", "recognise_sandwiches"),
+    ("circular_conv", "recognise_circular_convs"),
+    ("linear_maps", "compose_linear_maps"),
 }
 
 
