@@ -14,6 +14,8 @@ FAMILIES = (
     "arithmetic",
     "groupsort",
     "resize",
+    "indexing",
+    "fused_activations",
 )
 
 _loaded = False

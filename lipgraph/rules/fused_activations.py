@@ -1,0 +1,1 @@
+"""Rules for fused lipgraph-domain activations (filled below)."""
