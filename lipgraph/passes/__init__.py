@@ -32,6 +32,7 @@ _OPTIONAL: list[tuple[str, str]] = [
     ("identity", "remove_identities"),
     ("groupsort", "recognise_sorting_units"),
     ("activation_patterns", "recognise_activations"),
+    ("elementwise_patterns", "recognise_more_activations"),
     ("lppool", "recognise_l2_pooling"),
     ("fold_scale", "fold_scales"),
 ]

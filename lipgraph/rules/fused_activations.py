@@ -1,1 +1,100 @@
-"""Rules for fused lipgraph-domain activations (filled below)."""
+"""Rules for activations that exporters spell out in primitive ops, once a pass has recognised them.
+
+``Shrink`` is a standard op (torch's Softshrink becomes one, lipgraph/passes/elementwise_patterns.py);
+``lipgraph:GeluTanh`` and ``lipgraph:PowerMeanPool`` are fused nodes made by the passes
+(lipgraph/passes/elementwise_patterns.py, lipgraph/passes/lppool.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from lipgraph.errors import Refuse
+from lipgraph.rules.registry import LIPGRAPH_DOMAIN, Bound, RuleContext, rule
+
+# sup |f'| of 0.5 x (1 + tanh(k (x + c x^3))) is 1.1289931 at x ~ 1.4185 (k = sqrt(2/pi), c = 0.044715,
+# in float32 or float64), rounded up in the fourth decimal; checked on a dense grid in
+# tests/passes/test_elementwise_patterns.py.
+GELU_TANH_SUP = 1.1290
+
+
+@rule("Shrink", since=9)
+def shrink(ctx: RuleContext) -> Bound:
+    """Shrink(lambd, bias) with ``bias == lambd >= 0`` (torch's Softshrink): 1 (exact).
+
+    ``y = x - b`` above l, ``x + b`` below -l, 0 between: with ``b = l`` the pieces meet at +-l, so the
+    function is continuous with slope 0 or 1. ``b != l`` jumps by ``|l - b|`` at +-l (not Lipschitz)
+    and ``l < 0`` overlaps the branches: both refused. Source: the ONNX Shrink definition.
+    """
+    lam = float(ctx.attr("lambd", 0.5))
+    bias = float(ctx.attr("bias", 0.0))
+    if not (lam >= 0.0 and math.isfinite(lam)):
+        raise Refuse(f"Shrink with lambd={lam:g} < 0 overlaps its two branches")
+    if bias != lam:
+        raise Refuse(
+            f"Shrink with bias={bias:g} != lambd={lam:g} jumps by {abs(lam - bias):g} at +-lambd (discontinuous)"
+        )
+    _, lin = ctx.single_variable_input()
+    return Bound(lin, "soft threshold, slope 0 or 1", factor=1.0, lower=1.0)
+
+
+@rule("GeluTanh", domain=LIPGRAPH_DOMAIN)
+def gelu_tanh(ctx: RuleContext) -> Bound:
+    """GELU, tanh form ``a x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``: ``|2a| * 1.1290``.
+
+    For a = 1/2 (torch's ``GELU(approximate="tanh")``), ``sup |f'|`` is 1.128993 at x ~ 1.4185
+    (rounded up), the same for the float32 and float64 constants; the pass matches only those
+    constants and stores ``scale = 2a``. Source: Hendrycks and Gimpel, "Gaussian Error Linear Units",
+    2016 (the tanh approximation).
+    """
+    _, lin = ctx.single_variable_input()
+    c = abs(float(ctx.attr("scale", 1.0))) * GELU_TANH_SUP
+    if not math.isfinite(c):
+        raise Refuse("GELU scale is not finite")
+    return Bound(c * lin, "GELU (tanh form), sup |f'| rounded up", factor=c)
+
+
+@rule("PowerMeanPool", domain=LIPGRAPH_DOMAIN)
+def power_mean_pool(ctx: RuleContext) -> Bound:
+    """``(c * AveragePool(x^p))^(1/p)`` for an even integer p (torch's LPPool): ``sqrt(max_i sum_j w_ji^2)``.
+
+    Output j is ``(sum_i (c a_ji) |x_i|^p)^(1/p) = ||W_j x||_p``, ``W_j = diag((c a_ji)^(1/p))`` over its
+    window (a_ji the averaging weights). Then ``|y_j(x) - y_j(x')| <= ||W_j dx||_p <= ||W_j dx||_2``
+    for p >= 2, so ``||dy||^2 <= max_i sum_j w_ji^2 ||dx||^2`` (sum over the windows holding i). The
+    weights come from the per-axis averaging matrices with the divisor counting real elements only
+    (the smallest divisor any convention uses, so each weight is an upper bound); their Kronecker
+    structure makes the max a product of per-axis maxima. Exact for non-overlapping windows (each
+    element in one window: the largest weight). Source: Hoelder's inequality; the pooling window counts
+    of Tsuzuku, Sato, Sugiyama 2018.
+    """
+    from lipgraph.norms import EPS64
+    from lipgraph.norms.pooling import AxisPool, axis_avg_matrix, axis_geometry
+
+    _, lin = ctx.single_variable_input()
+    p = int(ctx.attr("p", 2))
+    c = float(ctx.attr("scale", 1.0))
+    if p < 2 or p % 2 or not (c > 0 and math.isfinite(c)):
+        raise Refuse(f"power-mean pooling with p={p}, scale={c:g} is not a norm")
+    kernel = [int(k) for k in ctx.attr("kernel_shape", [])]
+    nd = len(kernel)
+    strides = [int(s) for s in ctx.attr("strides", [1] * nd)]
+    pads = [int(q) for q in ctx.attr("pads", [0] * (2 * nd))]
+    shape = ctx.in_shape(0)
+    if shape is None or len(shape) != nd + 2 or any(d is None for d in shape[2:]):
+        raise Refuse("power-mean pooling needs known spatial sizes")
+    out = ctx.out_shape(0)
+    factor = 1.0
+    for d in range(nd):
+        ax = AxisPool(kernel[d], strides[d], 1, pads[d], pads[nd + d], "NOTSET", bool(ctx.attr("ceil_mode", 0)))
+        n = int(shape[2 + d])  # type: ignore[arg-type]
+        if out is not None and len(out) == nd + 2 and out[2 + d] is not None and out[2 + d] != axis_geometry(ax, n)[0]:
+            raise Refuse("the pooled output shape differs from the ONNX formula")
+        a = axis_avg_matrix(ax, n, count_include_pad=False)  # the largest weights any divisor gives
+        w2 = np.power(kernel[d] * a, 2.0 / p)  # per-axis share of (c a_ji)^(2/p); c enters below
+        factor *= float(w2.sum(axis=0).max()) if w2.size else 0.0
+    k_total = math.prod(kernel)
+    factor = math.sqrt(factor * (c / k_total) ** (2.0 / p))
+    factor = float(np.nextafter(factor * (1 + 16 * (nd + 2) * EPS64), np.inf))
+    return Bound(factor * lin, f"p-norm pooling (p = {p}), per-window weights", factor=factor)
