@@ -33,6 +33,7 @@ _OPTIONAL: list[tuple[str, str]] = [
     ("groupsort", "recognise_sorting_units"),
     ("activation_patterns", "recognise_activations"),
     ("elementwise_patterns", "recognise_more_activations"),
+    ("linear_regions", "fuse_linear_regions"),
     ("lppool", "recognise_l2_pooling"),
     ("fold_scale", "fold_scales"),
 ]

@@ -16,6 +16,7 @@ FAMILIES = (
     "resize",
     "indexing",
     "fused_activations",
+    "linear_region",
 )
 
 _loaded = False
