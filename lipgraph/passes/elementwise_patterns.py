@@ -12,6 +12,10 @@ else is left alone, so the generic rules refuse it (or bound it soundly), never 
 * Softshrink(l), ``x - l`` above l, ``x + l`` below -l, 0 between (continuous for l >= 0):
   legacy ``Where(x > l, x - l, 0) + Where(x < -l, x + l, 0)``; dynamo
   ``Where(|x| > l, x - sign(x) * l, x * 0)`` -> ``Shrink(lambd = bias = l)`` (slope 0 or 1).
+* Softplus with torch's threshold (dynamo): ``Where(b x > t, x, Softplus(b x) / b)`` -> a
+  ``lipgraph:SoftplusThreshold`` node whose rule refuses with the size of the jump at ``x = t / b``
+  (the branches differ there by ``log1p(exp(-t)) / b``, about 2e-9 for t = 20): not continuous, so no
+  Lipschitz constant holds; the node only makes the error say why and what to do.
 * GELU, tanh form ``a x (1 + tanh(k (x + c x^3)))``, with torch's float32 constants ``c = 0.044715``
   and ``k = sqrt(2/pi)`` (cube as ``Pow(x, 3)`` or ``Mul(x, Mul(x, x))``, the factor a on either side)
   -> ``lipgraph:GeluTanh`` with ``scale = 2a`` (sup |f'| = 1.128993... for a = 1/2).
@@ -259,6 +263,41 @@ def _match_gelu_tanh(graph: Graph, tanh: Node) -> tuple[str, Node, list[Node], f
     return None
 
 
+# ----------------------------------------------------------------------------- Softplus threshold
+def _match_softplus_threshold(graph: Graph, where: Node) -> tuple[str, list[Node], dict] | None:
+    if len(where.inputs) != 3:
+        return None
+    gt = _producer_if(graph, where.inputs[0], "Greater")
+    if gt is None or len(gt.inputs) != 2:
+        return None
+    scaled, x = gt.inputs[0], where.inputs[1]
+    t = scalar(graph, gt.inputs[1])
+    if t is None or not graph.is_variable(x):
+        return None
+    parts = [gt]
+    beta = 1.0
+    if scaled != x:
+        mul = _producer_if(graph, scaled, "Mul")
+        b_name = other_input(mul, x) if mul is not None else None
+        b = scalar(graph, b_name) if b_name is not None else None
+        if mul is None or b is None:
+            return None
+        beta = b
+        parts.append(mul)
+    soft = where.inputs[2]
+    div = _producer_if(graph, soft, "Div")
+    if div is not None:
+        if scalar(graph, div.inputs[1]) != beta:
+            return None
+        parts.append(div)
+        soft = div.inputs[0]
+    sp = _producer_if(graph, soft, "Softplus")
+    if sp is None or sp.inputs[0] != scaled or (beta != 1.0 and div is None):
+        return None
+    parts += [sp, where]
+    return x, parts, {"beta": beta, "threshold": t}
+
+
 # ------------------------------------------------------------------------------------- the pass
 def _new(graph: Graph, op: str, inputs: list[str], output: str, parts: list[Node], **attrs: object) -> Node:
     origin = [o for p in parts for o in (p.origin or [p.name])]
@@ -301,6 +340,10 @@ def _rewrite_one(graph: Graph, node: Node) -> bool:
         shrink = _match_softshrink_legacy(graph, node)
     elif is_std(node, "Where"):
         shrink = _match_softshrink_dynamo(graph, node)
+        sp = _match_softplus_threshold(graph, node) if shrink is None else None
+        if sp is not None and private(graph, sp[1], node):
+            graph.replace(sp[1], [fused_node(graph, "SoftplusThreshold", sp[0], node.outputs[0], sp[1], sp[2])])
+            return True
     if shrink is not None:
         x, lam, parts = shrink
         if lam >= 0.0 and math.isfinite(lam):  # l < 0 overlaps the two branches (slope 2): not Softshrink

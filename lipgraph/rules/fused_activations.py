@@ -56,6 +56,25 @@ def gelu_tanh(ctx: RuleContext) -> Bound:
     return Bound(c * lin, "GELU (tanh form), sup |f'| rounded up", factor=c)
 
 
+@rule("SoftplusThreshold", domain=LIPGRAPH_DOMAIN)
+def softplus_threshold(ctx: RuleContext) -> Bound:
+    """torch's Softplus(beta, threshold) as the dynamo exporter writes it: refused (it jumps).
+
+    ``Where(beta x > t, x, log(1 + exp(beta x)) / beta)``: at ``x = t / beta`` the branches differ by
+    ``log1p(exp(-t)) / beta`` (2.1e-9 for torch's defaults), so in real arithmetic the function is
+    discontinuous and no Lipschitz constant holds, however small the jump. Carrying the jump as an
+    additive term of the certificate is not implemented; the legacy exporter writes one ``Softplus`` op
+    (1-Lipschitz), which is accepted.
+    """
+    beta = float(ctx.attr("beta", 1.0))
+    t = float(ctx.attr("threshold", 20.0))
+    jump = math.log1p(math.exp(-t)) / abs(beta) if beta != 0 and t > -700 else float("inf")
+    raise Refuse(
+        f"torch's thresholded Softplus (beta={beta:g}, threshold={t:g}) jumps by {jump:.2g} at x = threshold/beta "
+        "(discontinuous); export with torch.onnx.export(..., dynamo=False), which writes a plain Softplus"
+    )
+
+
 @rule("PowerMeanPool", domain=LIPGRAPH_DOMAIN)
 def power_mean_pool(ctx: RuleContext) -> Bound:
     """``(c * AveragePool(x^p))^(1/p)`` for an even integer p (torch's LPPool): ``sqrt(max_i sum_j w_ji^2)``.

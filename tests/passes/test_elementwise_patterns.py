@@ -196,3 +196,35 @@ def test_shrink_rule(lam: float, bias: float, ok: bool) -> None:
             analyze(m)
         return
     assert analyze(m).bound == 1.0 >= dense_slope(m)
+
+
+def softplus_threshold(beta: float = 1.0, t: float = 20.0, passthrough: str = "x"):
+    inits = {"b": _c(beta), "t": _c(t)}
+    nodes = [helper.make_node("Neg", ["x"], ["nx"])]
+    s = "x"
+    if beta != 1.0:
+        nodes.append(helper.make_node("Mul", ["x", "b"], ["bx"]))
+        s = "bx"
+    nodes += [helper.make_node("Softplus", [s], ["sp"]), helper.make_node("Greater", [s, "t"], ["g"])]
+    sp = "sp"
+    if beta != 1.0:
+        nodes.append(helper.make_node("Div", ["sp", "b"], ["spb"]))
+        sp = "spb"
+    nodes.append(helper.make_node("Where", ["g", passthrough, sp], ["y"]))
+    return make_model(nodes, [("x", (1, N))], ["y"], inits)
+
+
+@pytest.mark.parametrize(("beta", "t", "jump"), [(1.0, 20.0, "2.1e-09"), (2.0, 10.0, "2.3e-05")])
+def test_thresholded_softplus_refused_with_its_jump(beta: float, t: float, jump: str) -> None:
+    m = softplus_threshold(beta, t)
+    # The jump is real: the two branches differ at the switch (float64 reference run).
+    x0 = t / beta
+    below, above = run64(m, np.array([x0]))[0], run64(m, np.array([np.nextafter(x0, np.inf)]))[0]
+    assert below - above == pytest.approx(float(jump), rel=0.05)
+    with pytest.raises(UnsupportedModelError, match=f"jumps by {jump}"):
+        analyze(m)
+
+
+def test_thresholded_softplus_near_miss_is_refused_by_the_generic_rules() -> None:
+    with pytest.raises(UnsupportedModelError, match="comparison"):
+        analyze(softplus_threshold(passthrough="nx"))
