@@ -28,8 +28,11 @@ def gather_nd_max_count(indices: np.ndarray, data_shape: tuple[int | None, ...],
     one to one). Negative indices count from the end of their axis, so they are normalised with the
     axis length; an unknown length with negative indices refuses (``-1`` and ``n - 1`` may coincide).
     """
-    idx = np.asarray(indices).astype(np.int64)
-    if idx.ndim < 1 or idx.ndim <= batch_dims:
+    idx = np.asarray(indices)
+    if idx.dtype.kind not in "iu":
+        raise Refuse("GatherND indices are not integers")
+    idx = idx.astype(np.int64)
+    if batch_dims < 0 or idx.ndim < 1 or idx.ndim <= batch_dims:
         raise Refuse(f"GatherND indices of rank {idx.ndim} with batch_dims={batch_dims}")
     k = idx.shape[-1]
     if k < 1 or batch_dims + k > len(data_shape):
