@@ -89,7 +89,7 @@ def power_mean_pool(ctx: RuleContext) -> Bound:
     of Tsuzuku, Sato, Sugiyama 2018.
     """
     from lipgraph.norms import EPS64
-    from lipgraph.norms.pooling import AxisPool, axis_avg_matrix, axis_geometry
+    from lipgraph.norms.pooling import AxisPool, axis_avg_matrix, axis_out_sizes
 
     _, lin = ctx.single_variable_input()
     p = int(ctx.attr("p", 2))
@@ -108,7 +108,12 @@ def power_mean_pool(ctx: RuleContext) -> Bound:
     for d in range(nd):
         ax = AxisPool(kernel[d], strides[d], 1, pads[d], pads[nd + d], "NOTSET", bool(ctx.attr("ceil_mode", 0)))
         n = int(shape[2 + d])  # type: ignore[arg-type]
-        if out is not None and len(out) == nd + 2 and out[2 + d] is not None and out[2 + d] != axis_geometry(ax, n)[0]:
+        if (
+            out is not None
+            and len(out) == nd + 2
+            and out[2 + d] is not None
+            and out[2 + d] not in axis_out_sizes(ax, n)
+        ):
             raise Refuse("the pooled output shape differs from the ONNX formula")
         a = axis_avg_matrix(ax, n, count_include_pad=False)  # the largest weights any divisor gives
         w2 = np.power(kernel[d] * a, 2.0 / p)  # per-axis share of (c a_ji)^(2/p); c enters below
