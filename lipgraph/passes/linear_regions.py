@@ -41,9 +41,11 @@ _LINEAR = {
     "Concat",
 }
 _DATA_INPUTS = {"Where": (1, 2), "Mul": (0, 1), "Div": (0,), "Add": None, "Sub": None, "Concat": None}
-# The probe runs the region once per input element (twice: values and magnitudes).
-MAX_REGION_INPUT = 4096
+# The probe runs the region on all basis vectors at once (in chunks), so its work is the input size
+# times the largest intermediate tensor; beyond these limits the generic per-op rules bound the ops.
+MAX_REGION_INPUT = 16384
 MAX_REGION_OUTPUT = 1 << 16
+MAX_PROBE_WORK = 1 << 26
 
 
 def _accepts(graph: Graph, node: Node, inside: set[str]) -> bool:
@@ -100,6 +102,19 @@ def _ancestors_within(graph: Graph, region: list[Node], tensor: str) -> list[Nod
     return [n for n in region if id(n) in keep]
 
 
+def _worth_fusing(graph: Graph, region: list[Node]) -> bool:
+    """Whether the per-op rules could be loose: something combines or scales copies of the data.
+
+    Selections and layout changes alone (GatherND, Gather, Transpose, masks) compose exactly under the
+    per-op rules, so probing them would only cost time.
+    """
+    for n in region:
+        n_var = sum(1 for i in n.inputs if i and graph.is_variable(i))
+        if n.op_type in ("Mul", "Div") or (n.op_type in ("Add", "Sub", "Concat", "Where") and n_var >= 2):
+            return True
+    return False
+
+
 def _match(graph: Graph, seed: Node) -> tuple[str, str, list[Node]] | None:
     x0 = seed.inputs[0]
     region = _grow(graph, x0)
@@ -110,13 +125,17 @@ def _match(graph: Graph, seed: Node) -> tuple[str, str, list[Node]] | None:
         # Several outputs leave the region: keep what feeds the last one (in topological order).
         region = _ancestors_within(graph, region, exits[-1])
     exits = _exits(graph, region)
-    if len(exits) != 1 or len(region) < 2 or seed not in region:
+    if len(exits) != 1 or len(region) < 2 or seed not in region or not _worth_fusing(graph, region):
         return None
     y = exits[0]
     sx, sy = known_shape(graph, x0), known_shape(graph, y)
     if sx is None or sy is None or math.prod(sx) > MAX_REGION_INPUT or math.prod(sy) > MAX_REGION_OUTPUT:
         return None
-    if any(known_shape(graph, o) is None for n in region for o in n.outputs):
+    shapes = [known_shape(graph, o) for n in region for o in n.outputs]
+    if any(sh is None for sh in shapes):
+        return None
+    biggest = max(math.prod(sh) for sh in shapes if sh is not None)
+    if math.prod(sx) * max(biggest, math.prod(sx)) > MAX_PROBE_WORK:
         return None
     return x0, y, region
 
@@ -139,7 +158,7 @@ def fuse_linear_regions(graph: Graph) -> None:
             attrs = {
                 "region": [(n.op_type, list(n.inputs), list(n.outputs), dict(n.attrs)) for n in region],
                 "consts": consts,
-                "shapes": {x0: known_shape(graph, x0), y: known_shape(graph, y)},
+                "shapes": {t: known_shape(graph, t) for t in [x0, *(o for n in region for o in n.outputs)]},
                 "opset": graph.opsets.get("ai.onnx", 17),
             }
             graph.replace(region, [fused_node(graph, "LinearRegion", x0, y, region, attrs)])

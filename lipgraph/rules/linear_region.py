@@ -7,7 +7,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from lipgraph.errors import Refuse
-from lipgraph.norms import EPS64
+from lipgraph.norms import EPS64, NormBound
 from lipgraph.norms.dense import spectral_norm
 from lipgraph.rules.registry import LIPGRAPH_DOMAIN, Bound, RuleContext, rule
 
@@ -15,49 +15,83 @@ from lipgraph.rules.registry import LIPGRAPH_DOMAIN, Bound, RuleContext, rule
 _SHIFTS = {"Add", "Sub", "Where", "Concat"}
 
 
-def _probe_model(ctx: RuleContext, magnitudes: bool) -> tuple[onnx.ModelProto, str, tuple[int, ...]]:
-    """The region as a float64 model computing ``A x`` (or ``|A|``-style magnitudes: every constant
-    factor replaced by its absolute value and every Sub/Neg by Add/Identity, which bounds each
-    intermediate sum of products term by term)."""
+# Ops whose constant inputs broadcast against the data: they get the trailing probe axis (size 1).
+_BROADCASTING = {"Add", "Sub", "Mul", "Div", "Where"}
+_LAYOUT = {"Reshape", "Squeeze", "Unsqueeze", "Flatten"}
+# Work per probe chunk: columns times the largest intermediate tensor.
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def _probe_model(ctx: RuleContext, magnitudes: bool, batch: int) -> onnx.ModelProto:
+    """The region as a float64 model computing ``A X`` for ``batch`` probe columns at once.
+
+    Every tensor gets a trailing axis of length ``batch``: the region's ops move, mask and combine only
+    the original axes, so they act on each column independently once their parameters are adjusted
+    (constants that broadcast get a trailing axis of 1, layout changes reshape to the known output
+    shape plus the probe axis, negative axes are made positive). Constant shifts are zeroed, so the
+    model computes the linear part exactly. With ``magnitudes``, every constant factor is replaced by
+    its absolute value and every Sub/Neg by Add/Identity: a term-by-term bound of each sum.
+    """
     attrs = ctx.node.attrs
     x0, y = ctx.node.inputs[0], ctx.node.outputs[0]
     consts: dict[str, np.ndarray] = attrs["consts"]
+    shapes: dict[str, tuple[int, ...]] = attrs["shapes"]
     nodes, inits = [], {}
     for k, (op, ins, outs, a) in enumerate(attrs["region"]):
         ins = list(ins)
+        a = {key: v for key, v in a.items() if not isinstance(v, onnx.AttributeProto)}
+        rank = len(shapes[next(i for i in ins if i in shapes)])
+        if op in _LAYOUT:
+            shape_name = f"shape{k}"
+            inits[shape_name] = np.array([*shapes[outs[0]], batch], dtype=np.int64)
+            nodes.append(helper.make_node("Reshape", [ins[0], shape_name], list(outs), name=f"n{k}"))
+            continue
         for j, name in enumerate(ins):
             if not name or name not in consts:
                 continue
             val = np.asarray(consts[name])
-            new = f"c{k}_{j}"
             if val.dtype.kind == "f":
                 val = val.astype(np.float64)
                 if op in _SHIFTS:
                     val = np.zeros_like(val)
                 elif magnitudes:
                     val = np.abs(val)
-            inits[new] = val
-            ins[j] = new
+            if op in _BROADCASTING:
+                val = val.reshape(val.shape + (1,))
+            elif op == "Concat":
+                val = np.zeros(val.shape + (batch,), dtype=np.float64)
+            inits[f"c{k}_{j}"] = val
+            ins[j] = f"c{k}_{j}"
         if magnitudes and op in ("Sub", "Neg"):
             op = "Add" if op == "Sub" else "Identity"
-        clean = {key: v for key, v in a.items() if not isinstance(v, onnx.AttributeProto)}
-        nodes.append(helper.make_node(op, ins, list(outs), name=f"n{k}", **clean))
-    shape = tuple(attrs["shapes"][x0])
+        if op == "Transpose":
+            perm = [int(v) for v in a.get("perm", list(range(rank))[::-1])]
+            a["perm"] = [*perm, rank]
+        elif op in ("Gather", "Concat"):
+            a["axis"] = int(a.get("axis", 0)) % rank
+        nodes.append(helper.make_node(op, ins, list(outs), name=f"n{k}", **a))
     graph = helper.make_graph(
         nodes,
         "region",
-        [helper.make_tensor_value_info(x0, TensorProto.DOUBLE, list(shape))],
+        [helper.make_tensor_value_info(x0, TensorProto.DOUBLE, [*shapes[x0], batch])],
         [helper.make_tensor_value_info(y, TensorProto.DOUBLE, None)],
         [numpy_helper.from_array(v, k) for k, v in inits.items()],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", int(attrs["opset"]))])
     model.ir_version = 8
-    return model, x0, shape
+    return model
 
 
-def _columns(model: onnx.ModelProto, x0: str, shape: tuple[int, ...]) -> np.ndarray:
-    """``[f(e_1), ..., f(e_n)]`` run by onnxruntime in float64 (onnx's reference evaluator when a kernel
-    is missing; these ops only move, mask and add values, where the two agree)."""
+def _matrix(ctx: RuleContext, magnitudes: bool) -> np.ndarray:
+    """``A`` (or its magnitude bound): the region run on the basis vectors, chunk by chunk, by
+    onnxruntime in float64 (onnx's reference evaluator when a kernel is missing; these ops only move,
+    mask and add values, where the two agree)."""
+    shapes: dict[str, tuple[int, ...]] = ctx.node.attrs["shapes"]
+    x0 = ctx.node.inputs[0]
+    n = int(np.prod(shapes[x0]))
+    biggest = max(int(np.prod(sh)) for sh in shapes.values())
+    batch = max(1, min(n, _CHUNK_ELEMENTS // max(biggest, 1)))
+    model = _probe_model(ctx, magnitudes, batch)
     try:
         import onnxruntime as ort
 
@@ -76,13 +110,58 @@ def _columns(model: onnx.ModelProto, x0: str, shape: tuple[int, ...]) -> np.ndar
         def run(x: np.ndarray) -> np.ndarray:
             return np.asarray(ev.run(None, {x0: x})[0])
 
-    n = int(np.prod(shape))
     cols = []
-    for j in range(n):
-        e = np.zeros(n, dtype=np.float64)
-        e[j] = 1.0
-        cols.append(run(e.reshape(shape)).astype(np.float64).ravel())
-    return np.stack(cols, axis=1)
+    for start in range(0, n, batch):
+        probe = np.zeros((n, batch), dtype=np.float64)
+        width = min(batch, n - start)
+        probe[start + np.arange(width), np.arange(width)] = 1.0
+        out = run(probe.reshape(*shapes[x0], batch)).astype(np.float64)
+        cols.append(out.reshape(-1, batch)[:, :width])
+    return np.concatenate(cols, axis=1)
+
+
+def _signed(ctx: RuleContext) -> bool:
+    """Whether the region subtracts or has a negative factor (else every term is >= 0 on basis vectors,
+    no cancellation happens, and the magnitudes are the computed values themselves)."""
+    consts: dict[str, np.ndarray] = ctx.node.attrs["consts"]
+    for op, ins, _, _ in ctx.node.attrs["region"]:
+        if op in ("Sub", "Neg"):
+            return True
+        if op in ("Mul", "Div"):
+            for name in ins:
+                val = consts.get(name)
+                if val is not None and np.asarray(val).dtype.kind == "f" and np.any(np.asarray(val) < 0):
+                    return True
+    return False
+
+
+def _block_norm(a: np.ndarray) -> NormBound:
+    """``||a||_2`` as the max over the blocks of ``a`` (rows and columns that share no nonzero entry).
+
+    Regions act per channel, so ``a`` is block diagonal up to permutations (exactly: a permutation of
+    rows and columns keeps the norm, and a block-diagonal matrix has the norm of its largest block);
+    one SVD per small block instead of one of the whole matrix.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    m, n = a.shape
+    rows, cols = np.nonzero(a)
+    if rows.size == 0:
+        return NormBound(0.0, "zero", 0.0)
+    # Bipartite graph: rows are vertices 0..m-1, columns m..m+n-1.
+    adj = coo_matrix((np.ones(rows.size), (rows, cols + m)), shape=(m + n, m + n))
+    count, labels = connected_components(adj, directed=False)
+    if count == 1:
+        return spectral_norm(a)
+    best = NormBound(0.0, "zero", 0.0)
+    for comp in np.unique(labels[cols + m]):
+        r = np.flatnonzero(labels[:m] == comp)
+        c = np.flatnonzero(labels[m:] == comp)
+        nb = spectral_norm(a[np.ix_(r, c)])
+        if nb.value > best.value:
+            best = nb
+    return best
 
 
 @rule("LinearRegion", domain=LIPGRAPH_DOMAIN)
@@ -98,17 +177,15 @@ def linear_region(ctx: RuleContext) -> Bound:
     """
     _, lin = ctx.single_variable_input()
     try:
-        model, x0, shape = _probe_model(ctx, magnitudes=False)
-        a_hat = _columns(model, x0, shape)
-        mmodel, _, _ = _probe_model(ctx, magnitudes=True)
-        a_maj = _columns(mmodel, x0, shape)
+        a_hat = _matrix(ctx, magnitudes=False)
+        a_maj = _matrix(ctx, magnitudes=True) if _signed(ctx) else np.abs(a_hat)
     except Exception as exc:  # noqa: BLE001 - the probe could not run: no bound from it
         raise Refuse(f"cannot evaluate the fused linear region ({type(exc).__name__}: {exc})") from None
     if not (np.all(np.isfinite(a_hat)) and np.all(np.isfinite(a_maj))):
         raise Refuse("the fused linear region has non-finite coefficients")
     d = len(ctx.node.attrs["region"]) + 1
     gamma = d * EPS64 / (1 - d * EPS64)
-    nb = spectral_norm(a_hat)
+    nb = _block_norm(a_hat)
     allowance = gamma * (1 + gamma) * float(np.linalg.norm(a_maj))
     value = float(np.nextafter(nb.value + 2 * allowance, np.inf))
     n_ops = len(ctx.node.attrs["region"])

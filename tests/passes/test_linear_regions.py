@@ -101,3 +101,36 @@ def test_intermediate_read_outside_keeps_the_bound_sound() -> None:
     from tests.helpers.onnx_oracle import max_jacobian_norm
 
     assert bound >= max_jacobian_norm(m, (2, 5), n_points=4) * (1 - 1e-6)
+
+
+def test_layout_ops_and_negative_axes_in_the_batched_probe() -> None:
+    """Gather on a negative axis, Unsqueeze/Reshape/Flatten, Concat of two variable parts on axis -1 and a
+    Transpose without perm: the probe (every tensor with an extra trailing axis) must reproduce them."""
+    inits = {
+        "i": np.array([[0, 1], [1, 0]], np.int64),
+        "g": np.array([2, 0, 2], np.int64),
+        "ax": np.array([0], np.int64),
+        "shp": np.array([3, 4], np.int64),
+        "w": np.array([[1.0, -2.0, 0.5, 3.0]], np.float32),
+    }
+    nodes = [
+        helper.make_node("GatherND", ["x", "i"], ["a"]),  # (2, 3): rows x[0,1], x[1,0]
+        helper.make_node("Gather", ["x", "g"], ["b"], axis=-1),  # (2, 2, 3)
+        helper.make_node("Flatten", ["b"], ["bf"], axis=1),  # (2, 6)
+        helper.make_node("Unsqueeze", ["a", "ax"], ["au"]),  # (1, 2, 3)
+        helper.make_node("Reshape", ["bf", "shp"], ["br"]),  # (3, 4)
+        helper.make_node("Transpose", ["br"], ["bt"]),  # (4, 3)
+        helper.make_node("Reshape", ["au", "shp2"], ["ar"]),  # (2, 3)
+        helper.make_node("Concat", ["ar", "ar"], ["c"], axis=-1),  # (2, 6)
+        helper.make_node("Reshape", ["c", "shp"], ["cr"]),  # (3, 4)
+        helper.make_node("Transpose", ["cr"], ["ct"]),  # (4, 3)
+        helper.make_node("Add", ["ct", "bt"], ["s"]),
+        helper.make_node("Transpose", ["s"], ["st"]),  # (3, 4)
+        helper.make_node("Mul", ["st", "w"], ["y"]),
+    ]
+    inits["shp2"] = np.array([2, 3], np.int64)
+    m = make_model(nodes, [("x", (2, 2, 3))], ["y"], inits)
+    a = analyze(m)
+    assert [n.op_type for n in a.nodes] == ["LinearRegion"]
+    exact = exact_norm(m, (2, 2, 3))
+    assert exact * (1 - 1e-12) <= a.bound <= exact * (1 + 1e-9)
