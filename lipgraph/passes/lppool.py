@@ -27,10 +27,25 @@ from lipgraph.graph import Graph, Node, Tensor
 from lipgraph.passes.groupsort import const_value, fused_node, is_std, known_shape, only_consumer
 
 
-def _scalar(graph: Graph, name: str) -> float | None:
+def _scalar(graph: Graph, name: str, operand: str) -> float | None:
+    """The value of constant ``name`` when it acts as a scalar on ``operand``.
+
+    It must hold one value, and either be of size 1 or leave ``operand``'s (fully known) shape
+    unchanged under broadcasting: a constant of shape (1, 3, 1, 1) on a (1, 1, H, W) tensor
+    copies it three times, which the chain's formula does not count.
+    """
     v = const_value(graph, name)
     if v is None:
         return None
+    if np.size(v) != 1:
+        shape = known_shape(graph, operand)
+        if shape is None:
+            return None
+        try:
+            if tuple(np.broadcast_shapes(shape, np.shape(v))) != shape:
+                return None
+        except ValueError:
+            return None
     arr = np.asarray(v, dtype=np.float64).reshape(-1)
     if arr.size == 0 or not np.all(arr == arr[0]):
         return None
@@ -80,7 +95,7 @@ def _power(graph: Graph, pow_node: Node) -> int | None:
     """The exponent of ``Pow(x, p)`` when it is an even integer (then ``x^p = |x|^p``)."""
     if len(pow_node.inputs) != 2 or not graph.is_variable(pow_node.inputs[0]):
         return None
-    p = _scalar(graph, pow_node.inputs[1])
+    p = _scalar(graph, pow_node.inputs[1], pow_node.inputs[0])
     if p is None or not math.isfinite(p) or p != int(p) or int(p) < 2 or int(p) % 2 or p > 64:
         return None
     return int(p)
@@ -109,8 +124,11 @@ def _match(graph: Graph, pow2: Node) -> tuple[str, str, list[Node], dict, float]
     cur = pool.outputs[0]
     readers = [] if graph.is_graph_output(cur) else graph.consumers(cur)
     # Optional block sign(a) * relu(|a|) (= a, since a >= 0).
-    if len(readers) == 2 and {r.op_type for r in readers} == {"Sign", "Abs"} and all(is_std(r, "Sign", "Abs")
-                                                                                    for r in readers):
+    if (
+        len(readers) == 2
+        and {r.op_type for r in readers} == {"Sign", "Abs"}
+        and all(is_std(r, "Sign", "Abs") for r in readers)
+    ):
         sign = next(r for r in readers if r.op_type == "Sign")
         ab = next(r for r in readers if r.op_type == "Abs")
         relu = _single_reader(graph, ab.outputs[0])
@@ -130,7 +148,7 @@ def _match(graph: Graph, pow2: Node) -> tuple[str, str, list[Node], dict, float]
     if is_std(nxt, "Mul"):
         assert nxt is not None
         other = _other_input(nxt, cur)
-        cval = _scalar(graph, other) if other is not None else None
+        cval = _scalar(graph, other, cur) if other is not None else None
         if cval is None or not cval > 0.0 or not math.isfinite(cval):
             return None
         c = cval
@@ -142,7 +160,7 @@ def _match(graph: Graph, pow2: Node) -> tuple[str, str, list[Node], dict, float]
     if nxt.op_type == "Pow":
         # The root must be exactly 1/p: x^(1/p + e) is not Lipschitz (it grows like ||x||^(1 + p e), or has
         # an infinite slope at 0), so float32(1/3) or float32(1/6) do not qualify; 1/2, 1/4, 1/8 do.
-        if len(nxt.inputs) != 2 or nxt.inputs[0] != cur or _scalar(graph, nxt.inputs[1]) != 1.0 / p:
+        if len(nxt.inputs) != 2 or nxt.inputs[0] != cur or _scalar(graph, nxt.inputs[1], cur) != 1.0 / p:
             return None
     elif nxt.op_type != "Sqrt" or p != 2:
         return None
@@ -219,6 +237,9 @@ def _rewrite(graph: Graph, x: str, y: str, parts: list[Node], attrs: dict, scale
         graph.tensors[pooled] = Tensor(pooled, shape, graph.tensors[y].elem_type, None, True)
         cname = graph.fresh_name("lppool_scale")
         graph.tensors[cname] = Tensor(cname, (), onnx.TensorProto.FLOAT, np.array(scale, dtype=np.float64), False)
-        new.append(Node(graph.fresh_name("LpPoolScale"), "Mul", "ai.onnx", [pooled, cname], [y], {}, opset,
-                        origin=list(origin)))
+        new.append(
+            Node(
+                graph.fresh_name("LpPoolScale"), "Mul", "ai.onnx", [pooled, cname], [y], {}, opset, origin=list(origin)
+            )
+        )
     graph.replace(parts, new)
