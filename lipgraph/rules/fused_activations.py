@@ -1,8 +1,9 @@
 """Rules for activations that exporters spell out in primitive ops, once a pass has recognised them.
 
 ``Shrink`` is a standard op (torch's Softshrink becomes one, lipgraph/passes/elementwise_patterns.py);
-``lipgraph:GeluTanh`` and ``lipgraph:PowerMeanPool`` are fused nodes made by the passes
-(lipgraph/passes/elementwise_patterns.py, lipgraph/passes/lppool.py).
+``lipgraph:SoftplusThreshold`` and ``lipgraph:PowerMeanPool`` are fused nodes made by the passes
+(lipgraph/passes/elementwise_patterns.py, lipgraph/passes/lppool.py). torch's tanh-form GELU becomes a
+``lipgraph:Gelu`` with ``approximate = "tanh"`` (rule in lipgraph/rules/groupsort.py).
 """
 
 from __future__ import annotations
@@ -13,11 +14,6 @@ import numpy as np
 
 from lipgraph.errors import Refuse
 from lipgraph.rules.registry import LIPGRAPH_DOMAIN, Bound, RuleContext, rule
-
-# sup |f'| of 0.5 x (1 + tanh(k (x + c x^3))) is 1.1289931 at x ~ 1.4185 (k = sqrt(2/pi), c = 0.044715,
-# in float32 or float64), rounded up in the fourth decimal; checked on a dense grid in
-# tests/passes/test_elementwise_patterns.py.
-GELU_TANH_SUP = 1.1290
 
 
 @rule("Shrink", since=9)
@@ -38,22 +34,6 @@ def shrink(ctx: RuleContext) -> Bound:
         )
     _, lin = ctx.single_variable_input()
     return Bound(lin, "soft threshold, slope 0 or 1", factor=1.0, lower=1.0)
-
-
-@rule("GeluTanh", domain=LIPGRAPH_DOMAIN)
-def gelu_tanh(ctx: RuleContext) -> Bound:
-    """GELU, tanh form ``a x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``: ``|2a| * 1.1290``.
-
-    For a = 1/2 (torch's ``GELU(approximate="tanh")``), ``sup |f'|`` is 1.128993 at x ~ 1.4185
-    (rounded up), the same for the float32 and float64 constants; the pass matches only those
-    constants and stores ``scale = 2a``. Source: Hendrycks and Gimpel, "Gaussian Error Linear Units",
-    2016 (the tanh approximation).
-    """
-    _, lin = ctx.single_variable_input()
-    c = abs(float(ctx.attr("scale", 1.0))) * GELU_TANH_SUP
-    if not math.isfinite(c):
-        raise Refuse("GELU scale is not finite")
-    return Bound(c * lin, "GELU (tanh form), sup |f'| rounded up", factor=c)
 
 
 @rule("SoftplusThreshold", domain=LIPGRAPH_DOMAIN)
