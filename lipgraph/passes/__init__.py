@@ -39,6 +39,8 @@ _OPTIONAL: list[tuple[str, str]] = [
     ("groupsort", "recognise_sorting_units"),
     ("sorting_variants", "recognise_open_pair_sorts"),
     ("activation_patterns", "recognise_activations"),
+    ("elementwise_patterns", "recognise_more_activations"),
+    ("linear_regions", "fuse_linear_regions"),
     ("lppool", "recognise_l2_pooling"),
     # Before fold_scale, which would fold each 1/i of a series into its own copy of the weight.
     ("power_series", "recognise_power_series"),
@@ -62,6 +64,7 @@ _TIGHTENING: set[tuple[str, str]] = {
     ("sandwiches", "recognise_sandwiches"),
     ("circular_conv", "recognise_circular_convs"),
     ("linear_maps", "compose_linear_maps"),
+    ("linear_regions", "fuse_linear_regions"),
 }
 
 

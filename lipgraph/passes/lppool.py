@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from lipgraph.graph import Graph, Node, Tensor
-from lipgraph.passes.groupsort import const_value, is_std, known_shape, only_consumer
+from lipgraph.passes.groupsort import const_value, fused_node, is_std, known_shape, only_consumer
 
 
 def _scalar(graph: Graph, name: str, operand: str) -> float | None:
@@ -91,22 +91,35 @@ def _pool_ok(graph: Graph, pool: Node) -> dict | None:
     return {"kernel_shape": kernel, "strides": strides, "pads": pads, "p": 2}
 
 
+def _power(graph: Graph, pow_node: Node) -> int | None:
+    """The exponent of ``Pow(x, p)`` when it is an even integer (then ``x^p = |x|^p``)."""
+    if len(pow_node.inputs) != 2 or not graph.is_variable(pow_node.inputs[0]):
+        return None
+    p = _scalar(graph, pow_node.inputs[1], pow_node.inputs[0])
+    if p is None or not math.isfinite(p) or p != int(p) or int(p) < 2 or int(p) % 2 or p > 64:
+        return None
+    return int(p)
+
+
 def _match(graph: Graph, pow2: Node) -> tuple[str, str, list[Node], dict, float] | None:
-    """(x, y, nodes, LpPool attrs, scale) for a chain starting at ``Pow(x, 2)``."""
-    if (
-        len(pow2.inputs) != 2
-        or not graph.is_variable(pow2.inputs[0])
-        or _scalar(graph, pow2.inputs[1], pow2.inputs[0]) != 2.0
-    ):
+    """(x, y, nodes, pool attrs, scale) for a chain starting at ``Pow(x, p)``, p even.
+
+    ``attrs["p"] == 2`` with the full-window divisor everywhere: an ``LpPool`` rewrite; otherwise
+    (other even p, ``ceil_mode``, border divisors): ``attrs["fused"]`` for a ``lipgraph:PowerMeanPool``.
+    """
+    p = _power(graph, pow2)
+    if p is None:
         return None
     x = pow2.inputs[0]
     pool = _single_reader(graph, pow2.outputs[0])
     if not is_std(pool, "AveragePool"):
         return None
     assert pool is not None
-    attrs = _pool_ok(graph, pool)
+    attrs = _pool_ok(graph, pool) if p == 2 else None
     if attrs is None:
-        return None
+        attrs = _general_pool(pool, p)
+        if attrs is None:
+            return None
     parts: list[Node] = [pow2, pool]
     cur = pool.outputs[0]
     readers = [] if graph.is_graph_output(cur) else graph.consumers(cur)
@@ -145,9 +158,11 @@ def _match(graph: Graph, pow2: Node) -> tuple[str, str, list[Node], dict, float]
     if nxt is None or nxt.domain != "ai.onnx":
         return None
     if nxt.op_type == "Pow":
-        if len(nxt.inputs) != 2 or nxt.inputs[0] != cur or _scalar(graph, nxt.inputs[1], cur) != 0.5:
+        # The root must be exactly 1/p: x^(1/p + e) is not Lipschitz (it grows like ||x||^(1 + p e), or has
+        # an infinite slope at 0), so float32(1/3) or float32(1/6) do not qualify; 1/2, 1/4, 1/8 do.
+        if len(nxt.inputs) != 2 or nxt.inputs[0] != cur or _scalar(graph, nxt.inputs[1], cur) != 1.0 / p:
             return None
-    elif nxt.op_type != "Sqrt":
+    elif nxt.op_type != "Sqrt" or p != 2:
         return None
     parts.append(nxt)
     y = nxt.outputs[0]
@@ -157,6 +172,12 @@ def _match(graph: Graph, pow2: Node) -> tuple[str, str, list[Node], dict, float]
         for o in p.outputs:
             if graph.is_graph_output(o) or any(id(r) not in inside for r in graph.consumers(o)):
                 return None
+    if "fused" in attrs:
+        # Constants that broadcast the data up (a "scalar" of shape (3, 1, 1)) change the function.
+        sx, sp, sy = known_shape(graph, x), known_shape(graph, pool.outputs[0]), known_shape(graph, y)
+        if sx is None or sp is None or known_shape(graph, pow2.outputs[0]) != sx or sy != sp:
+            return None
+        return x, y, parts, attrs, c
     k = float(np.prod(attrs["kernel_shape"]))
     return x, y, parts, attrs, math.sqrt(c / k)
 
@@ -177,8 +198,35 @@ def recognise_l2_pooling(graph: Graph) -> None:
             break
 
 
+def _general_pool(pool: Node, p: int) -> dict | None:
+    """Attributes of a ``lipgraph:PowerMeanPool`` for an AveragePool without dilation or auto_pad."""
+    a = pool.attrs
+    kernel = [int(k) for k in a.get("kernel_shape", [])]
+    rank = len(kernel)
+    if not rank:
+        return None
+    strides = [int(s) for s in a.get("strides", [1] * rank)]
+    pads = [int(q) for q in a.get("pads", [0] * (2 * rank))]
+    if a.get("auto_pad", "NOTSET") not in ("NOTSET",) or any(int(d) != 1 for d in a.get("dilations", [1] * rank)):
+        return None
+    if len(strides) != rank or len(pads) != 2 * rank or any(q < 0 for q in pads):
+        return None
+    return {
+        "kernel_shape": kernel,
+        "strides": strides,
+        "pads": pads,
+        "p": p,
+        "ceil_mode": int(a.get("ceil_mode", 0)),
+        "fused": True,
+    }
+
+
 def _rewrite(graph: Graph, x: str, y: str, parts: list[Node], attrs: dict, scale: float) -> None:
     origin = [o for p in parts for o in (p.origin or [p.name])]
+    if attrs.pop("fused", False):
+        fused = fused_node(graph, "PowerMeanPool", x, y, parts, dict(attrs, scale=scale))
+        graph.replace(parts, [fused])
+        return
     opset = graph.opsets.get("ai.onnx", 18)
     exact = scale == 1.0
     pooled = y if exact else graph.fresh_name("lppool_out")

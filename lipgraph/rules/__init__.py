@@ -15,6 +15,9 @@ FAMILIES = (
     "groupsort",
     "resize",
     "families",
+    "indexing",
+    "fused_activations",
+    "linear_region",
 )
 
 _loaded = False

@@ -58,6 +58,9 @@ def gelu_erf(ctx: RuleContext) -> Bound:
 
     ``f'(x) = a (1 + erf(u) + 2 u exp(-u^2) / sqrt(pi))`` with ``u = x/c``, so the supremum does not
     depend on c; for a = 1/2 it is 1.128904 at u = 1 (rounded up). The pass stores ``scale = 2a``.
+    With ``approximate = "tanh"`` (``a x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``, torch's float32 or
+    float64 constants only; lipgraph/passes/elementwise_patterns.py) the supremum is 1.128993 for
+    a = 1/2 (at x ~ 1.4185), also below 1.1290.
     Source: SPEC sec. 4 "Activations".
     """
     _, lin = ctx.single_variable_input()

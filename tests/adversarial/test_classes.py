@@ -76,6 +76,7 @@ _OWN_BROADCAST = {
     "Gemm",
     "LayerNormalization",
     "RMSNormalization",
+    "Where",  # counts the copies of each branch from the constant mask's shape
 }
 
 
