@@ -20,8 +20,8 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 from lipgraph.declarations import check_declarations, strip_declarations, topologically_sorted
+from lipgraph.domains import normalize_domain
 from lipgraph.errors import ModelLoadError
-from lipgraph.rules.registry import normalize_domain
 
 FLOAT_TYPES = {
     onnx.TensorProto.FLOAT,

@@ -16,15 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+# LIPGRAPH_DOMAIN is re-exported: rules and passes name the domains through the registry.
+from lipgraph.domains import DEFAULT_DOMAIN, normalize_domain
+from lipgraph.domains import LIPGRAPH_DOMAIN as LIPGRAPH_DOMAIN
+
 if TYPE_CHECKING:
     from lipgraph.graph import Graph, Node
-
-DEFAULT_DOMAIN = "ai.onnx"
-LIPGRAPH_DOMAIN = "lipgraph"  # fused nodes made by the passes (GroupSort, folded affine ops, ...)
-
-
-def normalize_domain(domain: str | None) -> str:
-    return DEFAULT_DOMAIN if domain in (None, "", "ai.onnx") else domain
 
 
 @dataclass

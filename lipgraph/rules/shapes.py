@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from lipgraph.errors import Refuse
-from lipgraph.rules.registry import RuleContext
+
+if TYPE_CHECKING:  # annotations only: the registry imports this module
+    from lipgraph.rules.registry import RuleContext
 
 
 def _aligned(shape: tuple[int | None, ...], rank: int) -> tuple[int | None, ...]:
