@@ -17,6 +17,16 @@ def _eps_cb(_ctx: click.Context, _param: click.Parameter, values: tuple[float, .
     return values
 
 
+def _tight_pairs_cb(value: str) -> str:
+    from lipgraph.pairs import parse_mode
+
+    try:
+        parse_mode(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
 def _renderer(fmt: str):  # noqa: ANN202
     if fmt == "html":
         try:
@@ -55,13 +65,17 @@ def _renderer(fmt: str):  # noqa: ANN202
               help="ONNX Runtime providers in order, e.g. cuda,cpu (default: CUDA when available, else CPU).")
 @click.option("--limit", "limit", type=click.IntRange(min=1), metavar="N", help="Use only the first N samples.")
 @click.option("--input", "input_name", metavar="NAME", help="The graph input to certify (when there are several).")
+@click.option("--tight-pairs", "tight_pairs", default="auto", show_default=True, metavar="auto|off|SECONDS",
+              callback=lambda _c, _p, v: _tight_pairs_cb(v),
+              help="Per-class-pair whole-network bounds for chains of affine layers and ReLU-like activations "
+                   "(verified LipSDP-neuron multipliers); SECONDS bounds the time spent on them.")
 @click.option("--per-sample", "per_sample", is_flag=True, help="Add per-sample radii to the JSON report.")
 @click.option("--exit-zero", "exit_zero", is_flag=True, help="Exit 0 even when a gate fails.")
 @click.option("-q", "--quiet", "quiet", is_flag=True, help="No progress bar.")
 def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, ...], min_clean: float | None,
             max_lip: float | None, baseline: str | None, max_drop: float | None, fmt: str, output: str | None,
             batch_size: int, providers: str | None, limit: int | None, input_name: str | None,
-            per_sample: bool, exit_zero: bool, quiet: bool) -> int:
+            tight_pairs: str, per_sample: bool, exit_zero: bool, quiet: bool) -> int:
     """Certify MODEL on DATA: radii, certified accuracy at each --eps, and CI gates.
 
     Exit code 0 when every gate passes, 1 when a gate fails, 2 on an error. Gates may also come
@@ -102,7 +116,7 @@ def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, 
     # the bound is computed beside the inference (lipgraph.certify.certify)
     cert = run_certify(model, dataset.x, dataset.y, eps_grid, input_name=input_name, batch_size=batch_size,
                        providers=provider_list, per_sample=per_sample, progress=stderr_progress(quiet),
-                       source=dataset.source)
+                       source=dataset.source, tight_pairs=tight_pairs)
     cert.meta["data"]["x_key"] = dataset.x_key
     cert.meta["data"]["y_key"] = dataset.y_key
     if cfg.source:

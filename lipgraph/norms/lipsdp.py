@@ -1,0 +1,379 @@
+"""Per-class-pair Lipschitz bounds of a chain of (affine, slope-restricted activation) layers.
+
+The network is ``x_k = phi(W_k x_{k-1} + b_k)`` for ``k = 1..m`` (hidden layers, every activation
+slope-restricted in [0, 1], e.g. ReLU) followed by the logits ``A x_m + b``. For a class pair
+``(i, j)`` with ``c = a_i - a_j`` we bound the Lipschitz constant of ``F_i - F_j = c^T x_m + const``
+with the LipSDP-neuron certificate (Fazlyab et al., NeurIPS 2019): per neuron, the increments obey
+``dx (dz - dx) >= 0`` (slope in [0, 1]), so for diagonal ``T_k >= 0`` and ``rho > 0``
+
+    rho ||dx_0||^2 - (c^T dx_m)^2 - sum_k 2 dx_k^T T_k (W_k dx_{k-1} - dx_k)  >= 0 for all dx
+
+implies ``|c^T dx_m| <= sqrt(rho) ||dx_0||``. Eliminating ``dx_0`` (a Schur complement), the form
+is nonnegative iff the hidden-size matrix
+
+    S(rho, T) = H(T) - T_1 G T_1 / rho,   G = W_1 W_1^T,
+
+is PSD, where ``H`` has diagonal blocks ``2 T_k`` (the last one minus ``c c^T``) and off-diagonal
+blocks ``-T_k W_k`` (k >= 2). ``S`` has the size of the hidden layers only, whatever the input size.
+
+**Sound whatever the solver.** :func:`verify_pair` takes any candidate ``(rho, T)`` and proves
+``S_real >= -mu I`` (real arithmetic, true weights) with a floating-point Cholesky factorisation and
+Higham's backward-error bound (Accuracy and Stability of Numerical Algorithms, 2nd ed., Thm 10.3),
+plus explicit bounds on every rounding made while forming ``S`` and on the weight composition
+error. Then ``(c^T dx_m)^2 <= rho ||dx_0||^2 + mu sum_k ||dx_k||^2 <= (rho + mu sum_k P_k^2) ||dx_0||^2``
+with ``P_k`` an upper bound of ``||W_k ... W_1||_2``, so an inaccurate candidate only makes the bound
+larger (and a wrong one is rejected: its bound is worse than the cheap one, which is kept).
+
+**Candidates.** :func:`fast_pair_bounds` is the closed-form layer-by-layer choice of ECLipsE-Fast
+(Xu & Sivaranjani, NeurIPS 2024) with scalar ``T_k``; the layer recursion does not depend on the pair,
+so all pairs cost one recursion plus one quadratic form ``c^T S_m^{-1} c`` each. :func:`refine_pair`
+improves the diagonal ``T`` of one pair by a first-order method: ``rho*(T)`` (the least feasible
+``rho``) is convex in ``T`` (a partial minimum of a linear function over a convex set), equal to
+``lambda_max(P^1/2 T_1 G T_1 P^1/2)`` with ``P = [H^-1]_11``, and its gradient follows from the
+maximising increments (Danskin's theorem): ``d rho / d t_{k,n} = 2 dx_{k,n} (W_k dx_{k-1} - dx_k)_n``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from lipgraph.norms import EPS64
+
+_SAFE = 1.0 + 1e-6  # inflation of a norm computed in float64 (relative error <= n u << 1e-6 for n < 1e9)
+_TINY = 1e-280  # absolute allowance per entry for underflow in the factorisation
+
+
+@dataclass
+class ChainWeights:
+    """The linear maps of a chain, float64, with entrywise error bounds against the real maps.
+
+    ``hidden[k]`` is ``W_{k+1}`` (rows = outputs); ``hidden_err[k] >= |W_real - W|`` entrywise
+    (a scalar 0 when exact); ``last`` is the logit matrix ``A`` (K x m_last) and ``last_err`` its bound.
+    """
+
+    hidden: list[np.ndarray]
+    hidden_err: list[np.ndarray | float]
+    last: np.ndarray
+    last_err: np.ndarray | float
+
+    def __post_init__(self) -> None:
+        if not self.hidden:
+            raise ValueError("a chain needs at least one hidden layer")
+        for a, b in zip(self.hidden[1:], self.hidden[:-1], strict=False):
+            if a.shape[1] != b.shape[0]:
+                raise ValueError("hidden layer shapes do not chain")
+        if self.last.shape[1] != self.hidden[-1].shape[0]:
+            raise ValueError("the logit matrix does not fit the last hidden layer")
+
+    @property
+    def sizes(self) -> list[int]:
+        return [int(w.shape[0]) for w in self.hidden]
+
+
+@dataclass
+class Prepared:
+    """Pair-independent quantities, computed once per chain."""
+
+    weights: ChainWeights
+    gram: np.ndarray  # fl(W_1 W_1^T)
+    gram_err: np.ndarray  # entrywise bound of |G_real - gram|
+    prefix_norms: list[float]  # P_k >= ||W_k ... W_1||_2 (real), k = 1..m
+    offsets: list[int]  # start of each hidden block in S
+
+
+@dataclass
+class PairResult:
+    bound: float  # sound upper bound of the Lipschitz constant of F_i - F_j (inf when rejected)
+    rho: float
+    shortfall: float  # mu: the proven S_real >= -mu I
+    accepted: bool  # the candidate was (numerically) feasible: mu is at rounding level
+
+
+def _gamma(n: int) -> float:
+    nu = n * EPS64
+    return nu / (1.0 - nu)
+
+
+def _up(x: float) -> float:
+    return float(np.nextafter(x, np.inf))
+
+
+def _norm_up(a: np.ndarray | float) -> float:
+    """Upper bound of the Frobenius norm of ``a`` (hence of its spectral norm)."""
+    if np.isscalar(a):
+        return abs(float(a))  # type: ignore[arg-type]
+    return _up(float(np.linalg.norm(a)) * _SAFE)
+
+
+def prepare(weights: ChainWeights) -> Prepared:
+    """The Gram matrix of the first layer (with its error bound) and the prefix-product norms."""
+    from lipgraph.norms.dense import spectral_norm
+
+    w1 = weights.hidden[0]
+    e1 = weights.hidden_err[0]
+    aw = np.abs(w1)
+    gram = w1 @ w1.T
+    gram = 0.5 * (gram + gram.T)  # exact symmetrisation of a matrix whose entries differ only by rounding
+    err = _gamma(w1.shape[1] + 2) * (aw @ aw.T)
+    if not np.isscalar(e1) or float(e1) != 0.0:
+        ee = np.broadcast_to(np.asarray(e1, dtype=np.float64), w1.shape)
+        err = err + ee @ aw.T + aw @ ee.T + ee @ ee.T
+    err = err * (1.0 + _gamma(w1.shape[1] + 4))  # the error terms' own rounding (all nonnegative sums)
+    norms: list[float] = []
+    acc = 1.0
+    for w, e in zip(weights.hidden, weights.hidden_err, strict=True):
+        nb = spectral_norm(w).value + _norm_up(e)
+        acc = _up(acc * nb)
+        norms.append(acc)
+    offsets = [0]
+    for s in weights.sizes[:-1]:
+        offsets.append(offsets[-1] + s)
+    return Prepared(weights, gram, err, norms, offsets)
+
+
+def pair_vector(weights: ChainWeights, i: int, j: int) -> tuple[np.ndarray, float]:
+    """``c = a_i - a_j`` in float64 and an upper bound of ``||c_real - c||_2``."""
+    a = weights.last
+    c = a[i] - a[j]
+    e = weights.last_err
+    err = EPS64 * np.abs(c)
+    if not np.isscalar(e) or float(e) != 0.0:
+        ee = np.broadcast_to(np.asarray(e, dtype=np.float64), a.shape)
+        err = err + ee[i] + ee[j]
+    return c, _norm_up(err * (1.0 + 4 * EPS64))
+
+
+def _hidden_matrix(prep: Prepared, t: list[np.ndarray], c: np.ndarray) -> np.ndarray:
+    """H(T): diagonal blocks 2 T_k (the last minus c c^T), off-diagonal blocks -T_k W_k."""
+    sizes = prep.weights.sizes
+    n = sum(sizes)
+    h = np.zeros((n, n))
+    off = prep.offsets
+    for k, tk in enumerate(t):
+        idx = np.arange(off[k], off[k] + sizes[k])
+        h[idx, idx] = 2.0 * tk
+        if k >= 1:
+            blk = -(tk[:, None] * prep.weights.hidden[k])
+            h[off[k] : off[k] + sizes[k], off[k - 1] : off[k - 1] + sizes[k - 1]] = blk
+            h[off[k - 1] : off[k - 1] + sizes[k - 1], off[k] : off[k] + sizes[k]] = blk.T
+    lo = off[-1]
+    h[lo:, lo:] -= np.outer(c, c)
+    return h
+
+
+def verify_pair(prep: Prepared, i: int, j: int, rho: float, t: list[np.ndarray]) -> PairResult:
+    """A sound bound of the pair's Lipschitz constant from a candidate ``(rho, T)`` (any source).
+
+    Builds ``S = H(T) - T_1 G T_1 / rho`` in float64, bounds ``||S - S_real||_2`` by the rounding of
+    every step and the weights' own error, and proves ``lambda_min(S) >= -(shift + gamma_{n+1}
+    ||L||_F^2 + u max S_ii)`` from a completed Cholesky factorisation ``L`` of ``fl(S + shift I)``.
+    """
+    sizes = prep.weights.sizes
+    if not (rho > 0 and math.isfinite(rho)) or len(t) != len(sizes):
+        return PairResult(math.inf, rho, math.inf, False)
+    for tk, s in zip(t, sizes, strict=True):
+        if tk.shape != (s,) or not np.all(np.isfinite(tk)) or np.any(tk < 0):
+            return PairResult(math.inf, rho, math.inf, False)  # T must be diagonal and >= 0
+    c, c_err = pair_vector(prep.weights, i, j)
+    s_mat = _hidden_matrix(prep, t, c)
+    t1 = t[0]
+    m1 = sizes[0]
+    tgt = (t1[:, None] * prep.gram * t1[None, :]) / rho
+    s_mat[:m1, :m1] -= tgt
+    # ||S_hat - S_real||_2 <= sum of the norms of the error of each term (they add entrywise)
+    err = 0.0
+    # T_1 G T_1 / rho: three roundings per entry plus the Gram error
+    err += _norm_up(tgt) * 4 * EPS64 * 1.01
+    err += _norm_up((t1[:, None] * prep.gram_err * t1[None, :]) / rho) * (1.0 + 8 * EPS64)
+    # c c^T: the outer product's rounding plus the error of c
+    cn = _norm_up(c)
+    err += 2.0 * cn * c_err + c_err * c_err + 2.0 * EPS64 * cn * cn
+    # off-diagonal -T_k W_k: the product's rounding and the weights' error (each block once: ||[0 F^T; F 0]|| = ||F||)
+    for k in range(1, len(sizes)):
+        w = prep.weights.hidden[k]
+        err += EPS64 * _norm_up(t[k][:, None] * w)
+        e = prep.weights.hidden_err[k]
+        if not np.isscalar(e) or float(e) != 0.0:
+            err += _norm_up(t[k][:, None] * np.broadcast_to(np.asarray(e, dtype=np.float64), w.shape))
+    # the subtractions that formed each entry of S: one rounding each
+    err += EPS64 * _norm_up(s_mat) * 2.0
+    err = _up(err * _SAFE)
+    low = _lambda_min_lower(s_mat)
+    if low is None:
+        return PairResult(math.inf, rho, math.inf, False)
+    mu = max(0.0, _up(err - low))  # S_real >= (low - err) I
+    grow = sum(p * p for p in prep.prefix_norms)
+    bound_sq = _up(_up(rho) + _up(mu * _up(grow * _SAFE)))
+    bound = _up(math.sqrt(bound_sq) * (1.0 + 2 * EPS64))
+    accepted = mu <= 1e-9 * rho
+    return PairResult(bound, rho, mu, accepted)
+
+
+def _lambda_min_lower(s_mat: np.ndarray, attempts: int = 4) -> float | None:
+    """A rigorous lower bound of the smallest eigenvalue of the float64 symmetric matrix ``s_mat``.
+
+    Tries ``shift = 0`` first, then a shift from an eigenvalue estimate, doubled on failure.
+    """
+    n = s_mat.shape[0]
+    gamma = _gamma(n + 4)  # n + 1 (Higham) plus slack for a blocked factorisation's extra roundings
+    scale = float(np.max(np.abs(np.diag(s_mat)))) if n else 0.0
+    shift = 0.0
+    for attempt in range(attempts):
+        a = s_mat + shift * np.eye(n) if shift else s_mat
+        try:
+            chol = np.linalg.cholesky(a)
+        except np.linalg.LinAlgError:
+            chol = None
+        if chol is not None and np.all(np.isfinite(chol)):
+            fro2 = _up(float(np.sum(chol * chol)) * _SAFE)
+            diag_round = EPS64 * float(np.max(np.abs(np.diag(a)))) if shift else 0.0
+            return -_up(shift + gamma * fro2 + diag_round + _TINY * n * n)
+        if attempt == 0:
+            est = float(np.linalg.eigvalsh(s_mat)[0])
+            shift = max(-est, 0.0) * 1.01 + 4 * n * EPS64 * max(scale, 1e-300)
+        else:
+            shift *= 4.0
+    return None
+
+
+# --- candidates -------------------------------------------------------------------------------
+
+
+@dataclass
+class FastRecursion:
+    """ECLipsE-Fast layer recursion with scalar multipliers (pair independent): ``S_m`` and ``t_k``."""
+
+    scalars: list[float]
+    s_last: np.ndarray  # S_m for rho = 1
+    s_last_chol: np.ndarray
+
+
+def fast_recursion(prep: Prepared) -> FastRecursion:
+    """``S_0 = I``, ``X_k = W_k S_{k-1}^-1 W_k^T``, ``t_k = 1/lambda_max(X_k)``, ``S_k = 2 t_k I - t_k^2 X_k``.
+
+    Then ``S_k >= t_k I > 0`` and, with ``T_k = rho t_k I``, the certificate matrix of a pair
+    reduces to ``rho S_m - c c^T`` (Xu & Sivaranjani 2024, ECLipsE-Fast). Nothing here needs to be
+    exact: the pair candidates it yields are verified by :func:`verify_pair`.
+    """
+    x = prep.gram
+    scalars: list[float] = []
+    s_k = None
+    for k in range(len(prep.weights.hidden)):
+        if k >= 1:
+            w = prep.weights.hidden[k]
+            x = w @ np.linalg.solve(s_k, w.T)
+            x = 0.5 * (x + x.T)
+        lam = float(np.linalg.eigvalsh(x)[-1])
+        tk = 1.0 / lam if lam > 0 else 1.0
+        scalars.append(tk)
+        s_k = 2.0 * tk * np.eye(x.shape[0]) - tk * tk * x
+    assert s_k is not None
+    return FastRecursion(scalars, s_k, np.linalg.cholesky(s_k))
+
+
+def fast_candidate(
+    prep: Prepared, rec: FastRecursion, i: int, j: int, slack: float = 1e-7
+) -> tuple[float, list[np.ndarray]]:
+    """``rho = c^T S_m^-1 c`` (slightly inflated so the matrix is definite) and ``T_k = rho t_k I``."""
+    c = prep.weights.last[i] - prep.weights.last[j]
+    y = np.linalg.solve(rec.s_last_chol, c)
+    rho = float(y @ y) * (1.0 + slack) + 1e-300
+    return rho, [np.full(s, rho * tk) for s, tk in zip(prep.weights.sizes, rec.scalars, strict=True)]
+
+
+def rho_and_gradient(prep: Prepared, t: list[np.ndarray], c: np.ndarray) -> tuple[float, list[np.ndarray] | None]:
+    """``rho*(T) = lambda_max(P^1/2 T_1 G T_1 P^1/2)`` and its gradient in ``T`` (inf when H(T) is not PD)."""
+    sizes = prep.weights.sizes
+    m1 = sizes[0]
+    h = _hidden_matrix(prep, t, c)
+    try:
+        lh = np.linalg.cholesky(h)
+    except np.linalg.LinAlgError:
+        return math.inf, None
+    import scipy.linalg as sla
+
+    e1 = np.zeros((h.shape[0], m1))
+    e1[np.arange(m1), np.arange(m1)] = 1.0
+    z = sla.cho_solve((lh, True), e1)  # H^-1 E_1
+    p = 0.5 * (z[:m1] + z[:m1].T)
+    try:
+        r = np.linalg.cholesky(p)
+    except np.linalg.LinAlgError:
+        return math.inf, None
+    t1 = t[0]
+    tgt = t1[:, None] * prep.gram * t1[None, :]
+    k = r.T @ tgt @ r
+    lam, vec = sla.eigh(0.5 * (k + k.T), subset_by_index=[m1 - 1, m1 - 1], driver="evr")
+    rho = float(lam[-1])
+    if not rho > 0:
+        return math.inf, None
+    y = vec[:, -1]
+    w1v0 = prep.gram @ (t1 * (r @ y)) / math.sqrt(rho)  # W_1 dx_0 for the maximising unit dx_0
+    hvec = z @ (t1 * w1v0)  # maximising hidden increments
+    grads: list[np.ndarray] = []
+    prev_img = w1v0
+    off = prep.offsets
+    for kk, s in enumerate(sizes):
+        vk = hvec[off[kk] : off[kk] + s]
+        if kk >= 1:
+            prev_img = prep.weights.hidden[kk] @ hvec[off[kk - 1] : off[kk - 1] + sizes[kk - 1]]
+        grads.append(2.0 * vk * (prev_img - vk))
+    return rho, grads
+
+
+def refine_pair(
+    prep: Prepared,
+    i: int,
+    j: int,
+    rho0: float,
+    t0: list[np.ndarray],
+    iterations: int = 150,
+    deadline: float | None = None,
+    warm: list[np.ndarray] | None = None,
+    tol: float = 1e-4,
+) -> tuple[float, list[np.ndarray]]:
+    """Descend ``rho*(T)`` over diagonal ``T > 0`` (in log coordinates, normalised steps, backtracking).
+
+    Starts from the feasible candidate ``t0`` or, when better, from ``warm`` (e.g. another pair's
+    solution; the pairs share all but the last layer), stops when ``rho`` improved by less than
+    ``tol`` (relative) over 8 evaluations, and returns the best candidate seen (never worse than
+    the start).
+    """
+    c = prep.weights.last[i] - prep.weights.last[j]
+    best_t = [x.copy() for x in t0]
+    best_rho, grads = rho_and_gradient(prep, best_t, c)
+    if warm is not None:
+        w_rho, w_grads = rho_and_gradient(prep, warm, c)
+        if w_grads is not None and w_rho < best_rho:
+            best_rho, best_t, grads = w_rho, [x.copy() for x in warm], w_grads
+    if grads is None or not math.isfinite(best_rho):
+        return rho0, t0
+    step = 0.3
+    history = [best_rho]
+    for _ in range(iterations):
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+        if len(history) > 8 and history[-9] - best_rho <= tol * best_rho:
+            break
+        gs = [g * x for g, x in zip(grads, best_t, strict=True)]  # gradient in log t
+        gmax = max(float(np.max(np.abs(g))) for g in gs)
+        if gmax == 0.0:
+            break
+        trial = [x * np.exp(-step * g / gmax) for x, g in zip(best_t, gs, strict=True)]
+        rho, new_grads = rho_and_gradient(prep, trial, c)
+        if new_grads is not None and rho < best_rho:
+            best_rho, best_t, grads = rho, trial, new_grads
+            step = min(step * 1.3, 1.0)
+            history.append(best_rho)
+        else:
+            history.append(best_rho)
+            step *= 0.5
+            if step < 1e-4:
+                break
+    if best_rho >= rho0:
+        return rho0, t0
+    return best_rho * (1.0 + 1e-7), best_t
