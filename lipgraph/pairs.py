@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 AUTO_SAFETY_S = 120.0  # "auto": a fixed amount of work per pair; this cap only guards huge class counts
-REFINE_ITERATIONS = 60
+REFINE_ITERATIONS = 25
 _EPS64 = float(2.0**-53)
 _MAX_LISTED_PAIRS = 200  # pairs listed in the JSON report (all of them up to 20 classes)
 
@@ -140,6 +140,9 @@ def tighten_pairs(
             if stage[i, j] == 0:
                 rho, tt = lipsdp.fast_candidate(prep, rec, i, j)
                 method = METHOD_FAST
+            elif (i, j) not in candidates:  # no verified start to refine from
+                stage[i, j] = stage[j, i] = 2
+                continue
             else:
                 rho0, t_start = candidates[(i, j)]
                 # another pair's multipliers, rescaled by the ratio of the two pairs' fast bounds
@@ -150,8 +153,10 @@ def tighten_pairs(
             stage[i, j] = stage[j, i] = stage[i, j] + 1
             res = lipsdp.verify_pair(prep, i, j, rho, tt)
             if not res.accepted:
+                # the matrix inequality failed beyond rounding: the pair keeps its previous bound
                 rejected += 1
-            candidates[(i, j)] = (rho, tt) if res.accepted or (i, j) not in candidates else candidates[(i, j)]
+                continue
+            candidates[(i, j)] = (rho, tt)
             if res.bound < bounds[i, j]:
                 bounds[i, j] = bounds[j, i] = res.bound
                 methods[i, j] = methods[j, i] = method

@@ -286,42 +286,50 @@ def fast_candidate(
 
 
 def rho_and_gradient(prep: Prepared, t: list[np.ndarray], c: np.ndarray) -> tuple[float, list[np.ndarray] | None]:
-    """``rho*(T) = lambda_max(P^1/2 T_1 G T_1 P^1/2)`` and its gradient in ``T`` (inf when H(T) is not PD)."""
-    sizes = prep.weights.sizes
-    m1 = sizes[0]
-    h = _hidden_matrix(prep, t, c)
-    try:
-        lh = np.linalg.cholesky(h)
-    except np.linalg.LinAlgError:
-        return math.inf, None
+    """``rho*(T)`` and its gradient in ``T`` (``inf, None`` when ``H(T)`` is not positive definite).
+
+    ``H(T)`` is block tridiagonal, so it is eliminated from the last layer back:
+    ``M_m = 2 T_m - c c^T``, ``M_k = 2 T_k - W_{k+1}^T T_{k+1} M_{k+1}^-1 T_{k+1} W_{k+1}``, and
+    ``P^-1 = M_1``; ``rho*`` is the top eigenvalue of the pencil ``(T_1 G T_1, M_1)``. The maximising
+    increments follow forwards: ``h_1 = sqrt(rho) z`` (``z`` the pencil's eigenvector, scaled so
+    that ``z^T T_1 G T_1 z = rho``) and ``h_{k+1} = M_{k+1}^-1 T_{k+1} W_{k+1} h_k``.
+    """
     import scipy.linalg as sla
 
-    e1 = np.zeros((h.shape[0], m1))
-    e1[np.arange(m1), np.arange(m1)] = 1.0
-    z = sla.cho_solve((lh, True), e1)  # H^-1 E_1
-    p = 0.5 * (z[:m1] + z[:m1].T)
-    try:
-        r = np.linalg.cholesky(p)
-    except np.linalg.LinAlgError:
-        return math.inf, None
+    ws = prep.weights.hidden
+    m = len(t)
+    mats: list[np.ndarray | None] = [None] * m
+    factors: list[tuple[np.ndarray, bool] | None] = [None] * m
+    mk = np.diag(2.0 * t[-1]) - np.outer(c, c)
+    for k in range(m - 1, -1, -1):
+        if k < m - 1:
+            tw = t[k + 1][:, None] * ws[k + 1]  # T_{k+1} W_{k+1}
+            sol = sla.cho_solve(factors[k + 1], tw)  # type: ignore[arg-type]
+            mk = np.diag(2.0 * t[k]) - tw.T @ sol
+        mk = 0.5 * (mk + mk.T)
+        try:
+            factors[k] = sla.cho_factor(mk, lower=True, check_finite=False)
+        except np.linalg.LinAlgError:
+            return math.inf, None
+        mats[k] = mk
+    low = np.tril(factors[0][0])  # type: ignore[index]
     t1 = t[0]
     tgt = t1[:, None] * prep.gram * t1[None, :]
-    k = r.T @ tgt @ r
-    lam, vec = sla.eigh(0.5 * (k + k.T), subset_by_index=[m1 - 1, m1 - 1], driver="evr")
+    a = sla.solve_triangular(low, tgt, lower=True, check_finite=False)
+    kmat = sla.solve_triangular(low, a.T, lower=True, check_finite=False)
+    m1 = kmat.shape[0]
+    lam, vec = sla.eigh(0.5 * (kmat + kmat.T), subset_by_index=[m1 - 1, m1 - 1], driver="evr")
     rho = float(lam[-1])
-    if not rho > 0:
+    if not (rho > 0 and math.isfinite(rho)):
         return math.inf, None
-    y = vec[:, -1]
-    w1v0 = prep.gram @ (t1 * (r @ y)) / math.sqrt(rho)  # W_1 dx_0 for the maximising unit dx_0
-    hvec = z @ (t1 * w1v0)  # maximising hidden increments
-    grads: list[np.ndarray] = []
-    prev_img = w1v0
-    off = prep.offsets
-    for kk, s in enumerate(sizes):
-        vk = hvec[off[kk] : off[kk] + s]
-        if kk >= 1:
-            prev_img = prep.weights.hidden[kk] @ hvec[off[kk - 1] : off[kk - 1] + sizes[kk - 1]]
-        grads.append(2.0 * vk * (prev_img - vk))
+    z = sla.solve_triangular(low, vec[:, -1], lower=True, trans="T", check_finite=False)
+    w1v0 = prep.gram @ (t1 * z) / math.sqrt(rho)  # W_1 dx_0 for the maximising unit dx_0
+    hk = math.sqrt(rho) * z
+    grads = [2.0 * hk * (w1v0 - hk)]
+    for k in range(1, m):
+        img = ws[k] @ hk
+        hk = sla.cho_solve(factors[k], t[k] * img)  # type: ignore[arg-type]
+        grads.append(2.0 * hk * (img - hk))
     return rho, grads
 
 
