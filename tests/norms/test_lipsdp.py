@@ -121,6 +121,11 @@ def test_rho_matches_the_dense_certificate_and_its_gradient_matches_finite_diffe
 
     assert np.linalg.eigvalsh(q(rho * (1 + 1e-6)))[0] > -1e-9
     assert np.linalg.eigvalsh(q(rho * (1 - 1e-3)))[0] < 0
+    # the verifier accepts exactly the rho the dense oracle accepts (up to rounding level)
+    assert lipsdp.verify_pair(prep, 0, 2, rho * (1 + 1e-6), t).accepted
+    below = lipsdp.verify_pair(prep, 0, 2, rho * (1 - 1e-3), t)
+    assert not below.accepted
+    assert below.bound >= math.sqrt(rho), "an infeasible candidate's inflated value is still an upper bound"
     h = 1e-6
     for k, idx in [(0, 1), (0, 3), (1, 0), (1, 2)]:
         tp = [x.copy() for x in t]
