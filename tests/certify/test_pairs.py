@@ -109,13 +109,21 @@ def test_rejected_multipliers_leave_the_certificate_as_it_was(digits_mlp, both, 
 # ---- chain near-misses (hand-built graphs): they must not be treated as chains -------------------
 
 
-def _mlp_model(act: str = "Relu", act_attrs: dict | None = None, residual: bool = False, branch: bool = False,
-               final_act: bool = False) -> onnx.ModelProto:
+def _mlp_model(
+    act: str = "Relu",
+    act_attrs: dict | None = None,
+    residual: bool = False,
+    branch: bool = False,
+    final_act: bool = False,
+) -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     w1 = rng.standard_normal((6, 6)).astype(np.float32)
     w2 = rng.standard_normal((6, 3)).astype(np.float32)
     inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")]
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["z1"]), helper.make_node(act, ["z1"], ["h1"], **(act_attrs or {}))]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["z1"]),
+        helper.make_node(act, ["z1"], ["h1"], **(act_attrs or {})),
+    ]
     last_in = "h1"
     if residual:
         nodes.append(helper.make_node("Add", ["h1", "x"], ["r1"]))
@@ -128,8 +136,13 @@ def _mlp_model(act: str = "Relu", act_attrs: dict | None = None, residual: bool 
     nodes.append(helper.make_node("MatMul", [last_in, "w2"], ["pre" if final_act else out]))
     if final_act:
         nodes.append(helper.make_node("Relu", ["pre"], [out]))
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
-                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, 3])], inits)
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, 3])],
+        inits,
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     return m
@@ -171,8 +184,23 @@ def test_cli_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["certify", str(SAMPLES / "lmt.onnx"), "--data", str(data), "--tight-pairs", "-1", "-q"])
     assert rc == 2
     out = tmp_path / "r.json"
-    rc = main(["certify", str(SAMPLES / "lmt.onnx"), "--data", str(data), "--limit", "60", "--tight-pairs", "0.5",
-               "--format", "json", "-o", str(out), "-q"])
+    rc = main(
+        [
+            "certify",
+            str(SAMPLES / "lmt.onnx"),
+            "--data",
+            str(data),
+            "--limit",
+            "60",
+            "--tight-pairs",
+            "0.5",
+            "--format",
+            "json",
+            "-o",
+            str(out),
+            "-q",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     pb = json.loads(out.read_text())["meta"]["pair_bounds"]
     assert pb["used"] and pb["mode"] == "0.5s"
