@@ -58,7 +58,7 @@ out = {}
 chunk = spec["chunk"]
 bm = BoundedModule(model, x[:chunk], device="cpu")
 bm.set_bound_opts({"optimize_bound_args": {"iteration": spec["alpha_iters"], "lr_alpha": 0.1}})
-for method in ("CROWN", "CROWN-Optimized"):
+for method in spec["methods"]:
     res = {}
     t0 = time.perf_counter()
     for eps in spec["eps"]:
@@ -164,6 +164,7 @@ def run_lirpa(model, kinds, x, y, eps, args) -> dict | None:  # noqa: ANN001
             "classes": int(model(torch.from_numpy(x[:1])).shape[1]),
             "eps": eps,
             "alpha_iters": args.alpha_iters,
+            "methods": ["CROWN"] if args.no_alpha else ["CROWN", "CROWN-Optimized"],
             "chunk": args.chunk,
         }
         (Path(tmp) / "spec.json").write_text(json.dumps(spec))
@@ -197,8 +198,8 @@ def bench_model(name: str, path: Path, data: Path, eps: list[float], args) -> di
 
     torch.set_num_threads(1)
     with np.load(data) as d:
-        x = d["x"].astype(np.float32)
-        y = d["y"].astype(np.int64)
+        x = d["x" if "x" in d else "x_test"].astype(np.float32)
+        y = d["y" if "y" in d else "y_test"].astype(np.int64)
         if x.ndim == 3:
             x = x[:, None]
         if x.max() > 1.5:
@@ -222,6 +223,8 @@ def bench_model(name: str, path: Path, data: Path, eps: list[float], args) -> di
         lirpa = run_lirpa(model, kinds, x, y, eps, args)
         if lirpa is not None:
             for method, label in (("CROWN", "crown"), ("CROWN-Optimized", "alpha-crown")):
+                if method not in lirpa:
+                    continue
                 row["certified"][label] = lirpa[method]["certified"]
                 row["time_s"][label] = round(lirpa[method]["time_s"], 3)
         for meth, per_eps in row["certified"].items():
@@ -238,10 +241,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--eps", type=float, nargs="+", default=[0.25, 0.5, 1.0])
     ap.add_argument("--extra", nargs=2, action="append", default=[], metavar=("MODEL", "DATA"))
-    ap.add_argument("--samples", nargs="+", default=["plain", "lmt", "awp", "groupsort"])
+    ap.add_argument("--samples", nargs="*", default=["plain", "lmt", "awp", "groupsort"])
     ap.add_argument("--lirpa-python", default="/tmp/lirpa_pairs/bin/python")
     ap.add_argument("--lirpa-path", default="/tmp/auto_lirpa_src")
-    ap.add_argument("--alpha-iters", type=int, default=20)
+    ap.add_argument("--alpha-iters", type=int, default=10)
+    ap.add_argument("--no-alpha", action="store_true", help="CROWN only (alpha-CROWN is slow on 2 cores)")
+    ap.add_argument("--out", default="pairwise_vs_crown.json", help="file name under bench/results/")
     ap.add_argument("--chunk", type=int, default=500)
     ap.add_argument("--limit", type=int, default=None)
     args = ap.parse_args()
@@ -264,7 +269,7 @@ def main() -> None:
     for r in rows:
         acc = {m: {e: float(np.mean(v)) for e, v in per.items()} for m, per in r["certified"].items()}
         summary.append({k: v for k, v in r.items() if k != "certified"} | {"certified_accuracy": acc})
-    out = HERE / "results" / "pairwise_vs_crown.json"
+    out = HERE / "results" / args.out
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"rows": summary, "argv": sys.argv[1:]}, indent=1))
     print(f"\nwrote {out}")
