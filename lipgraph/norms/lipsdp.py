@@ -184,6 +184,7 @@ def verify_pair(prep: Prepared, i: int, j: int, rho: float, t: list[np.ndarray])
     t1 = t[0]
     m1 = sizes[0]
     tgt = (t1[:, None] * prep.gram * t1[None, :]) / rho
+    h_norm = _norm_up(s_mat)  # before the subtraction: with one hidden layer a block gets two of them
     s_mat[:m1, :m1] -= tgt
     # ||S_hat - S_real||_2 <= sum of the norms of the error of each term (they add entrywise)
     err = 0.0
@@ -200,8 +201,9 @@ def verify_pair(prep: Prepared, i: int, j: int, rho: float, t: list[np.ndarray])
         e = prep.weights.hidden_err[k]
         if not np.isscalar(e) or float(e) != 0.0:
             err += _norm_up(t[k][:, None] * np.broadcast_to(np.asarray(e, dtype=np.float64), w.shape))
-    # the subtractions that formed each entry of S: one rounding each
-    err += EPS64 * _norm_up(s_mat) * 2.0
+    # the subtractions that formed each entry of S: at most two roundings, each relative to the
+    # entry before or after the last subtraction
+    err += EPS64 * (_norm_up(s_mat) + h_norm) * 2.0
     err = _up(err * _SAFE)
     low = _lambda_min_lower(s_mat)
     if low is None:
