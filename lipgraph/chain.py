@@ -22,7 +22,7 @@ from lipgraph.graph import Graph, Node
 from lipgraph.norms.lipsdp import ChainWeights
 from lipgraph.tail import _LINEAR_OPS, EPS64, _apply, _NotAffine
 
-MAX_INPUT_DIM = 16384  # the basis of the input is pushed through the first segment in one batch
+MAX_INPUT_DIM = 4096  # the basis of the input is pushed through the first segment: d x d float64 arrays
 MAX_HIDDEN_TOTAL = 4096  # the certificate matrix has the size of all hidden layers together
 
 
