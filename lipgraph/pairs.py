@@ -27,6 +27,8 @@ AUTO_SAFETY_S = 120.0  # "auto": a fixed amount of work per pair; this cap only 
 # L-BFGS iterations per refinement stage of a deciding pair: a short pass for every such pair, then
 # a longer one for the pairs that still decide a radius (each stage restarts from the last solution)
 REFINE_STAGES = (12, 48)
+# "auto" refines only up to this many hidden units (a step costs O(hidden^3)); SECONDS mode always may
+AUTO_REFINE_MAX_HIDDEN = 1024
 _EPS64 = float(2.0**-53)
 _MAX_LISTED_PAIRS = 200  # pairs listed in the JSON report (all of them up to 20 classes)
 
@@ -121,7 +123,10 @@ def tighten_pairs(
     bounds = cheap.copy()
     methods = np.full((k, k), METHOD_CHEAP, dtype=object)
     stage = np.zeros((k, k), dtype=np.int64)  # 0 cheap, 1 fast tried, 1 + s: refinement stage s tried
-    last_stage = 1 + len(REFINE_STAGES)
+    stages = REFINE_STAGES
+    if mode == "auto" and sum(chain.weights.sizes) > AUTO_REFINE_MAX_HIDDEN:
+        stages = ()
+    last_stage = 1 + len(stages)
     prep = lipsdp.prepare(chain.weights)
     rec = lipsdp.fast_recursion(prep)
     candidates: dict[tuple[int, int], tuple[float, list[np.ndarray]]] = {}
@@ -157,7 +162,7 @@ def tighten_pairs(
                 # another pair's multipliers, rescaled by the ratio of the two pairs' fast bounds
                 first = stage[i, j] == 1
                 hint = None if warm is None or not first else [x * (fast_rho[i, j] / warm[0]) for x in warm[1]]
-                its = REFINE_STAGES[int(stage[i, j]) - 1]
+                its = stages[int(stage[i, j]) - 1]
                 rho, tt = lipsdp.refine_pair(prep, i, j, rho0, t_start, its, deadline, hint)
                 method = METHOD_REFINED
                 if first:

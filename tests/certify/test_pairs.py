@@ -205,3 +205,14 @@ def test_cli_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pb = json.loads(out.read_text())["meta"]["pair_bounds"]
     assert pb["used"] and pb["mode"] == "0.5s"
     assert pb["pairs_total"] == 45 and pb["pairs_solved"] >= 1
+
+
+def test_auto_skips_refinement_above_the_hidden_size_limit(digits_mlp, both, monkeypatch) -> None:
+    import lipgraph.pairs as pairs
+
+    monkeypatch.setattr(pairs, "AUTO_REFINE_MAX_HIDDEN", 10)
+    off, auto = both
+    cert = certify(digits_mlp.onnx_path, digits_mlp.x, digits_mlp.y, eps=[0.1, 0.2], tight_pairs="auto")
+    methods = {p["method"] for p in cert.meta["pair_bounds"]["pairs"]}
+    assert "lipsdp-neuron" not in methods and "eclipse-fast" in methods
+    assert np.all(cert.radii >= off.radii) and np.all(cert.radii <= auto.radii)
