@@ -323,6 +323,7 @@ def certify(
     precision: str = "fp32",
     unit_roundoff: float | None = None,
     dot_operand_roundoff: float = 0.0,
+    tight_pairs: str | float | None = "auto",
 ) -> Certificate:
     """Certify ``model`` on inputs ``x`` (N, ...) with optional labels ``y`` (N,).
 
@@ -334,6 +335,8 @@ def certify(
     or "tf32" (products with TF32's 10-bit operands, covered by the float error model).
     ``unit_roundoff`` (default float32's 2^-24) and ``dot_operand_roundoff`` (2^-11 for TF32 products)
     set the float error model.
+    ``tight_pairs`` (``"auto"``, ``"off"`` or seconds) selects per-class-pair network bounds
+    (``lipgraph.pairs``).
     """
     from lipgraph.analyze import analyze
     from lipgraph.data import fit_inputs, fit_labels
@@ -341,6 +344,7 @@ def certify(
     from lipgraph.graph import build_graph
     from lipgraph.inference import DEFAULT_BATCH_SIZE, Runner, logits_model, model_input, resolve_providers
     from lipgraph.loader import load_model
+    from lipgraph.pairs import pair_candidates, parse_mode
     from lipgraph.passes import run_passes
     from lipgraph.providers import check_precision, ensure_precision_covered, parse_providers, tf32_operand_roundoff
     from lipgraph.rules import load_rules
@@ -348,6 +352,10 @@ def certify(
 
     t_start = time.perf_counter()
     eps_list = _check_eps(eps)
+    try:
+        parse_mode(tight_pairs)
+    except ValueError as exc:
+        raise LipgraphError(str(exc)) from None
     prov = resolve_providers(providers)
     request = parse_providers(providers)
     tf32_roundoff = tf32_operand_roundoff() if check_precision(precision) == "tf32" else 0.0
@@ -426,7 +434,10 @@ def certify(
 
     t_radii = time.perf_counter()
     tails = find_tail(graph, logits_name, analysis.tensor_bounds)
-    radii = compute_radii(logits, labels, lipschitz, tails, error_model.at(input_norms), error_model.d)
+    extra, pair_meta = ([], {"used": False, "reason": "single logit"}) if sigmoid_logit is not None else \
+        pair_candidates(graph, logits_name, logits, labels, lipschitz, tails, tight_pairs,
+                        unfused_graph=lambda: _unfused_graph(proto, graph.input_name, sample_shape))
+    radii = compute_radii(logits, labels, lipschitz, list(tails) + extra, error_model.at(input_norms), error_model.d)
     t_radii = time.perf_counter() - t_radii
 
     # at eps = 0 a correct sample counts even with radius 0: certified accuracy at 0 == clean accuracy
@@ -450,6 +461,7 @@ def certify(
             {"h": tails[-1].h, "l_h": tails[-1].l_h, "ops": tails[-1].ops, "candidates": len(tails)}
             if tails else None
         ),
+        "pair_bounds": pair_meta,
         "float_allowance": (
             "margins reduced by twice a proven bound e(||x||) on the float32 logits' error "
             f"(floor {MARGIN_REL:g} * max|logit|); radii rounded down"
@@ -463,6 +475,8 @@ def certify(
     })
     ensure_precision_covered(runner.precision, meta.get("float_error"), tf32_roundoff)
     warns.extend(runner.warnings)
+    if pair_meta.get("budget_exhausted"):
+        warns.append("--tight-pairs: the time budget ran out; the remaining pairs keep their cheaper bounds")
     if labels is None:
         warns.append("no labels in the data: certifying the model's own predictions")
     if x.dtype.kind in "iu" and meta["data"]["input_max"] > 1.5:
@@ -487,3 +501,13 @@ def certify(
         warnings=list(analysis.warnings) + warns,
         per_sample=per_sample,
     )
+
+
+def _unfused_graph(proto: onnx.ModelProto, input_name: str, sample_shape: tuple[int, ...]) -> Any:
+    """The model's graph with only the passes it needs to be bounded (no fused sandwiches or linear maps)."""
+    from lipgraph.graph import build_graph
+    from lipgraph.passes import default_passes, run_passes
+
+    g = build_graph(proto, input_name, sample_shape)
+    run_passes(g, default_passes(tightening=False))
+    return g

@@ -16,6 +16,16 @@ def _eps_cb(_ctx: click.Context, _param: click.Parameter, values: tuple[float, .
     return values
 
 
+def _tight_pairs_cb(value: str) -> str:
+    from lipgraph.pairs import parse_mode
+
+    try:
+        parse_mode(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(dir_okay=True, path_type=str))
 @click.option("--data", "data", required=True, type=click.Path(path_type=str), metavar="DATA.npz",
@@ -47,13 +57,17 @@ def _eps_cb(_ctx: click.Context, _param: click.Parameter, values: tuple[float, .
               help="Let CUDA use TF32 (faster, smaller radii); refused unless the float allowance covers it.")
 @click.option("--limit", "limit", type=click.IntRange(min=1), metavar="N", help="Use only the first N samples.")
 @click.option("--input", "input_name", metavar="NAME", help="The graph input to certify (when there are several).")
+@click.option("--tight-pairs", "tight_pairs", default="auto", show_default=True, metavar="auto|off|SECONDS",
+              callback=lambda _c, _p, v: _tight_pairs_cb(v),
+              help="Per-class-pair whole-network bounds for chains of affine layers and ReLU-like activations "
+                   "(verified LipSDP-neuron multipliers); SECONDS bounds the time spent on them.")
 @click.option("--per-sample", "per_sample", is_flag=True, help="Add per-sample radii to the JSON report.")
 @click.option("--exit-zero", "exit_zero", is_flag=True, help="Exit 0 even when a gate fails.")
 @click.option("-q", "--quiet", "quiet", is_flag=True, help="No progress bar and no verdict line on stderr.")
 def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, ...], min_clean: float | None,
             max_lip: float | None, baseline: str | None, max_drop: float | None, fmt: tuple[str, ...],
             output: tuple[str, ...], config: str | None, no_config: bool, batch_size: int, providers: str | None,
-            allow_tf32: bool, limit: int | None, input_name: str | None,
+            allow_tf32: bool, limit: int | None, input_name: str | None, tight_pairs: str,
             per_sample: bool, exit_zero: bool, quiet: bool) -> int:
     """Certify MODEL on DATA: radii, certified accuracy at each --eps, and CI gates.
 
@@ -103,7 +117,7 @@ def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, 
     try:
         cert = run_certify(model, dataset.x, dataset.y, eps_grid, input_name=input_name, batch_size=batch_size,
                            providers=providers, precision=precision, per_sample=per_sample,
-                           progress=inference_progress(quiet), source=dataset.source)
+                           progress=inference_progress(quiet), source=dataset.source, tight_pairs=tight_pairs)
     except UnsupportedModelError as exc:
         # the formats that carry findings report each refused node (the others stay unwritten)
         from lipgraph.report.findings import refusal_report

@@ -23,13 +23,22 @@ def _summary_rows(d: dict[str, Any]) -> list[list[str]]:
         ["clean accuracy", _pct(d["clean_accuracy"]) if d["clean_accuracy"] is not None else "n/a (no labels)"],
         ["median radius", fmt_lower(d["median_radius"])],
         ["mean radius", fmt_lower(d["mean_radius"])],
-        ["radius method", d["radius_method"]],
+        ["radius method", d["radius_method"] + _pair_note(m.get("pair_bounds"))],
         ["provider", str(m.get("provider"))],
         ["config", str(m.get("config") or "none (no [tool.lipgraph] found)")],
         ["time", f"bound {m.get('time_bound_s', 0):.3f}s (beside inference), inference "
                  f"{m.get('time_inference_s', 0):.3f}s, total {m.get('time_total_s', 0):.3f}s"],
     ]
     return rows
+
+
+def _pair_note(pb: Any) -> str:
+    """Say when per-pair network bounds changed the radii (lipgraph.pairs), so it is never silent."""
+    if not isinstance(pb, dict) or not pb.get("used"):
+        return ""
+    by = pb.get("pairs_by_method") or {}
+    tight = sum(v for k, v in by.items() if k != "last-layer")
+    return f" (network bounds for {tight} of {pb.get('pairs_total')} class pairs, --tight-pairs {pb.get('mode')})"
 
 
 def _eps_rows(d: dict[str, Any]) -> list[list[str]]:

@@ -1,0 +1,140 @@
+"""Recognise a network that is a plain chain of (affine map, slope-restricted activation) layers.
+
+The per-pair network bounds (``lipgraph.norms.lipsdp``) need the model as
+``logits = A phi(W_m ... phi(W_1 x + b_1) ... + b_m) + b`` with every activation elementwise and
+slope-restricted in [0, 1]. This module walks the analysis graph forward from the input: each run
+of linear ops (Gemm / MatMul with constant weights, Add / Sub / Mul / Div by constants, and
+shape-only ops: the ops of ``lipgraph.tail``) is composed into one dense float64 matrix by pushing
+the standard basis through it, with the composition's rounding bound ``gamma_n |W|`` entrywise
+(Higham, sec. 3.5) as in the affine tail. Every intermediate tensor must feed exactly one node, so
+no other path can reach the logits. Anything else (a residual Add of two variables, GroupSort,
+pooling, a conv we do not expand) means "not a chain", with the reason, and the caller keeps the
+other bounds: nothing is skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lipgraph.graph import Graph, Node
+from lipgraph.norms.lipsdp import ChainWeights
+from lipgraph.tail import _LINEAR_OPS, EPS64, _apply, _NotAffine
+
+MAX_INPUT_DIM = 4096  # the basis of the input is pushed through the first segment: d x d float64 arrays
+MAX_HIDDEN_TOTAL = 4096  # the certificate matrix has the size of all hidden layers together
+
+
+def _slope_in_unit_interval(node: Node) -> bool:
+    """Elementwise activations whose slope lies in [0, 1] everywhere (the LipSDP-neuron premise)."""
+    op, attrs = node.op_type, node.attrs
+    if op in ("Relu", "Sigmoid", "Tanh", "Softplus"):  # slopes [0,1], (0,1/4], (0,1], (0,1)
+        return True
+    if op == "LeakyRelu":
+        return 0.0 <= float(attrs.get("alpha", 0.01)) <= 1.0
+    if op == "Elu":
+        return 0.0 <= float(attrs.get("alpha", 1.0)) <= 1.0
+    return False
+
+
+@dataclass
+class Chain:
+    """The chain's weights (for :mod:`lipgraph.norms.lipsdp`) and a description for the report."""
+
+    weights: ChainWeights
+    activations: list[str]
+    input_dim: int
+    ops: list[str] = field(default_factory=list)
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "input_dim": self.input_dim,
+            "hidden": self.weights.sizes,
+            "classes": int(self.weights.last.shape[0]),
+            "activations": self.activations,
+        }
+
+
+class NotAChain(Exception):
+    """The model is not a chain of (affine, slope-restricted activation) layers; the message says why."""
+
+
+def extract_chain(graph: Graph, logits: str) -> Chain:
+    """The chain from ``graph.input_name`` to ``logits``, or :class:`NotAChain` with the reason."""
+    cur = graph.input_name
+    shape = graph.shape_of(cur)
+    if shape is None or len(shape) < 1 or any(d is None for d in shape) or shape[0] != 1:
+        raise NotAChain(f"the input '{cur}' has no fixed per-sample shape")
+    segment: list[tuple[Node, int]] = []
+    seg_shape: tuple[int, ...] = tuple(int(d) for d in shape)  # type: ignore[arg-type]
+    matrices: list[tuple[np.ndarray, np.ndarray]] = []
+    activations: list[str] = []
+    ops: list[str] = []
+    input_dim = int(np.prod(seg_shape[1:], dtype=np.int64))
+    if input_dim > MAX_INPUT_DIM:
+        raise NotAChain(f"input of {input_dim} values (limit {MAX_INPUT_DIM})")
+    while cur != logits:
+        users = graph.consumers(cur)
+        if len(users) != 1:
+            raise NotAChain(f"'{cur}' feeds {len(users)} nodes (a chain has exactly one)")
+        node = users[0]
+        if node.domain != "ai.onnx":
+            raise NotAChain(f"{node.domain}:{node.op_type} '{node.name}' is not an affine op or an activation")
+        var = [k for k, i in enumerate(node.inputs) if i and graph.is_variable(i)]
+        if len(var) != 1 or node.inputs[var[0]] != cur or len(node.outputs) < 1:
+            raise NotAChain(f"{node.op_type} '{node.name}' has several variable inputs")
+        ops.append(f"{node.op_type}:{node.name}")
+        if node.op_type in _LINEAR_OPS:
+            segment.append((node, var[0]))
+        elif _slope_in_unit_interval(node):
+            if not segment:
+                raise NotAChain(f"two activations in a row at '{node.name}'")
+            matrices.append(_compose(segment, seg_shape, graph))
+            activations.append(node.op_type)
+            out_shape = graph.shape_of(node.outputs[0]) or graph.shape_of(cur)
+            if out_shape is None or any(d is None for d in out_shape):
+                raise NotAChain(f"no fixed shape after '{node.name}'")
+            seg_shape = tuple(int(d) for d in out_shape)  # type: ignore[arg-type]
+            segment = []
+        else:
+            raise NotAChain(f"{node.op_type} '{node.name}' is not an affine op or a [0, 1]-slope activation")
+        cur = node.outputs[0]
+    if not activations:
+        raise NotAChain("no activation: the model is affine (the tail bound is exact there)")
+    if not segment:
+        raise NotAChain("the logits are an activation's output")
+    matrices.append(_compose(segment, seg_shape, graph))
+    hidden = [m for m, _ in matrices[:-1]]
+    if sum(w.shape[0] for w in hidden) > MAX_HIDDEN_TOTAL:
+        raise NotAChain(f"{sum(w.shape[0] for w in hidden)} hidden units (limit {MAX_HIDDEN_TOTAL})")
+    try:
+        weights = ChainWeights(hidden, [e for _, e in matrices[:-1]], matrices[-1][0], matrices[-1][1])
+    except ValueError as exc:
+        raise NotAChain(str(exc)) from None
+    return Chain(weights, activations, input_dim, ops)
+
+
+def _compose(segment: list[tuple[Node, int]], shape: tuple[int, ...], graph: Graph) -> tuple[np.ndarray, np.ndarray]:
+    """The segment's matrix (outputs x inputs) and its entrywise rounding bound."""
+    d = int(np.prod(shape[1:], dtype=np.int64))
+    basis = np.eye(d, dtype=np.float64).reshape((d, *shape[1:]))
+    x, xa = basis, basis.copy()
+    n_ops = 0
+    for node, vi in segment:
+        try:
+            x, inner = _apply(graph, node, vi, x, absolute=False)
+            xa, _ = _apply(graph, node, vi, xa, absolute=True)
+        except (_NotAffine, ValueError, IndexError, TypeError) as exc:
+            raise NotAChain(f"{node.op_type} '{node.name}': {exc}") from None
+        n_ops += inner + 1
+    if x.ndim < 1 or x.shape[0] != d:
+        raise NotAChain("a linear segment loses the batch axis")
+    k = int(np.prod(x.shape[1:], dtype=np.int64)) if x.ndim > 1 else 1
+    w = x.reshape(d, k).T.copy()
+    wa = np.abs(xa.reshape(d, k).T)
+    if not (np.all(np.isfinite(w)) and np.all(np.isfinite(wa))):
+        raise NotAChain("non-finite weights")
+    n = n_ops + d + 8
+    gamma = 2.0 * n * EPS64 / (1.0 - 2.0 * n * EPS64)  # the affine tail's composition bound
+    return w, gamma * wa * (1.0 + 4 * EPS64)
