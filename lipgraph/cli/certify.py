@@ -56,12 +56,17 @@ def _renderer(fmt: str):  # noqa: ANN202
 @click.option("--limit", "limit", type=click.IntRange(min=1), metavar="N", help="Use only the first N samples.")
 @click.option("--input", "input_name", metavar="NAME", help="The graph input to certify (when there are several).")
 @click.option("--per-sample", "per_sample", is_flag=True, help="Add per-sample radii to the JSON report.")
+@click.option("--bound", "bound_file", type=click.Path(path_type=str), metavar="BOUND.json",
+              help="Reuse `lipgraph bound -o BOUND.json` (checked against the model's sha256 and the data's shape).")
+@click.option("--shard", "shard", metavar="K/N",
+              help="Certify every N-th batch starting with batch K; write a partial JSON report for `lipgraph merge`.")
 @click.option("--exit-zero", "exit_zero", is_flag=True, help="Exit 0 even when a gate fails.")
 @click.option("-q", "--quiet", "quiet", is_flag=True, help="No progress bar.")
 def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, ...], min_clean: float | None,
             max_lip: float | None, baseline: str | None, max_drop: float | None, fmt: str, output: str | None,
             batch_size: int, providers: str | None, limit: int | None, input_name: str | None,
-            per_sample: bool, exit_zero: bool, quiet: bool) -> int:
+            per_sample: bool, exit_zero: bool, quiet: bool, bound_file: str | None = None,
+            shard: str | None = None) -> int:
     """Certify MODEL on DATA: radii, certified accuracy at each --eps, and CI gates.
 
     Exit code 0 when every gate passes, 1 when a gate fails, 2 on an error. Gates may also come
@@ -72,9 +77,9 @@ def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, 
 
     from lipgraph import gates as g
     from lipgraph.certify import certify as run_certify
-    from lipgraph.data import load_npz
     from lipgraph.inference import resolve_providers, stderr_progress
     from lipgraph.report import check_output_path, write_atomic
+    from lipgraph.stream import Shard, open_data
 
     t0 = time.perf_counter()
     # Everything that can be checked cheaply is checked before the work starts.
@@ -94,7 +99,9 @@ def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, 
     file_cfg = g.load_config(pyproject) if pyproject else g.GateConfig()
     cfg = g.merge(file_cfg, flags)
     base = g.load_baseline(cfg.baseline) if cfg.baseline else None
-    dataset = load_npz(data, limit=limit)
+    shard_spec = Shard.parse(shard) if shard else None
+    dataset = open_data(data, limit=limit, shard=shard_spec, block=batch_size)  # streamed, never read whole
+    analysis = _reuse_bound(model, bound_file, input_name, dataset) if bound_file else None
     if cfg.min_clean_accuracy is not None and dataset.y is None:
         raise LipgraphError(f"--min-clean-accuracy needs labels, but '{data}' has none (y / labels / y_test)")
     eps_grid = list(cfg.eps or DEFAULT_EPS) + g.required_eps(cfg, base)
@@ -102,11 +109,24 @@ def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, 
     # the bound is computed beside the inference (lipgraph.certify.certify)
     cert = run_certify(model, dataset.x, dataset.y, eps_grid, input_name=input_name, batch_size=batch_size,
                        providers=provider_list, per_sample=per_sample, progress=stderr_progress(quiet),
-                       source=dataset.source)
+                       source=dataset.source, analysis=analysis)
     cert.meta["data"]["x_key"] = dataset.x_key
     cert.meta["data"]["y_key"] = dataset.y_key
     if cfg.source:
         cert.meta["config"] = cfg.source
+    if shard_spec is not None:  # a part: no gates until `lipgraph merge` has every part
+        import json
+
+        from lipgraph.merge import partial_report
+
+        doc = partial_report(cert, dataset.x.global_indices(), (shard_spec.index, shard_spec.count), batch_size,
+                             dataset.total)
+        text = json.dumps(doc, allow_nan=True) + "\n"
+        if output:
+            write_atomic(output, text)
+        else:
+            click.echo(text, nl=False)
+        return 0
     g.apply(cert, cfg, base)
     cert.meta["time_total_s"] = round(time.perf_counter() - t0, 4)
     text = render(cert)
@@ -115,3 +135,15 @@ def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, 
     else:
         click.echo(text, nl=False)
     return 0 if (cert.passed or exit_zero) else 1
+
+
+def _reuse_bound(model: str, path: str, input_name: str | None, dataset: object):  # noqa: ANN202
+    """The analysis stored by `lipgraph bound -o`, checked against this model and data."""
+    from lipgraph.bound_file import check_input_shape, fitted_sample_shape, load_bound
+    from lipgraph.loader import load_model
+
+    proto, sha = load_model(model)
+    analysis = load_bound(path, proto, sha, input_name)
+    shape = fitted_sample_shape(proto, analysis.input_name, dataset.x, dataset.source)  # type: ignore[attr-defined]
+    check_input_shape(analysis, shape, path)
+    return analysis
