@@ -60,8 +60,9 @@ def read_bound_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         doc = json.loads(p.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise LipgraphError(f"'{p}' is not a JSON bound report; make it with `lipgraph bound MODEL --format json "
-                            f"-o {p.name}`") from None
+        raise LipgraphError(
+            f"'{p}' is not a JSON bound report; make it with `lipgraph bound MODEL --format json -o {p.name}`"
+        ) from None
     bound = doc.get("lipschitz_bound") if isinstance(doc, dict) else None
     meta = doc.get("meta") if isinstance(doc, dict) else None
     if not isinstance(bound, (int, float)) or not isinstance(meta, dict) or not isinstance(doc.get("nodes"), list):
@@ -71,8 +72,9 @@ def read_bound_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     return doc
 
 
-def load_bound(path: str | os.PathLike[str], proto: onnx.ModelProto, sha256: str,
-               input_name: str | None = None) -> LoadedAnalysis:
+def load_bound(
+    path: str | os.PathLike[str], proto: onnx.ModelProto, sha256: str, input_name: str | None = None
+) -> LoadedAnalysis:
     """The report at ``path`` as an analysis of ``proto`` (whose file has the digest ``sha256``)."""
     from lipgraph.graph import build_graph
     from lipgraph.passes import run_passes
@@ -81,8 +83,10 @@ def load_bound(path: str | os.PathLike[str], proto: onnx.ModelProto, sha256: str
     meta = dict(doc["meta"])
     recorded = meta.get("model_sha256")
     if recorded != sha256:
-        raise LipgraphError(f"the bound in '{path}' was computed for another model (sha256 {str(recorded)[:12]}..., "
-                            f"this model {sha256[:12]}...); rerun `lipgraph bound` on this model")
+        raise LipgraphError(
+            f"the bound in '{path}' was computed for another model (sha256 {str(recorded)[:12]}..., "
+            f"this model {sha256[:12]}...); rerun `lipgraph bound` on this model"
+        )
     if input_name is not None and meta.get("input") not in (None, input_name):
         raise LipgraphError(f"the bound in '{path}' is for the input '{meta.get('input')}', not '{input_name}'")
     shape = meta.get("input_shape")
@@ -97,8 +101,14 @@ def load_bound(path: str | os.PathLike[str], proto: onnx.ModelProto, sha256: str
             bounds[node.outputs[0]] = float(row["cumulative"])
     bounds[graph.output_name] = float(doc["lipschitz_bound"])
     meta["bound_file"] = str(path)
-    return LoadedAnalysis(float(doc["lipschitz_bound"]), [_Row(r) for r in doc["nodes"] if isinstance(r, dict)],
-                          [str(w) for w in doc.get("warnings", [])], meta, graph, bounds)
+    return LoadedAnalysis(
+        float(doc["lipschitz_bound"]),
+        [_Row(r) for r in doc["nodes"] if isinstance(r, dict)],
+        [str(w) for w in doc.get("warnings", [])],
+        meta,
+        graph,
+        bounds,
+    )
 
 
 def check_input_shape(analysis: LoadedAnalysis, sample_shape: tuple[int, ...], path: str) -> None:
@@ -108,8 +118,10 @@ def check_input_shape(analysis: LoadedAnalysis, sample_shape: tuple[int, ...], p
     have = list(sample_shape)
     if len(want) != len(have) or any(isinstance(w, int) and w != h for w, h in zip(want, have, strict=False)):
         txt = "x".join(str(d) for d in want)
-        raise LipgraphError(f"the bound in '{path}' was computed for inputs of shape {txt}, but the data has "
-                            f"{'x'.join(map(str, have))}; rerun `lipgraph bound --input-shape` at the data's size")
+        raise LipgraphError(
+            f"the bound in '{path}' was computed for inputs of shape {txt}, but the data has "
+            f"{'x'.join(map(str, have))}; rerun `lipgraph bound --input-shape` at the data's size"
+        )
 
 
 def fitted_sample_shape(proto: onnx.ModelProto, input_name: str, x: Any, source: str) -> tuple[int, ...]:

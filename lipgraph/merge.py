@@ -24,8 +24,9 @@ from lipgraph.errors import LipgraphError
 KIND = "lipgraph-partial-certificate"
 
 
-def partial_report(cert: Certificate, indices: np.ndarray, shard: tuple[int, int], block: int,
-                   total: int) -> dict[str, Any]:
+def partial_report(
+    cert: Certificate, indices: np.ndarray, shard: tuple[int, int], block: int, total: int
+) -> dict[str, Any]:
     """The JSON document of one shard (see the module docstring)."""
     return {
         "kind": KIND,
@@ -76,16 +77,19 @@ def merge_partials(docs: list[dict[str, Any]], extra_eps: list[float] = ()) -> C
     for d in docs[1:]:
         for key in same:
             if d.get(key) != first.get(key):
-                raise LipgraphError(f"'{d['_path']}' and '{first['_path']}' differ in {key} "
-                                    f"({d.get(key)!r} vs {first.get(key)!r}); they are not parts of one run")
+                raise LipgraphError(
+                    f"'{d['_path']}' and '{first['_path']}' differ in {key} "
+                    f"({d.get(key)!r} vs {first.get(key)!r}); they are not parts of one run"
+                )
         if d["meta"].get("model_sha256") != first["meta"].get("model_sha256"):
             raise LipgraphError(f"'{d['_path']}' and '{first['_path']}' certify different models (sha256)")
     seen = sorted(int(d["shard"][0]) for d in docs)
     if any(int(d["shard"][1]) != count for d in docs) or seen != list(range(1, count + 1)):
         missing = sorted(set(range(1, count + 1)) - set(seen))
         dup = sorted({s for s in seen if seen.count(s) > 1})
-        raise LipgraphError(f"the parts must be shards 1..{count} once each (missing {missing or 'none'}, "
-                            f"repeated {dup or 'none'})")
+        raise LipgraphError(
+            f"the parts must be shards 1..{count} once each (missing {missing or 'none'}, repeated {dup or 'none'})"
+        )
     total = int(first["total_samples"])
     index = np.concatenate([np.asarray(d["index"], dtype=np.int64) for d in docs])
     if len(index) != total or not np.array_equal(np.sort(index), np.arange(total)):

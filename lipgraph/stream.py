@@ -65,8 +65,10 @@ def _npy_reader(path: Path) -> tuple[Reader, tuple[int, ...], np.dtype]:
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
-        raise DataError(f"cannot read '{path}' as .npy ({str(exc).splitlines()[0]}); lipgraph only reads "
-                        "numeric arrays (allow_pickle=False)") from None
+        raise DataError(
+            f"cannot read '{path}' as .npy ({str(exc).splitlines()[0]}); lipgraph only reads "
+            "numeric arrays (allow_pickle=False)"
+        ) from None
     except (OSError, EOFError) as exc:
         raise DataError(f"cannot read '{path}' as .npy ({str(exc).splitlines()[0] or type(exc).__name__})") from None
     if not isinstance(arr, np.ndarray):
@@ -149,8 +151,14 @@ def _shard_files(d: Path, keys: tuple[str, ...]) -> tuple[str | None, list[Path]
 class StreamedInputs:
     """A read-on-demand stand-in for the input array (see the module docstring)."""
 
-    def __init__(self, reader: Reader, shape: tuple[int, ...], dtype: np.dtype, source: str,
-                 rows: list[tuple[int, int]] | None = None):
+    def __init__(
+        self,
+        reader: Reader,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        source: str,
+        rows: list[tuple[int, int]] | None = None,
+    ):
         self._reader = reader
         self.full_shape = shape
         self.raw_dtype = np.dtype(dtype)
@@ -248,8 +256,9 @@ def is_streamed(x: object) -> bool:
     return isinstance(x, StreamedInputs)
 
 
-def open_data(path: str | os.PathLike[str], limit: int | None = None, shard: Shard | None = None,
-              block: int = 256) -> StreamedDataset:
+def open_data(
+    path: str | os.PathLike[str], limit: int | None = None, shard: Shard | None = None, block: int = 256
+) -> StreamedDataset:
     """Open ``path`` (``.npy``, ``.npz`` or a directory of ``.npy`` shards) without reading the inputs."""
     p = Path(path)
     if not p.exists():
@@ -261,8 +270,10 @@ def open_data(path: str | os.PathLike[str], limit: int | None = None, shard: Sha
     if p.is_dir():
         x_key, xs = _shard_files(p, X_KEYS)
         if not xs:
-            raise DataError(f"'{p}' is a directory without input shards named like x_000.npy (prefixes: "
-                            f"{', '.join(X_KEYS)}); pass an .npz / .npy file or such a directory")
+            raise DataError(
+                f"'{p}' is a directory without input shards named like x_000.npy (prefixes: "
+                f"{', '.join(X_KEYS)}); pass an .npz / .npy file or such a directory"
+            )
         reader, shape, dtype = _concat_reader([_npy_reader(f) for f in xs], f"'{p}'")
         y_key, ys = _shard_files(p, Y_KEYS)
         if ys:
@@ -272,16 +283,20 @@ def open_data(path: str | os.PathLike[str], limit: int | None = None, shard: Sha
         reader, shape, dtype = _npy_reader(p)
     else:
         if not zipfile.is_zipfile(p):
-            raise DataError(f"'{p}' is not an .npz file (numpy.savez archive) nor an .npy file; save the data "
-                            "with numpy.savez or numpy.save")
+            raise DataError(
+                f"'{p}' is not an .npz file (numpy.savez archive) nor an .npy file; save the data "
+                "with numpy.savez or numpy.save"
+            )
         try:
             zf = zipfile.ZipFile(p)
             names = [n for n in zf.namelist() if n.endswith(".npy")]
             keys = [n[:-4] for n in names]
             x_key = next((k for k in X_KEYS if k in keys), None)  # type: ignore[assignment]
             if x_key is None:
-                raise DataError(f"'{p}' has no inputs under any of the keys {', '.join(X_KEYS)} "
-                                f"(it has: {', '.join(keys) or 'none'})")
+                raise DataError(
+                    f"'{p}' has no inputs under any of the keys {', '.join(X_KEYS)} "
+                    f"(it has: {', '.join(keys) or 'none'})"
+                )
             reader, shape, dtype = _npz_member_reader(p, zf, x_key + ".npy")
             y_key = next((k for k in Y_KEYS if k in keys), None)
             if y_key is not None:

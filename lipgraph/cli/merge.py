@@ -9,20 +9,39 @@ from lipgraph.cli.certify import _FORMATS, _renderer
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("parts", nargs=-1, required=True, type=click.Path(path_type=str), metavar="PART.json...")
-@click.option("--min-certified-accuracy", "min_cert", multiple=True, metavar="EPS=ACC",
-              help="Gate: certified accuracy at EPS must be at least ACC (repeatable).")
+@click.option(
+    "--min-certified-accuracy",
+    "min_cert",
+    multiple=True,
+    metavar="EPS=ACC",
+    help="Gate: certified accuracy at EPS must be at least ACC (repeatable).",
+)
 @click.option("--min-clean-accuracy", "min_clean", type=float, metavar="ACC", help="Gate: clean accuracy >= ACC.")
 @click.option("--max-lipschitz", "max_lip", type=float, metavar="L", help="Gate: Lipschitz bound <= L.")
-@click.option("--baseline", "baseline", type=click.Path(path_type=str), metavar="OLD.json",
-              help="An earlier JSON report; fail when certified accuracy drops by more than --max-drop.")
+@click.option(
+    "--baseline",
+    "baseline",
+    type=click.Path(path_type=str),
+    metavar="OLD.json",
+    help="An earlier JSON report; fail when certified accuracy drops by more than --max-drop.",
+)
 @click.option("--max-drop", "max_drop", type=float, metavar="D", help="Largest allowed drop against --baseline.")
 @click.option("--format", "fmt", type=click.Choice(_FORMATS), default="text", show_default=True)
 @click.option("-o", "--output", "output", type=click.Path(path_type=str), help="Write the report here.")
 @click.option("--per-sample", "per_sample", is_flag=True, help="Add per-sample radii to the JSON report.")
 @click.option("--exit-zero", "exit_zero", is_flag=True, help="Exit 0 even when a gate fails.")
-def merge(parts: tuple[str, ...], min_cert: tuple[str, ...], min_clean: float | None, max_lip: float | None,
-          baseline: str | None, max_drop: float | None, fmt: str, output: str | None, per_sample: bool,
-          exit_zero: bool) -> int:
+def merge(
+    parts: tuple[str, ...],
+    min_cert: tuple[str, ...],
+    min_clean: float | None,
+    max_lip: float | None,
+    baseline: str | None,
+    max_drop: float | None,
+    fmt: str,
+    output: str | None,
+    per_sample: bool,
+    exit_zero: bool,
+) -> int:
     """Merge the partial reports of every shard into one report (exactly a single run's), then apply the
     gates (flags, or [tool.lipgraph] in pyproject.toml). Exit 0 when every gate passes, 1 when one fails."""
     from lipgraph import gates as g
