@@ -101,6 +101,28 @@ def conv_lmt_bound(
 # Choosing
 
 
+def _lmt_may_beat(w: np.ndarray, groups: int, geo: ConvGeometry, value: float) -> bool:
+    """Whether the LMT bound could be below ``value``: False when a LOWER estimate of it already is not.
+
+    The LMT bound is ``sqrt(overlap) ||W_mat||`` (certified, so at least the true value); a few power
+    steps give ``||W_mat v|| <= ||W_mat||``. If ``sqrt(overlap)`` times that is >= ``value``, the LMT
+    bound cannot win and its certified norm (as costly as a circulant bound on a 512-channel layer) is
+    skipped. Only a choice between two sound bounds depends on this estimate.
+    """
+    overlap = math.prod(
+        min(k, -(-((k - 1) * di + 1) // st)) for k, st, di in zip(w.shape[2:], geo.strides, geo.dilations, strict=True)
+    )
+    wg = _grouped(w, groups).reshape(groups, w.shape[0] // groups, -1)
+    v = np.random.default_rng(0).standard_normal((groups, wg.shape[2], 1))
+    est = 0.0
+    for _ in range(8):
+        v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-300)
+        u = wg @ v
+        est = float(np.linalg.norm(u, axis=1).max())
+        v = np.swapaxes(wg, 1, 2) @ u
+    return math.sqrt(overlap) * est * (1 - 1e-9) < value
+
+
 def conv_bound(
     weight: np.ndarray,
     groups: int,
@@ -114,13 +136,13 @@ def conv_bound(
     """The tightest sound bound available for a Conv (each candidate is an upper bound, so the min is).
 
     Unknown input size: LMT. Known: exact dense SVD when the operator is small, else the circulant
-    bound (and the LMT bound if it happens to be lower). ``lower``: a lower estimate (the dense SVD
+    bound (and the LMT bound if it can be lower, see :func:`_lmt_may_beat`). ``lower``: a lower estimate (the dense SVD
     value, or power iteration on the real operator when affordable), never used as a bound.
     """
     w = _check(weight, groups)
     d = w.ndim - 2
-    lmt = conv_lmt_bound(w, groups, strides, dilations)
     if in_spatial is None or any(v is None for v in in_spatial):
+        lmt = conv_lmt_bound(w, groups, strides, dilations)
         return NormBound(lmt.value, f"LMT overlap (input size unknown): {lmt.method}", None)
     geo = ConvGeometry(
         tuple(int(v) for v in in_spatial),  # type: ignore[arg-type]
@@ -134,14 +156,20 @@ def conv_bound(
         raise ValueError(f"conv output size {outs} is empty")
     if dense_cost(w.shape, groups, geo) <= _DENSE_FLOP_BUDGET:
         dense = conv_dense_bound(w, groups, geo)
-        if dense.value <= lmt.value:
-            return dense
-        return NormBound(lmt.value, lmt.method, dense.lower)
+        if _lmt_may_beat(w, groups, geo, dense.value):
+            lmt = conv_lmt_bound(w, groups, strides, dilations)
+            if lmt.value < dense.value:
+                return NormBound(lmt.value, lmt.method, dense.lower)
+        return dense
     if math.prod(circulant_grid(geo, w.shape[2:])) > _MAX_CIRCULANT_POINTS:
         # A declared input of 10^5 x 10^5 must not allocate its grid: the size-free LMT bound.
+        lmt = conv_lmt_bound(w, groups, strides, dilations)
         return NormBound(lmt.value, f"LMT overlap (input too large for the circulant bound): {lmt.method}", None)
     circ = conv_circulant_bound(w, groups, geo.strides, geo.dilations, geo.pads_begin, geo.pads_end, geo.in_spatial)
-    best = circ if circ.value <= lmt.value else lmt
+    best = circ
+    if _lmt_may_beat(w, groups, geo, circ.value):
+        lmt = conv_lmt_bound(w, groups, strides, dilations)
+        best = circ if circ.value <= lmt.value else lmt
     lower = None
     # Power iteration costs ~2 * steps applications of the op; skip it for very large layers.
     apply_cost = math.prod(outs) * w.size

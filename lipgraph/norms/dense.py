@@ -8,6 +8,9 @@ from lipgraph.norms import EPS64, NormBound, inflate
 
 # Above this many entries in the smaller Gram matrix an SVD is slow; Gram iteration takes over.
 _SVD_LIMIT = 4096
+# Above this smaller side a full SVD costs minutes (4096 x 4096: ~60 s on one core); the largest singular
+# value is certified instead by a Cholesky factorisation of ``mu I - A^T A`` (lipgraph.norms.stack_sv).
+_CERTIFY_MIN = 1024
 
 
 def spectral_norm(matrix: np.ndarray) -> NormBound:
@@ -29,6 +32,10 @@ def spectral_norm(matrix: np.ndarray) -> NormBound:
         # A vector: its Euclidean norm, with a summation allowance.
         s = float(np.sqrt(np.sum(a * a)))
         return NormBound(inflate(s, max(m, n)), "exact (vector)", s)
+    if _CERTIFY_MIN < min(m, n) <= _SVD_LIMIT:
+        from lipgraph.norms.stack_sv import top_sv_stack  # (a late import: stack_sv imports lipgraph.norms)
+
+        return NormBound(top_sv_stack(a[None]), "certified top singular value (Gram + Cholesky)", None)
     if min(m, n) <= _SVD_LIMIT:
         s = float(np.linalg.svd(a, compute_uv=False)[0])
         return NormBound(inflate(s, max(m, n)), "exact SVD", s)

@@ -109,3 +109,35 @@ def test_conv_circulant_bound_through_the_certificate_bounds_the_onnxruntime_nor
     strided = exact_norm("Conv", w, (1, 32, 6, 6), pads=[1, 1, 1, 1], strides=[2, 2])
     nb2 = conv_circulant_bound(w, 1, [2, 2], [1, 1], [1, 1], [1, 1], [6, 6])
     assert strided * (1 - 1e-9) <= nb2.value <= strided * 1.25
+
+
+@pytest.mark.parametrize(("n", "k", "s", "c"), [(1, 3, 1, 6), (2, 3, 2, 5), (9, 3, 1, 8), (7, 5, 2, 4)])
+def test_conv_bound_is_the_least_of_its_candidates(n, k, s, c):
+    """The LMT bound is skipped only when a lower estimate of it is already above the chosen bound:
+    the result is never above min(circulant, LMT) and never below the exact norm."""
+    from lipgraph.norms import conv as conv_norms
+
+    rng = np.random.default_rng(n * 7 + k)
+    w = rng.standard_normal((c, c, k, k))
+    w[:, :, k // 2, k // 2] *= 4.0  # a strong centre tap: the two bounds come close on tiny inputs
+    p = k // 2
+    old = conv_norms._DENSE_FLOP_BUDGET
+    conv_norms._DENSE_FLOP_BUDGET = 0.0
+    try:
+        got = conv_norms.conv_bound(w, 1, [s, s], [1, 1], [p, p], [p, p], [n, n]).value
+    finally:
+        conv_norms._DENSE_FLOP_BUDGET = old
+    circ = conv_norms.conv_circulant_bound(w, 1, [s, s], [1, 1], [p, p], [p, p], [n, n]).value
+    lmt = conv_norms.conv_lmt_bound(w, 1, [s, s], [1, 1]).value
+    exact = conv_norms.conv_dense_bound(w, 1, conv_norms.ConvGeometry((n, n), (s, s), (1, 1), (p, p), (p, p))).value
+    assert exact * (1 - 1e-9) <= got <= min(circ, lmt) * (1 + 1e-12)
+
+
+def test_large_dense_matrix_uses_the_certificate(monkeypatch):
+    from lipgraph.norms import dense
+
+    monkeypatch.setattr(dense, "_CERTIFY_MIN", 40)
+    a = np.random.default_rng(3).standard_normal((60, 90))
+    nb = dense.spectral_norm(a)
+    exact = float(np.linalg.svd(a, compute_uv=False)[0])
+    assert nb.method.startswith("certified") and exact <= nb.value <= exact * (1 + 1e-4)
