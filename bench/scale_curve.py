@@ -34,8 +34,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-TARGETS = {"resnet18-32": {"wall_s": 2.0}, "resnet50-224": {"wall_s": 20.0, "peak_gib": 4.0},
-           "vit-224": {"analyze_s": 1.0}}
+TARGETS = {
+    "resnet18-32": {"wall_s": 2.0},
+    "resnet50-224": {"wall_s": 20.0, "peak_gib": 4.0},
+    "vit-224": {"analyze_s": 1.0},
+}
 
 
 def _child(model: str, old: bool, out: str) -> None:
@@ -44,8 +47,7 @@ def _child(model: str, old: bool, out: str) -> None:
 
     from lipgraph.errors import UnsupportedModelError
     from lipgraph.norms import conv as conv_mod
-    from lipgraph.norms import conv_fft
-    from lipgraph.norms import stack_sv
+    from lipgraph.norms import conv_fft, stack_sv
 
     flops = [0.0]
     orig_gram = stack_sv.gram_stack
@@ -112,13 +114,17 @@ def export(model: Any, size: int, path: Path) -> dict[str, Any]:
     x = torch.randn(1, 3, size, size) if size else torch.randn(1, 784)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"],
-                          output_names=["logits"])
+        torch.onnx.export(
+            model, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"], output_names=["logits"]
+        )
     m = onnx.load(str(path), load_external_data=False)
     inits = {i.name for i in m.graph.initializer}
     attention = [n.name for n in m.graph.node if n.op_type == "MatMul" and not set(n.input) & inits]
-    return {"parameters": int(sum(p.numel() for p in model.parameters())), "nodes": len(m.graph.node),
-            "attention_matmuls": attention}
+    return {
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "nodes": len(m.graph.node),
+        "attention_matmuls": attention,
+    }
 
 
 def configs(quick: bool) -> list[tuple[str, Any, int]]:
@@ -159,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
                 row["old"] = run_child(path, True, args.timeout)
                 if "wall_s" in row["old"] and row["new"].get("analyze_s"):
                     row["speedup_analyze"] = round(row["old"]["analyze_s"] / row["new"]["analyze_s"], 2)
-                    row["bound_ratio_new_over_old"] = (row["new"].get("bound", float("nan"))
-                                                       / row["old"].get("bound", float("nan")))
+                    row["bound_ratio_new_over_old"] = row["new"].get("bound", float("nan")) / row["old"].get(
+                        "bound", float("nan")
+                    )
             new = row["new"]
             if name.startswith("vit"):
                 named = {n for _, n in new.get("refused", [])}
@@ -174,33 +181,45 @@ def main(argv: list[str] | None = None) -> int:
                     ok = ok and row["all_attention_named"]
                 row["target"], row["within_target"] = tgt, ok
             rows.append(row)
-            print(f"  {name}: {json.dumps({k: v for k, v in row.items() if k != 'attention_matmuls'})[:400]}",
-                  flush=True)
+            print(
+                f"  {name}: {json.dumps({k: v for k, v in row.items() if k != 'attention_matmuls'})[:400]}", flush=True
+            )
     # Growth: seconds per Gram GFLOP over the conv models (the per-frequency products dominate).
     conv = [r for r in rows if r["model"].startswith("resnet") and r["new"].get("gram_gflop")]
     coef = [r["new"]["analyze_cpu_s"] / r["new"]["gram_gflop"] for r in conv]
     growth = {
         "statement": "analyze CPU time ~ c x (Gram GFLOP of the per-frequency symbols) + a constant for loading and "
-                     "shape inference; Gram GFLOP ~ sum over convs of (half the grid frequencies) x 8 m^2 n, i.e. "
-                     "~ channels^3 x input pixels / stride^2 per conv",
+        "shape inference; Gram GFLOP ~ sum over convs of (half the grid frequencies) x 8 m^2 n, i.e. "
+        "~ channels^3 x input pixels / stride^2 per conv",
         "c_s_per_gflop_median": sorted(coef)[len(coef) // 2] if coef else None,
         "c_s_per_gflop_range": [min(coef), max(coef)] if coef else None,
     }
-    lines = [f"{'model':<14} {'input':>9} {'params':>11} {'Gram GF':>8} {'wall s':>7} {'cpu s':>7} {'peak MiB':>9}"
-             f" {'old s':>7} {'speedup':>7}  result"]
+    lines = [
+        f"{'model':<14} {'input':>9} {'params':>11} {'Gram GF':>8} {'wall s':>7} {'cpu s':>7} {'peak MiB':>9}"
+        f" {'old s':>7} {'speedup':>7}  result"
+    ]
     for r in rows:
         n, o = r["new"], r.get("old", {})
-        res = (f"refused {len(n.get('refused', []))} nodes, attention all named: {r.get('all_attention_named')}"
-               if "refused" in n else f"L = {n.get('bound', float('nan')):.6g}" if "bound" in n else n.get("error", ""))
+        res = (
+            f"refused {len(n.get('refused', []))} nodes, attention all named: {r.get('all_attention_named')}"
+            if "refused" in n
+            else f"L = {n.get('bound', float('nan')):.6g}"
+            if "bound" in n
+            else n.get("error", "")
+        )
         if "within_target" in r:
             res += f"  target {r['target']}: {'met' if r['within_target'] else 'MISSED'}"
-        lines.append(f"{r['model']:<14} {r['input']:>9} {r['parameters']:>11,} {n.get('gram_gflop', 0):>8.1f} "
-                     f"{n.get('wall_s', float('nan')):>7.2f} {n.get('cpu_s', float('nan')):>7.2f} "
-                     f"{n.get('peak_mib', float('nan')):>9.0f} {o.get('analyze_s', float('nan')):>7.2f} "
-                     f"{r.get('speedup_analyze', float('nan')):>7.2f}  {res}")
+        lines.append(
+            f"{r['model']:<14} {r['input']:>9} {r['parameters']:>11,} {n.get('gram_gflop', 0):>8.1f} "
+            f"{n.get('wall_s', float('nan')):>7.2f} {n.get('cpu_s', float('nan')):>7.2f} "
+            f"{n.get('peak_mib', float('nan')):>9.0f} {o.get('analyze_s', float('nan')):>7.2f} "
+            f"{r.get('speedup_analyze', float('nan')):>7.2f}  {res}"
+        )
     text = "\n".join(lines)
-    text += (f"\n\ngrowth: {growth['statement']}; c = {growth['c_s_per_gflop_median']} s/GFLOP "
-             f"(range {growth['c_s_per_gflop_range']})\n")
+    text += (
+        f"\n\ngrowth: {growth['statement']}; c = {growth['c_s_per_gflop_median']} s/GFLOP "
+        f"(range {growth['c_s_per_gflop_range']})\n"
+    )
     print(text)
     passed = all(r.get("within_target", True) for r in rows)
     results = {
