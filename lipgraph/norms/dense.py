@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lipgraph.norms import EPS64, NormBound, inflate
+from lipgraph.norms import EPS64, NormBound, discarded, inflate
 
 # Above this many entries in the smaller Gram matrix an SVD is slow; Gram iteration takes over.
 _SVD_LIMIT = 4096
@@ -20,6 +20,8 @@ def spectral_norm(matrix: np.ndarray) -> NormBound:
     matrices, Gram iteration (Delattre et al. 2023), which is an upper bound at every step.
     A lower estimate is the SVD value itself (or a few power steps for the Gram path).
     """
+    if discarded():  # the caller throws the value away (see lipgraph.norms.values_discarded)
+        return NormBound(1.0, "not computed (value discarded)", None)
     a = np.asarray(matrix, dtype=np.float64)
     if a.ndim != 2:
         raise ValueError(f"spectral_norm expects a matrix, got shape {a.shape}")

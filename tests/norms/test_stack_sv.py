@@ -141,3 +141,69 @@ def test_large_dense_matrix_uses_the_certificate(monkeypatch):
     nb = dense.spectral_norm(a)
     exact = float(np.linalg.svd(a, compute_uv=False)[0])
     assert nb.method.startswith("certified") and exact <= nb.value <= exact * (1 + 1e-4)
+
+
+def test_norms_downstream_of_a_refusal_are_skipped_but_own_refusals_still_named():
+    """A ViT-style model: every attention product is named, a later node that is unsupported in its own
+    right is named too, and the linear layers after the first refusal are not given full SVDs."""
+    import warnings
+
+    import lipgraph
+    from lipgraph.errors import UnsupportedModelError
+    from lipgraph.norms import dense, discarded, values_discarded
+
+    torch = pytest.importorskip("torch")
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv, self.out = torch.nn.Linear(8, 24), torch.nn.Linear(8, 8)
+
+        def forward(self, x):  # noqa: ANN001, ANN201
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+            return x + self.out(torch.softmax(q @ k.transpose(1, 2), dim=-1) @ v)
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = torch.nn.Sequential(Block(), Block())
+            self.head = torch.nn.Linear(8, 3)
+
+        def forward(self, x):  # noqa: ANN001, ANN201
+            return self.head(torch.floor(self.blocks(x)).mean(dim=1))
+
+    torch.manual_seed(0)
+    import io
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Net().eval(), (torch.randn(1, 5, 8),), buf, dynamo=False, input_names=["x"])
+    import onnx
+
+    model = onnx.load_from_string(buf.getvalue())
+    calls = []
+    orig = dense.spectral_norm
+
+    def counting(a):  # noqa: ANN001, ANN202
+        calls.append(discarded())
+        return orig(a)
+
+    dense_mod_rules = __import__("lipgraph.rules.linear", fromlist=["x"])
+    old = getattr(dense_mod_rules, "spectral_norm", None)
+    if old is not None:
+        dense_mod_rules.spectral_norm = counting
+    try:
+        with pytest.raises(UnsupportedModelError) as info:
+            lipgraph.analyze(model)
+    finally:
+        if old is not None:
+            dense_mod_rules.spectral_norm = old
+    named = [(r.op_type, r.node_name) for r in info.value.refusals]
+    assert sum(op == "MatMul" for op, _ in named) == 4, named
+    assert any(op == "Floor" for op, _ in named), named
+    assert not discarded()  # only inside the walker's re-run of a tainted node
+    if old is not None:
+        assert True in calls and calls[0] is False  # the first linear layer was bounded for real
+    with values_discarded():
+        assert discarded() and dense.spectral_norm(np.eye(3)).method.startswith("not computed")
