@@ -5,7 +5,7 @@ growing width, ResNet-18/34/50 at 32 x 32 (CIFAR stem) and 224 x 224 (ImageNet s
 a ViT-style transformer that must be refused with every attention product named. Each model is exported
 with torch's legacy exporter and bounded in a fresh process with one BLAS thread; the parent records
 wall time, CPU time and peak resident memory (``ru_maxrss`` of that child). The child also counts the
-floating-point work of the per-frequency Gram products (``8 F m^2 n`` for F complex m x n symbols), the
+floating-point work of the Gram products (``8 F m^2 n`` for F complex m x n symbols, ``2 m^2 n`` real), the
 dominant cost, so the growth can be stated as time ~ c x Gram-FLOPs.
 
 Old path vs new, in the same run: for the models in ``--old-for`` the child is run a second time with the
@@ -54,7 +54,7 @@ def _child(model: str, old: bool, out: str) -> None:
 
     def counted(mats: Any) -> Any:
         f, m, n = mats.shape
-        flops[0] += 8.0 * f * min(m, n) ** 2 * max(m, n)
+        flops[0] += (8.0 if np.iscomplexobj(mats) else 2.0) * f * min(m, n) ** 2 * max(m, n)
         return orig_gram(mats)
 
     stack_sv.gram_stack = counted
