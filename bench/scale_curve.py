@@ -77,6 +77,13 @@ def _child(model: str, old: bool, out: str) -> None:
     res["analyze_s"] = round(time.perf_counter() - t0, 3)
     res["analyze_cpu_s"] = round(time.process_time() - c0, 3)
     res["gram_gflop"] = round(flops[0] / 1e9, 2)
+    # This process's own peak (VmHWM): ru_maxrss of a child also counts the parent's size at fork (Linux
+    # keeps the larger of the old and new images across exec), and the parent here holds torch.
+    status = Path("/proc/self/status")
+    if status.exists():
+        hwm = [ln for ln in status.read_text().splitlines() if ln.startswith("VmHWM:")]
+        if hwm:
+            res["own_peak_mib"] = round(int(hwm[0].split()[1]) / 1024, 1)
     Path(out).write_text(json.dumps(res))
 
 
@@ -176,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             if tgt is not None:
                 ok = all(new.get(k, float("inf")) <= v for k, v in tgt.items() if k != "peak_gib")
                 if "peak_gib" in tgt:
-                    ok = ok and new.get("peak_mib", float("inf")) <= tgt["peak_gib"] * 1024
+                    peak = new.get("own_peak_mib", new.get("peak_mib", float("inf")))
+                    ok = ok and peak <= tgt["peak_gib"] * 1024
                 if name.startswith("vit"):
                     ok = ok and row["all_attention_named"]
                 row["target"], row["within_target"] = tgt, ok
@@ -212,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"{r['model']:<14} {r['input']:>9} {r['parameters']:>11,} {n.get('gram_gflop', 0):>8.1f} "
             f"{n.get('wall_s', float('nan')):>7.2f} {n.get('cpu_s', float('nan')):>7.2f} "
-            f"{n.get('peak_mib', float('nan')):>9.0f} {o.get('analyze_s', float('nan')):>7.2f} "
+            f"{n.get('own_peak_mib', n.get('peak_mib', float('nan'))):>9.0f} {o.get('analyze_s', float('nan')):>7.2f} "
             f"{r.get('speedup_analyze', float('nan')):>7.2f}  {res}"
         )
     text = "\n".join(lines)
