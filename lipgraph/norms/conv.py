@@ -37,6 +37,7 @@ from lipgraph.norms.conv_dense import (  # noqa: F401  (re-exported: public and 
     dense_cost,
 )
 from lipgraph.norms.conv_fft import (  # noqa: F401
+    _CHUNK_ENTRIES,
     _dft_allowance,
     _half_frequencies,
     _phase_geometry,
