@@ -359,7 +359,11 @@ def certify(
     prov = resolve_providers(providers)
     request = parse_providers(providers)
     tf32_roundoff = tf32_operand_roundoff() if check_precision(precision) == "tf32" else 0.0
-    x = np.asarray(x)
+    from lipgraph.stream import is_streamed
+
+    streamed = is_streamed(x)  # a lipgraph.stream view: read batch by batch, never whole
+    if not streamed:
+        x = np.asarray(x)
     if x.dtype == object:
         raise DataError(f"{source}: inputs are an object array; lipgraph needs a numeric array")
     background: _Background | None = None
@@ -382,7 +386,7 @@ def certify(
     inp = model_input(proto, graph.input_name)
     if inp.dtype.kind != "f":
         raise LipgraphError(f"the model input '{inp.name}' is not a float tensor")
-    xf = fit_inputs(x, inp.shape, inp.dtype, source)
+    xf = x.fitted(inp.shape, inp.dtype, source) if streamed else fit_inputs(x, inp.shape, inp.dtype, source)
     elem = graph.tensors[logits_name].elem_type if logits_name in graph.tensors else None
     runner = Runner(logits_model(proto, inp.name, logits_name, elem), inp, logits_name, request, precision)
     # TF32 rounds each product operand to 10 mantissa bits: the error model must know it.
@@ -453,7 +457,7 @@ def certify(
             "source": source,
             "samples": int(n),
             "labels": labels is not None,
-            "input_dtype": str(np.asarray(x).dtype),
+            "input_dtype": str(x.dtype),
             "input_min": float(np.min(xf)),
             "input_max": float(np.max(xf)),
         },

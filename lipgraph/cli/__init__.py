@@ -49,7 +49,7 @@ def _register() -> None:
     cli.add_command(_bound.bound)
     cli.add_command(_rules.rules)
     cli.add_command(_rules.rule)
-    for modname, attr in (("certify", "certify"), ("train", "train")):
+    for modname, attr in (("certify", "certify"), ("train", "train"), ("merge", "merge")):
         try:
             mod = __import__(f"lipgraph.cli.{modname}", fromlist=[attr])
         except ModuleNotFoundError as exc:

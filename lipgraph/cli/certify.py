@@ -62,13 +62,18 @@ def _tight_pairs_cb(value: str) -> str:
               help="Per-class-pair whole-network bounds for chains of affine layers and ReLU-like activations "
                    "(verified LipSDP-neuron multipliers); SECONDS bounds the time spent on them.")
 @click.option("--per-sample", "per_sample", is_flag=True, help="Add per-sample radii to the JSON report.")
+@click.option("--bound", "bound_file", type=click.Path(path_type=str), metavar="BOUND.json",
+              help="Reuse `lipgraph bound -o BOUND.json` (checked against the model's sha256 and the data's shape).")
+@click.option("--shard", "shard", metavar="K/N",
+              help="Certify every N-th batch starting with batch K; write a partial JSON report for `lipgraph merge`.")
 @click.option("--exit-zero", "exit_zero", is_flag=True, help="Exit 0 even when a gate fails.")
 @click.option("-q", "--quiet", "quiet", is_flag=True, help="No progress bar and no verdict line on stderr.")
 def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, ...], min_clean: float | None,
             max_lip: float | None, baseline: str | None, max_drop: float | None, fmt: tuple[str, ...],
             output: tuple[str, ...], config: str | None, no_config: bool, batch_size: int, providers: str | None,
             allow_tf32: bool, limit: int | None, input_name: str | None, tight_pairs: str,
-            per_sample: bool, exit_zero: bool, quiet: bool) -> int:
+            per_sample: bool, exit_zero: bool, quiet: bool, bound_file: str | None = None,
+            shard: str | None = None) -> int:
     """Certify MODEL on DATA: radii, certified accuracy at each --eps, and CI gates.
 
     Exit code 0 when every gate passes, 1 when a gate fails, 2 on an error; the verdict is always
@@ -83,10 +88,10 @@ def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, 
     from lipgraph.certify import certify as run_certify
     from lipgraph.cli import outputs as out
     from lipgraph.config import resolve_config
-    from lipgraph.data import load_npz
     from lipgraph.errors import UnsupportedModelError
     from lipgraph.inference import resolve_providers
     from lipgraph.progress import inference_progress
+    from lipgraph.stream import Shard, open_data
 
     t0 = time.perf_counter()
     quiet = out.quiet_requested(quiet)
@@ -108,7 +113,11 @@ def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, 
     )
     cfg = g.merge(resolve_config(config, no_config), flags)
     base = g.load_baseline(cfg.baseline) if cfg.baseline else None
-    dataset = load_npz(data, limit=limit)
+    shard_spec = Shard.parse(shard) if shard else None
+    if shard_spec is not None and (len(plan) > 1 or plan[0].fmt not in ("json", "text")):
+        raise LipgraphError("--shard writes one partial JSON report: give at most one -o PATH (no other format)")
+    dataset = open_data(data, limit=limit, shard=shard_spec, block=batch_size)  # streamed, never read whole
+    analysis = _reuse_bound(model, bound_file, input_name, dataset) if bound_file else None
     if cfg.min_clean_accuracy is not None and dataset.y is None:
         raise LipgraphError(f"--min-clean-accuracy needs labels, but '{data}' has none (y / labels / y_test)")
     eps_grid = list(cfg.eps or DEFAULT_EPS) + g.required_eps(cfg, base)
@@ -117,7 +126,8 @@ def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, 
     try:
         cert = run_certify(model, dataset.x, dataset.y, eps_grid, input_name=input_name, batch_size=batch_size,
                            providers=providers, precision=precision, per_sample=per_sample,
-                           progress=inference_progress(quiet), source=dataset.source, tight_pairs=tight_pairs)
+                           progress=inference_progress(quiet), source=dataset.source, tight_pairs=tight_pairs,
+                           analysis=analysis)
     except UnsupportedModelError as exc:
         # the formats that carry findings report each refused node (the others stay unwritten)
         from lipgraph.report.findings import refusal_report
@@ -127,9 +137,36 @@ def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, 
     cert.meta["data"]["x_key"] = dataset.x_key
     cert.meta["data"]["y_key"] = dataset.y_key
     cert.meta["config"] = cfg.source  # None: no [tool.lipgraph] was read
+    if shard_spec is not None:  # a part: no gates until `lipgraph merge` has every part
+        import json
+
+        from lipgraph.merge import partial_report
+        from lipgraph.report import write_atomic
+
+        doc = partial_report(cert, dataset.x.global_indices(), (shard_spec.index, shard_spec.count), batch_size,
+                             dataset.total)
+        text = json.dumps(doc, allow_nan=True) + "\n"
+        paths = [o.path for o in plan if o.path is not None]
+        if paths:
+            write_atomic(paths[0], text)
+        else:
+            click.echo(text, nl=False)
+        return 0
     g.apply(cert, cfg, base)
     cert.meta["time_total_s"] = round(time.perf_counter() - t0, 4)
     out.emit(plan, cert)
     if not quiet:
         click.echo(out.verdict_line(cert.to_json()), err=True)
     return 0 if (cert.passed or exit_zero) else 1
+
+
+def _reuse_bound(model: str, path: str, input_name: str | None, dataset: object):  # noqa: ANN202
+    """The analysis stored by `lipgraph bound -o`, checked against this model and data."""
+    from lipgraph.bound_file import check_input_shape, fitted_sample_shape, load_bound
+    from lipgraph.loader import load_model
+
+    proto, sha = load_model(model)
+    analysis = load_bound(path, proto, sha, input_name)
+    shape = fitted_sample_shape(proto, analysis.input_name, dataset.x, dataset.source)  # type: ignore[attr-defined]
+    check_input_shape(analysis, shape, path)
+    return analysis

@@ -7,9 +7,31 @@ Every function that returns a :class:`NormBound` promises ``value >= ||A||_2`` i
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 EPS64 = float(2.0**-53)  # unit roundoff of float64
+
+# Set by the walker only while it re-runs a rule downstream of a refused node, to learn whether that node
+# is unsupported in its own right: the rule's value is discarded there, so the costly norms are skipped
+# (a ViT's linear layers after its first attention product). Never set while a bound is being used.
+_DISCARDED: contextvars.ContextVar[bool] = contextvars.ContextVar("lipgraph_norms_discarded", default=False)
+
+
+@contextlib.contextmanager
+def values_discarded() -> Iterator[None]:
+    """Within this block, :func:`discarded` is True: norm functions may return a placeholder."""
+    token = _DISCARDED.set(True)
+    try:
+        yield
+    finally:
+        _DISCARDED.reset(token)
+
+
+def discarded() -> bool:
+    return _DISCARDED.get()
 
 
 @dataclass(frozen=True)

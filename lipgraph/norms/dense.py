@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from lipgraph.norms import EPS64, NormBound, inflate
+from lipgraph.norms import EPS64, NormBound, discarded, inflate
 
 # Above this many entries in the smaller Gram matrix an SVD is slow; Gram iteration takes over.
 _SVD_LIMIT = 4096
+# Above this smaller side a full SVD costs minutes (4096 x 4096: ~60 s on one core); the largest singular
+# value is certified instead by a Cholesky factorisation of ``mu I - A^T A`` (lipgraph.norms.stack_sv).
+_CERTIFY_MIN = 1024
 
 
 def spectral_norm(matrix: np.ndarray) -> NormBound:
@@ -17,6 +20,8 @@ def spectral_norm(matrix: np.ndarray) -> NormBound:
     matrices, Gram iteration (Delattre et al. 2023), which is an upper bound at every step.
     A lower estimate is the SVD value itself (or a few power steps for the Gram path).
     """
+    if discarded():  # the caller throws the value away (see lipgraph.norms.values_discarded)
+        return NormBound(1.0, "not computed (value discarded)", None)
     a = np.asarray(matrix, dtype=np.float64)
     if a.ndim != 2:
         raise ValueError(f"spectral_norm expects a matrix, got shape {a.shape}")
@@ -29,6 +34,10 @@ def spectral_norm(matrix: np.ndarray) -> NormBound:
         # A vector: its Euclidean norm, with a summation allowance.
         s = float(np.sqrt(np.sum(a * a)))
         return NormBound(inflate(s, max(m, n)), "exact (vector)", s)
+    if _CERTIFY_MIN < min(m, n) <= _SVD_LIMIT:
+        from lipgraph.norms.stack_sv import top_sv_stack  # (a late import: stack_sv imports lipgraph.norms)
+
+        return NormBound(top_sv_stack(a[None]), "certified top singular value (Gram + Cholesky)", None)
     if min(m, n) <= _SVD_LIMIT:
         s = float(np.linalg.svd(a, compute_uv=False)[0])
         return NormBound(inflate(s, max(m, n)), "exact SVD", s)

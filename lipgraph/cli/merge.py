@@ -1,0 +1,74 @@
+"""`lipgraph merge part*.json -o report.json`: combine the partial reports of `certify --shard K/N`."""
+
+from __future__ import annotations
+
+import click
+
+from lipgraph.cli.certify import _FORMATS, _renderer
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("parts", nargs=-1, required=True, type=click.Path(path_type=str), metavar="PART.json...")
+@click.option(
+    "--min-certified-accuracy",
+    "min_cert",
+    multiple=True,
+    metavar="EPS=ACC",
+    help="Gate: certified accuracy at EPS must be at least ACC (repeatable).",
+)
+@click.option("--min-clean-accuracy", "min_clean", type=float, metavar="ACC", help="Gate: clean accuracy >= ACC.")
+@click.option("--max-lipschitz", "max_lip", type=float, metavar="L", help="Gate: Lipschitz bound <= L.")
+@click.option(
+    "--baseline",
+    "baseline",
+    type=click.Path(path_type=str),
+    metavar="OLD.json",
+    help="An earlier JSON report; fail when certified accuracy drops by more than --max-drop.",
+)
+@click.option("--max-drop", "max_drop", type=float, metavar="D", help="Largest allowed drop against --baseline.")
+@click.option("--format", "fmt", type=click.Choice(_FORMATS), default="text", show_default=True)
+@click.option("-o", "--output", "output", type=click.Path(path_type=str), help="Write the report here.")
+@click.option("--per-sample", "per_sample", is_flag=True, help="Add per-sample radii to the JSON report.")
+@click.option("--exit-zero", "exit_zero", is_flag=True, help="Exit 0 even when a gate fails.")
+def merge(
+    parts: tuple[str, ...],
+    min_cert: tuple[str, ...],
+    min_clean: float | None,
+    max_lip: float | None,
+    baseline: str | None,
+    max_drop: float | None,
+    fmt: str,
+    output: str | None,
+    per_sample: bool,
+    exit_zero: bool,
+) -> int:
+    """Merge the partial reports of every shard into one report (exactly a single run's), then apply the
+    gates (flags, or [tool.lipgraph] in pyproject.toml). Exit 0 when every gate passes, 1 when one fails."""
+    from lipgraph import gates as g
+    from lipgraph.merge import merge_partials, read_partial
+    from lipgraph.report import check_output_path, write_atomic
+
+    if output:
+        check_output_path(output)
+    render = _renderer(fmt)
+    flags = g.GateConfig(
+        min_certified_accuracy=dict(g.parse_eps_acc(s) for s in min_cert) if min_cert else None,
+        min_clean_accuracy=g.check_accuracy(min_clean, "--min-clean-accuracy") if min_clean is not None else None,
+        max_lipschitz=g.check_positive(max_lip, "--max-lipschitz") if max_lip is not None else None,
+        baseline=baseline,
+        max_drop=g.check_accuracy(max_drop, "--max-drop") if max_drop is not None else None,
+    )
+    pyproject = g.find_pyproject()
+    cfg = g.merge(g.load_config(pyproject) if pyproject else g.GateConfig(), flags)
+    base = g.load_baseline(cfg.baseline) if cfg.baseline else None
+    cert = merge_partials([read_partial(p) for p in parts], list(cfg.eps or []) + g.required_eps(cfg, base))
+    cert.per_sample = per_sample
+    if cfg.source:
+        cert.meta["config"] = cfg.source
+    g.apply(cert, cfg, base)
+    text = render(cert)
+    if output:
+        write_atomic(output, text)
+    else:
+        click.echo(text, nl=False)
+    return 0 if (cert.passed or exit_zero) else 1

@@ -1,0 +1,366 @@
+"""Data larger than memory: inputs read batch by batch, never whole.
+
+Sources (all read with ``allow_pickle=False``; object arrays are refused):
+
+* ``.npy``: memory-mapped (``numpy.load(mmap_mode="r")``);
+* ``.npz``: each member's ``.npy`` header is parsed from the archive; an uncompressed (stored) member is
+  memory-mapped at its offset in the file, a compressed one is decompressed sequentially batch by batch;
+* a directory of ``.npy`` shards: ``x_000.npy, x_001.npy, ...`` (inputs; any key of ``X_KEYS`` as the
+  prefix) and optionally ``y_000.npy, ...`` (labels), concatenated in name order.
+
+:class:`StreamedInputs` stands in for the input array inside :func:`lipgraph.certify.certify`: ``len``,
+``shape``, ``dtype``, slicing (returns the batch fitted to the model, checked like a whole array would
+be) and ``min`` / ``max`` over what was read. A shard view (``--shard K/N``) keeps every N-th block of
+``block`` samples, starting with block K-1, so N shards partition the data deterministically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import re
+import struct
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lipgraph.data import X_KEYS, Y_KEYS, fit_inputs
+from lipgraph.errors import DataError
+
+Reader = Callable[[int, int], np.ndarray]  # rows [start, stop) of one array, as an ndarray
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` (1-based) of ``count``: blocks ``index-1, index-1+count, ...`` of ``block`` samples."""
+
+    index: int
+    count: int
+
+    @staticmethod
+    def parse(text: str) -> Shard:
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
+        if not m or not (1 <= int(m.group(1)) <= int(m.group(2))):
+            raise DataError(f"--shard '{text}' must be K/N with 1 <= K <= N, e.g. 2/4")
+        return Shard(int(m.group(1)), int(m.group(2)))
+
+    def rows(self, n: int, block: int) -> list[tuple[int, int]]:
+        """The sample ranges of this shard, in order."""
+        return [(s, min(s + block, n)) for s in range(block * (self.index - 1), n, block * self.count)]
+
+
+# ------------------------------------------------------------------------------------------------ readers
+
+
+def _check_dtype(dtype: np.dtype, where: str) -> None:
+    if dtype.hasobject:
+        raise DataError(f"{where} holds Python objects; lipgraph only reads numeric arrays (allow_pickle=False)")
+    if dtype.kind in "OUSV":
+        raise DataError(f"{where} has dtype {dtype}; lipgraph needs a numeric array")
+
+
+class _MappedRows:
+    """Rows of a C-ordered array stored at ``offset`` in a file, through a read-only memory map.
+
+    Pages of a file mapping count in the process's resident memory once touched, so after each batch
+    the pages of the previous one are handed back (``madvise(MADV_DONTNEED)``: for a read-only file
+    mapping they are simply dropped and would be read again from the file if touched). Without this,
+    streaming a 6 GB file would show a 6 GB peak resident size, though the kernel could reclaim it.
+    """
+
+    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype, where: str):
+        self.shape, self.dtype, self.offset = shape, dtype, offset
+        self.row_bytes = int(dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64)))
+        need = offset + self.row_bytes * shape[0]
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < need:
+                raise DataError(f"{where} is truncated ({size} bytes, the header promises {need})")
+            self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        self._last: tuple[int, int] | None = None
+
+    def __call__(self, a: int, b: int) -> np.ndarray:
+        b = self.shape[0] if b is None else min(b, self.shape[0])
+        self._release()
+        count = max(b - a, 0) * (self.row_bytes // max(self.dtype.itemsize, 1))
+        start = self.offset + a * self.row_bytes
+        if self.mm is None or count == 0:
+            return np.zeros((max(b - a, 0), *self.shape[1:]), dtype=self.dtype)
+        self._last = (start, start + count * self.dtype.itemsize)
+        return np.frombuffer(self.mm, dtype=self.dtype, count=count, offset=start).reshape((b - a, *self.shape[1:]))
+
+    def _release(self) -> None:
+        if self._last is None or not hasattr(self.mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        page = mmap.PAGESIZE
+        lo = self._last[0] // page * page
+        with contextlib.suppress(OSError, ValueError):  # only a memory figure depends on it
+            self.mm.madvise(mmap.MADV_DONTNEED, lo, self._last[1] - lo)  # type: ignore[union-attr]
+        self._last = None
+
+
+def _read_npy_header(f: Any, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(f)
+        if version in ((2, 0), (3, 0)):
+            return np.lib.format.read_array_header_2_0(f)
+    except ValueError as exc:
+        raise DataError(f"cannot read {where} as .npy ({str(exc).splitlines()[0]})") from None
+    raise DataError(f"{where} has an unknown .npy format version {version}")
+
+
+def _npy_reader(path: Path) -> tuple[Reader, tuple[int, ...], np.dtype]:
+    where = f"'{path}'"
+    try:
+        with open(path, "rb") as f:
+            shape, fortran, dtype = _read_npy_header(f, where)
+            offset = f.tell()
+    except OSError as exc:
+        raise DataError(f"cannot read '{path}' as .npy ({str(exc).splitlines()[0] or type(exc).__name__})") from None
+    _check_dtype(dtype, where)
+    if fortran or len(shape) == 0:  # rows are not contiguous: numpy's own (strided) map
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        return (lambda a, b: np.asarray(arr[a:b])), tuple(arr.shape), arr.dtype
+    return _MappedRows(path, offset, tuple(shape), dtype, where), tuple(shape), dtype
+
+
+def _npz_member_reader(path: Path, zf: zipfile.ZipFile, name: str) -> tuple[Reader, tuple[int, ...], np.dtype]:
+    """Rows of one ``.npz`` member without reading the rest: memory-mapped if stored, else streamed."""
+    info = zf.getinfo(name)
+    where = f"'{path}' array '{name[:-4]}'"
+    with zf.open(info) as f:
+        shape, fortran, dtype = _read_npy_header(f, where)
+        header_len = f.tell()
+    _check_dtype(dtype, where)
+    if fortran or len(shape) == 0:
+        # Rows of a Fortran-ordered array are not contiguous: read it whole (rare: numpy.savez keeps C order).
+        with zf.open(info) as f:
+            whole = np.lib.format.read_array(f, allow_pickle=False)
+        return (lambda a, b: whole[a:b]), tuple(whole.shape), whole.dtype
+    row_bytes = int(dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64)))
+    if info.compress_type == zipfile.ZIP_STORED:
+        with open(path, "rb") as raw:  # the local file header: 30 bytes + name + extra field
+            raw.seek(info.header_offset)
+            local = raw.read(30)
+        if len(local) != 30 or local[:4] != b"PK\x03\x04":
+            raise DataError(f"{where}: the archive's local header is damaged")
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        offset = info.header_offset + 30 + name_len + extra_len + header_len
+        return _MappedRows(path, offset, tuple(shape), dtype, where), tuple(shape), dtype
+    handle = zf.open(info)  # sequential decompression; forward seeks only decompress what they skip
+
+    def read(a: int, b: int) -> np.ndarray:
+        handle.seek(header_len + a * row_bytes)
+        buf = handle.read((b - a) * row_bytes)
+        if len(buf) != (b - a) * row_bytes:
+            raise DataError(f"{where} is truncated")
+        return np.frombuffer(buf, dtype=dtype).reshape((b - a, *shape[1:]))
+
+    return read, tuple(shape), dtype
+
+
+def _concat_reader(parts: list[tuple[Reader, tuple[int, ...], np.dtype]], where: str) -> tuple[Reader, tuple, np.dtype]:
+    shapes = {p[1][1:] for p in parts}
+    dtypes = {p[2] for p in parts}
+    if len(shapes) != 1 or len(dtypes) != 1:
+        raise DataError(f"{where}: the shards differ in per-sample shape or dtype ({sorted(map(str, shapes))})")
+    starts = np.cumsum([0] + [p[1][0] for p in parts])
+
+    def read(a: int, b: int) -> np.ndarray:
+        out = []
+        for (fn, shape, _), s in zip(parts, starts[:-1], strict=True):
+            lo, hi = max(a, s), min(b, s + shape[0])
+            if lo < hi:
+                out.append(fn(int(lo - s), int(hi - s)))
+        return np.concatenate(out) if len(out) != 1 else out[0]
+
+    return read, (int(starts[-1]), *next(iter(shapes))), next(iter(dtypes))
+
+
+def _shard_files(d: Path, keys: tuple[str, ...]) -> tuple[str | None, list[Path]]:
+    for key in keys:
+        files = sorted(p for p in d.iterdir() if p.suffix == ".npy" and re.fullmatch(rf"{key}([_\-.]?\d+)?", p.stem))
+        if files:
+            return key, files
+    return None, []
+
+
+# ------------------------------------------------------------------------------------------------ the view
+
+
+class StreamedInputs:
+    """A read-on-demand stand-in for the input array (see the module docstring)."""
+
+    def __init__(
+        self,
+        reader: Reader,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        source: str,
+        rows: list[tuple[int, int]] | None = None,
+    ):
+        self._reader = reader
+        self.full_shape = shape
+        self.raw_dtype = np.dtype(dtype)
+        self.source = source
+        self.rows = rows if rows is not None else [(0, shape[0])]
+        self._starts = np.cumsum([0] + [b - a for a, b in self.rows])
+        self._fit: tuple | None = None
+        self._min = np.inf
+        self._max = -np.inf
+
+    # The array protocol certify() relies on.
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self._sample_shape())
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self._fit[1]) if self._fit else self.raw_dtype
+
+    def _sample_shape(self) -> tuple[int, ...]:
+        return tuple(self._fit[2]) if self._fit else tuple(self.full_shape[1:])
+
+    def global_indices(self) -> np.ndarray:
+        return np.concatenate([np.arange(a, b) for a, b in self.rows]) if self.rows else np.zeros(0, np.int64)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of this view (view coordinates), raw dtype."""
+        out = []
+        for i, (a, b) in enumerate(self.rows):
+            s = int(self._starts[i])
+            lo, hi = max(start, s), min(stop, s + b - a)
+            if lo < hi:
+                out.append(self._reader(a + lo - s, a + hi - s))
+        if not out:
+            return np.zeros((0, *self.full_shape[1:]), dtype=self.raw_dtype)
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+    def fitted(self, declared: tuple, dtype: np.dtype, source: str) -> StreamedInputs:
+        """This view, fitted batch by batch to the model input (checked now on the first sample)."""
+        if len(self) == 0:
+            raise DataError(f"{source}: the data holds zero samples")
+        first = self.read(0, 1)
+        try:
+            probe = fit_inputs(first, declared, dtype, source)
+        except DataError as exc:  # name the whole data's shape, not the one-sample probe's
+            raise DataError(str(exc).replace(str(tuple(first.shape)), str((len(self), *first.shape[1:])))) from None
+        out = StreamedInputs(self._reader, self.full_shape, self.raw_dtype, self.source, self.rows)
+        out._fit = (declared, np.dtype(dtype), probe.shape[1:], source)
+        return out
+
+    def __getitem__(self, item: slice) -> np.ndarray:
+        if not isinstance(item, slice) or item.step not in (None, 1):
+            raise TypeError("streamed inputs support contiguous slices only")
+        start, stop, _ = item.indices(len(self))
+        batch = self.read(start, stop)
+        if self._fit is None:
+            return batch
+        declared, dtype, _, source = self._fit
+        try:
+            out = fit_inputs(batch, declared, dtype, source)
+        except DataError as exc:
+            raise DataError(f"{exc} (samples {start}..{stop - 1})") from None
+        if out.size:
+            self._min = min(self._min, float(out.min()))
+            self._max = max(self._max, float(out.max()))
+        return out
+
+    def min(self, *_args: object, **_kw: object) -> float:  # noqa: A003 - numpy's reduction protocol
+        return self._min
+
+    def max(self, *_args: object, **_kw: object) -> float:  # noqa: A003
+        return self._max
+
+
+@dataclass
+class StreamedDataset:
+    """What :func:`open_data` returns: the same attributes as :class:`lipgraph.data.Dataset`."""
+
+    x: StreamedInputs
+    y: np.ndarray | None
+    source: str
+    x_key: str
+    y_key: str | None
+    total: int  # samples in the file (after --limit), before sharding
+
+
+def is_streamed(x: object) -> bool:
+    return isinstance(x, StreamedInputs)
+
+
+def open_data(
+    path: str | os.PathLike[str], limit: int | None = None, shard: Shard | None = None, block: int = 256
+) -> StreamedDataset:
+    """Open ``path`` (``.npy``, ``.npz`` or a directory of ``.npy`` shards) without reading the inputs."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"data file '{p}' does not exist")
+    if limit is not None and limit < 1:
+        raise DataError(f"--limit must be at least 1, got {limit}")
+    y: np.ndarray | None = None
+    y_key: str | None = None
+    if p.is_dir():
+        x_key, xs = _shard_files(p, X_KEYS)
+        if not xs:
+            raise DataError(
+                f"'{p}' is a directory without input shards named like x_000.npy (prefixes: "
+                f"{', '.join(X_KEYS)}); pass an .npz / .npy file or such a directory"
+            )
+        reader, shape, dtype = _concat_reader([_npy_reader(f) for f in xs], f"'{p}'")
+        y_key, ys = _shard_files(p, Y_KEYS)
+        if ys:
+            y = np.concatenate([np.asarray(_npy_reader(f)[0](0, None)) for f in ys])  # type: ignore[arg-type]
+    elif p.suffix == ".npy":
+        x_key = "x"
+        reader, shape, dtype = _npy_reader(p)
+    else:
+        if not zipfile.is_zipfile(p):
+            raise DataError(
+                f"'{p}' is not an .npz file (numpy.savez archive) nor an .npy file; save the data "
+                "with numpy.savez or numpy.save"
+            )
+        try:
+            zf = zipfile.ZipFile(p)
+            names = [n for n in zf.namelist() if n.endswith(".npy")]
+            keys = [n[:-4] for n in names]
+            x_key = next((k for k in X_KEYS if k in keys), None)  # type: ignore[assignment]
+            if x_key is None:
+                raise DataError(
+                    f"'{p}' has no inputs under any of the keys {', '.join(X_KEYS)} "
+                    f"(it has: {', '.join(keys) or 'none'})"
+                )
+            reader, shape, dtype = _npz_member_reader(p, zf, x_key + ".npy")
+            y_key = next((k for k in Y_KEYS if k in keys), None)
+            if y_key is not None:
+                yr, yshape, _ = _npz_member_reader(p, zf, y_key + ".npy")
+                y = np.asarray(yr(0, yshape[0] if yshape else 1))
+        except DataError:
+            raise
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"cannot read '{p}' as .npz ({msg})") from None
+    if len(shape) == 0:
+        raise DataError(f"'{p}': inputs are a scalar; expected an array of samples")
+    n = shape[0] if limit is None else min(shape[0], limit)
+    if y is not None and limit is not None:
+        y = y[:limit]
+    rows = shard.rows(n, block) if shard is not None else [(0, n)]
+    x = StreamedInputs(reader, (n, *shape[1:]), dtype, str(p), rows)
+    if y is not None and shard is not None and len(y) == n:
+        y = y[x.global_indices()]
+    return StreamedDataset(x, y, str(p), x_key, y_key, n)
