@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from lipgraph.cli.certify import _FORMATS, _renderer
+from lipgraph.cli.outputs import FORMATS
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,10 +26,16 @@ from lipgraph.cli.certify import _FORMATS, _renderer
     help="An earlier JSON report; fail when certified accuracy drops by more than --max-drop.",
 )
 @click.option("--max-drop", "max_drop", type=float, metavar="D", help="Largest allowed drop against --baseline.")
-@click.option("--format", "fmt", type=click.Choice(_FORMATS), default="text", show_default=True)
-@click.option("-o", "--output", "output", type=click.Path(path_type=str), help="Write the report here.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), multiple=True,
+              help="Report format (default text). Repeat it with one -o FILE each, in order.")
+@click.option("-o", "--output", "output", multiple=True, metavar="[FORMAT=]PATH",
+              help="Write a report here: FORMAT=PATH (repeatable) or a PATH for the --format given.")
+@click.option("--config", "config", type=click.Path(path_type=str), metavar="PYPROJECT.toml",
+              help="Read [tool.lipgraph] from this file instead of searching for one.")
+@click.option("--no-config", "no_config", is_flag=True, help="Ignore every pyproject.toml (flags only).")
 @click.option("--per-sample", "per_sample", is_flag=True, help="Add per-sample radii to the JSON report.")
 @click.option("--exit-zero", "exit_zero", is_flag=True, help="Exit 0 even when a gate fails.")
+@click.option("-q", "--quiet", "quiet", is_flag=True, help="No verdict line on stderr.")
 def merge(
     parts: tuple[str, ...],
     min_cert: tuple[str, ...],
@@ -37,20 +43,23 @@ def merge(
     max_lip: float | None,
     baseline: str | None,
     max_drop: float | None,
-    fmt: str,
-    output: str | None,
+    fmt: tuple[str, ...],
+    output: tuple[str, ...],
+    config: str | None,
+    no_config: bool,
     per_sample: bool,
     exit_zero: bool,
+    quiet: bool,
 ) -> int:
     """Merge the partial reports of every shard into one report (exactly a single run's), then apply the
     gates (flags, or [tool.lipgraph] in pyproject.toml). Exit 0 when every gate passes, 1 when one fails."""
     from lipgraph import gates as g
+    from lipgraph.cli import outputs as out
+    from lipgraph.config import resolve_config
     from lipgraph.merge import merge_partials, read_partial
-    from lipgraph.report import check_output_path, write_atomic
 
-    if output:
-        check_output_path(output)
-    render = _renderer(fmt)
+    quiet = out.quiet_requested(quiet)
+    plan = out.plan_outputs(fmt, output)  # every output problem is reported before any work
     flags = g.GateConfig(
         min_certified_accuracy=dict(g.parse_eps_acc(s) for s in min_cert) if min_cert else None,
         min_clean_accuracy=g.check_accuracy(min_clean, "--min-clean-accuracy") if min_clean is not None else None,
@@ -58,17 +67,13 @@ def merge(
         baseline=baseline,
         max_drop=g.check_accuracy(max_drop, "--max-drop") if max_drop is not None else None,
     )
-    pyproject = g.find_pyproject()
-    cfg = g.merge(g.load_config(pyproject) if pyproject else g.GateConfig(), flags)
+    cfg = g.merge(resolve_config(config, no_config), flags)
     base = g.load_baseline(cfg.baseline) if cfg.baseline else None
     cert = merge_partials([read_partial(p) for p in parts], list(cfg.eps or []) + g.required_eps(cfg, base))
     cert.per_sample = per_sample
-    if cfg.source:
-        cert.meta["config"] = cfg.source
+    cert.meta["config"] = cfg.source  # None: no [tool.lipgraph] was read
     g.apply(cert, cfg, base)
-    text = render(cert)
-    if output:
-        write_atomic(output, text)
-    else:
-        click.echo(text, nl=False)
+    out.emit(plan, cert)
+    if not quiet:
+        click.echo(out.verdict_line(cert.to_json()), err=True)
     return 0 if (cert.passed or exit_zero) else 1
