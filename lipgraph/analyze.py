@@ -1,4 +1,4 @@
-"""The walker: passes, then every data-path node's rule in topological order (SPEC sec. 3)."""
+"""The walker: passes, then every data-path node's rule in topological order (docs/composition.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Margins -> certified radii -> metrics (SPEC sec. 2 and 7).
+"""Margins -> certified radii -> metrics (docs/certificate.md, docs/floating-point.md).
 
 For a sample with target class ``t`` (its label, or the prediction when there are no labels):
 
@@ -33,7 +33,7 @@ import onnx
 from lipgraph.errors import DataError, LipgraphError
 
 DEFAULT_EPS: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
-MARGIN_REL = 1e-5  # SPEC sec. 7: margins are reduced by at least this times max|logit|
+MARGIN_REL = 1e-5  # docs/floating-point.md: margins are reduced by at least this times max|logit|
 _EPS64 = float(2.0**-53)
 _SQRT2_UP = float(np.nextafter(math.sqrt(2.0), math.inf))
 
@@ -125,7 +125,7 @@ def _radii(f: np.ndarray, labels: np.ndarray | None, lipschitz: float, tails: Se
         target = pred if labels is None else labels
         ft = f[rows, target]
         others = f.copy()
-        others[rows, target] = -np.inf  # exclude only index t itself (SPEC sec. 2, ties)
+        others[rows, target] = -np.inf  # exclude only index t itself (docs/certificate.md, ties)
         margin = ft - np.max(others, axis=1)
         usable = np.maximum(margin - delta, 0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -237,7 +237,7 @@ def _check_eps(eps: Iterable[float] | float) -> list[float]:
 
 
 def _logits_choice(graph: Any) -> tuple[str, str | None, list[str]]:
-    """The tensor to run and certify, from the canonical graph's structure (SPEC sec. 2).
+    """The tensor to run and certify, from the canonical graph's structure (docs/certificate.md).
 
     Returns ``(tensor, sigmoid_logit, warnings)``: a final Sigmoid on a single logit is recognised
     (``sigmoid_logit`` is then the logit ``z``, class 1 iff ``z > 0``, and its own bound is used);

@@ -3,7 +3,7 @@
 A tensor is *variable* when it depends on the values of the certified input; otherwise it is
 *constant* and, where possible, folded to a value with onnx's own reference evaluator (so shape
 arithmetic such as ``Shape -> Gather -> Concat -> Reshape`` from torch's legacy exporter becomes
-plain constants, SPEC sec. 3).
+plain constants, docs/composition.md).
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """The affine tail of a network: the linear ops between the last nonlinearity and the logits.
 
 When ``logits = A h + b`` for a tensor ``h`` that is ``L_h``-Lipschitz in the input, the logit
-difference ``F_t - F_i`` is ``||a_t - a_i||_2 L_h``-Lipschitz (SPEC sec. 2, LMT sec. 4), which is
+difference ``F_t - F_i`` is ``||a_t - a_i||_2 L_h``-Lipschitz (docs/certificate.md, LMT sec. 4), which is
 never worse than ``sqrt(2) L``. This module walks back from the logits through a chain of ops
 that are linear in their single variable input (Gemm / MatMul with a constant weight, Add / Sub
 of a constant, Mul / Div by a constant, Neg, and shape-only ops), and composes the chain into the
 matrix ``A`` (rows = logits, columns = the flattened ``h`` of one sample) by pushing the standard
 basis of ``h`` through it in float64. Biases are dropped: they do not change ``A``.
 
-Rounding (SPEC sec. 7): the chain is also evaluated with the absolute values of its constants,
+Rounding (docs/floating-point.md): the chain is also evaluated with the absolute values of its constants,
 ``|A|``; the float64 composition error is at most ``gamma_n |A|`` entrywise (Higham, Accuracy and
 Stability of Numerical Algorithms, sec. 3.5), with ``n`` the total inner dimension plus the number
 of ops, and :meth:`TailCandidate.pair_norms` adds that term, so every returned norm is an upper

@@ -1,7 +1,7 @@
 """Operator norms. Rules call these; nothing else in lipgraph computes a norm.
 
 Every function that returns a :class:`NormBound` promises ``value >= ||A||_2`` in real arithmetic
-(rounding allowances included, SPEC sec. 7). ``lower``, when present, is a lower estimate
+(rounding allowances included, docs/floating-point.md). ``lower``, when present, is a lower estimate
 (power iteration or an attained vector) for the slack report and is never used as a bound.
 """
 
@@ -44,7 +44,7 @@ class NormBound:
 def inflate(sigma_hat: float, p: int) -> float:
     """Upper bound of a singular value computed in float64 by a backward-stable SVD.
 
-    LAPACK guarantees ``|sigma_hat - sigma| <= p(m, n) eps ||A||_2``; SPEC sec. 7 takes
+    LAPACK guarantees ``|sigma_hat - sigma| <= p(m, n) eps ||A||_2``; docs/floating-point.md takes
     ``p = max(m, n)`` (a conservative choice), so ``sigma <= sigma_hat / (1 - p eps)``.
     The result is nudged up one more ulp so that the division's own rounding cannot lower it.
     """

@@ -1,4 +1,4 @@
-"""Operator norms of ONNX ``Conv`` and ``ConvTranspose`` (SPEC sec. 4, "Convolution"): the chooser.
+"""Operator norms of ONNX ``Conv`` and ``ConvTranspose`` (docs/operators.md, "Convolution"): the chooser.
 
 Pure numpy, N-d spatial (1-D, 2-D, 3-D). Layouts follow ONNX: input ``(B, C, D1, ..., Dd)``,
 Conv weight ``(M, C/group, k1, ..., kd)``, pads ``[x1_b, x2_b, ..., x1_e, x2_e]``. Output

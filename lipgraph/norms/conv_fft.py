@@ -158,7 +158,7 @@ def conv_circulant_bound(
     (conjugate symmetry). Groups: the
     op is block diagonal, so the max over groups. Rounding: SVD/eig allowance plus an additive DFT
     allowance (:func:`_dft_allowance`). ``grid`` may override the grid for experiments; a grid below
-    the safe one is refused, since it can undercount (SPEC sec. 4).
+    the safe one is refused, since it can undercount (docs/operators.md).
     """
     w = _check(weight, groups)
     d = w.ndim - 2
@@ -205,7 +205,7 @@ def conv_circulant_bound(
 def circular_norm_same_grid(weight: np.ndarray, in_spatial: Sequence[int]) -> float:
     """NOT A BOUND. The circular norm on the input's own grid (N = n), stride 1, one group.
 
-    Kept only for the negative control of SPEC sec. 4: for zero padding it can be below the true
+    Kept only for the negative control of docs/operators.md: for zero padding it can be below the true
     norm (kernel [1, -1], n = 3, pad 1: 1.732 < 1.848). Nothing in lipgraph uses it as a bound.
     """
     w = np.asarray(weight, dtype=np.float64)

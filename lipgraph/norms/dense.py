@@ -1,4 +1,4 @@
-"""Spectral norms of dense matrices, with the rounding allowance of SPEC sec. 7."""
+"""Spectral norms of dense matrices, with the rounding allowance of docs/floating-point.md."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ _CERTIFY_MIN = 1024
 def spectral_norm(matrix: np.ndarray) -> NormBound:
     """Sound upper bound of ``||A||_2`` for a 2-D array (computed in float64).
 
-    Exact SVD for ordinary sizes (``sigma_hat / (1 - p eps)``, SPEC sec. 7); for very large
+    Exact SVD for ordinary sizes (``sigma_hat / (1 - p eps)``, docs/floating-point.md); for very large
     matrices, Gram iteration (Delattre et al. 2023), which is an upper bound at every step.
     A lower estimate is the SVD value itself (or a few power steps for the Gram path).
     """

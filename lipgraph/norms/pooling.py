@@ -1,4 +1,4 @@
-"""Exact window counting for ONNX pooling, and the norms built on it (SPEC sec. 4 "Pooling").
+"""Exact window counting for ONNX pooling, and the norms built on it (docs/operators.md "Pooling").
 
 A pooling op acts on each spatial axis through a family of windows: window ``o`` along an axis
 covers the input positions ``o * s - pad_begin + j * d`` for ``j in range(k)`` (positions outside

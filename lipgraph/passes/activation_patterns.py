@@ -3,7 +3,7 @@
 ``x * s(x)`` is not bounded by the generic rules (a product of two variable tensors is refused), but
 the whole activation is globally Lipschitz. Seen with torch 2.13 (both exporters, opsets 17/18):
 
-* SiLU: ``Sigmoid(x) -> Mul(x, .)``  -> ``lipgraph:Silu``  (sup |f'| = 1.0998..., SPEC sec. 4);
+* SiLU: ``Sigmoid(x) -> Mul(x, .)``  -> ``lipgraph:Silu``  (sup |f'| = 1.0998..., docs/operators.md);
 * GELU, erf form: ``Div(x, c) -> Erf -> Add(., 1) -> Mul(x, .) -> Mul(., a)`` (c = sqrt 2, a = 1/2;
   legacy exporter), ``... Add(., 1) -> Mul(a, .) -> Mul(x, .)`` (dynamo exporter), ``Mul(x, 1/c)``
   and ``Mul(x, a) -> Mul(., 1 + erf)`` accepted too) -> ``lipgraph:Gelu`` with ``scale = 2 a``:

@@ -1,7 +1,7 @@
 """Fold per-channel affine maps (BatchNormalization, Mul/Div/Add/Sub by constants) into Conv/Gemm/MatMul.
 
 The norm of a folded operator ``diag(s) W`` (or ``W diag(s)``) is often far below
-``max|s| * ||W||`` (SPEC sec. 4 "Normalization", sec. 5; research/bounds.md sec. 4.3). Three rewrites,
+``max|s| * ||W||`` (docs/operators.md "Normalization", docs/composition.md). Three rewrites,
 repeated until nothing changes:
 
 1. *post-fold*: ``Linear -> affine``, the linear op's output read only by the affine op:
@@ -357,7 +357,7 @@ def _try_across(graph: Graph) -> bool:
             graph.warnings.append(
                 f"folded |scale| of '{node.name}' across '{f.name}' ({f.op_type}) into "
                 + ", ".join(r.name for r in readers)
-                + ": a bound-only rewrite (sound, SPEC sec. 4); the analysis graph's values there differ"
+                + ": a bound-only rewrite (sound, docs/operators.md); the analysis graph's values there differ"
                 " from the model's"
             )
         graph.replace([node, f, *readers], new)

@@ -2,7 +2,7 @@
 
 Sorting inside groups is a piecewise permutation, hence 1-Lipschitz in L2 (Anil, Lucas, Grosse,
 ICML 2019); the generic per-op rules lose ``sqrt(2)`` per MaxMin layer (Max and Min of two halves
-each get ``sqrt(2) L``). SPEC sec. 4 "GroupSort and MaxMin" lists the forms matched here:
+each get ``sqrt(2) L``). docs/operators.md "GroupSort and MaxMin" lists the forms matched here:
 
 * GroupSort: ``Reshape -> TopK(k = the whole axis, sorted) -> Reshape`` (back to the input shape);
 * MaxMin: ``Split`` into two halves (or two ``Slice`` of complementary halves, legacy exporter)

@@ -1,4 +1,4 @@
-"""Find the logits: cut a final Softmax / LogSoftmax (SPEC sec. 2).
+"""Find the logits: cut a final Softmax / LogSoftmax (docs/certificate.md).
 
 Softmax keeps the argmax and LogSoftmax keeps the logit differences, so certifying the tensor
 before them certifies the same predictions with a tighter margin. Shape-only ops after the

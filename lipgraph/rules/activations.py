@@ -1,4 +1,4 @@
-"""Elementwise activations: ``sup |f'|`` (SPEC sec. 4, "Activations").
+"""Elementwise activations: ``sup |f'|`` (docs/operators.md, "Activations").
 
 Constants for GELU, SiLU and Mish are the numerically found suprema of ``|f'|`` rounded up in
 the fourth decimal (checked in tests against a dense grid). Ops that are not globally Lipschitz
@@ -24,8 +24,7 @@ def _unary(ctx: RuleContext, factor: float, method: str) -> Bound:
 def one_lipschitz(ctx: RuleContext) -> Bound:
     """Elementwise functions with ``sup |f'| = 1``: factor 1 (exact).
 
-    Relu, Abs, Neg, Tanh, Softplus, Softsign, Sin, Cos, Atan, Asinh. Source: SPEC sec. 4;
-    research/bounds.md sec. 4.6.
+    Relu, Abs, Neg, Tanh, Softplus, Softsign, Sin, Cos, Atan, Asinh. Source: docs/operators.md.
     """
     return _unary(ctx, 1.0, "elementwise, |f'| <= 1")
 
@@ -35,7 +34,7 @@ def celu(ctx: RuleContext) -> Bound:
     """Celu(alpha) ``max(0, x) + min(0, alpha (exp(x/alpha) - 1))``: 1 for alpha > 0 (exact).
 
     For x < 0 its derivative is ``exp(x/alpha) <= 1`` when alpha > 0. A negative alpha makes
-    ``exp(x/alpha)`` grow without bound as x -> -inf (not Lipschitz): refused. Source: SPEC sec. 4.
+    ``exp(x/alpha)`` grow without bound as x -> -inf (not Lipschitz): refused. Source: docs/operators.md.
     """
     alpha = float(ctx.attr("alpha", 1.0))
     if not alpha > 0:
@@ -45,7 +44,7 @@ def celu(ctx: RuleContext) -> Bound:
 
 @rule("LeakyRelu")
 def leaky_relu(ctx: RuleContext) -> Bound:
-    """LeakyRelu(alpha): ``max(1, |alpha|)`` (exact). ONNX default alpha = 0.01. Source: SPEC sec. 4."""
+    """LeakyRelu(alpha): ``max(1, |alpha|)`` (exact). ONNX default alpha = 0.01. Source: docs/operators.md."""
     alpha = float(ctx.attr("alpha", 0.01))
     return _unary(ctx, max(1.0, abs(alpha)), f"elementwise, alpha={alpha:g}")
 
@@ -56,7 +55,7 @@ def prelu(ctx: RuleContext) -> Bound:
 
     A slope that depends on the input is a product of two variable tensors: refused. A slope larger
     than x (ONNX Runtime broadcasts both ways) copies x: the registry adds ``sqrt(copies)``.
-    Source: SPEC sec. 4.
+    Source: docs/operators.md.
     """
     if ctx.is_variable(1):
         raise Refuse("the PRelu slope depends on the input")
@@ -70,7 +69,7 @@ def prelu(ctx: RuleContext) -> Bound:
 def elu(ctx: RuleContext) -> Bound:
     """Elu(alpha): ``max(1, alpha)`` for alpha >= 0 (slope alpha*exp(x) on x < 0); ``max(1, |alpha|)`` otherwise.
 
-    Source: SPEC sec. 4.
+    Source: docs/operators.md.
     """
     alpha = float(ctx.attr("alpha", 1.0))
     return _unary(ctx, max(1.0, abs(alpha)), f"elementwise, alpha={alpha:g}")
@@ -78,7 +77,7 @@ def elu(ctx: RuleContext) -> Bound:
 
 @rule("Selu")
 def selu(ctx: RuleContext) -> Bound:
-    """Selu: ``gamma * max(1, alpha)`` (defaults 1.0507 * 1.6733 = 1.7581). Exact. Source: SPEC sec. 4."""
+    """Selu: ``gamma * max(1, alpha)`` (defaults 1.0507 * 1.6733 = 1.7581). Exact. Source: docs/operators.md."""
     alpha = float(ctx.attr("alpha", 1.67326319217681884765625))
     gamma = float(ctx.attr("gamma", 1.05070102214813232421875))
     return _unary(ctx, abs(gamma) * max(1.0, abs(alpha)), "elementwise, gamma*max(1,alpha)")
@@ -86,26 +85,26 @@ def selu(ctx: RuleContext) -> Bound:
 
 @rule("Sigmoid")
 def sigmoid(ctx: RuleContext) -> Bound:
-    """Sigmoid: 1/4 (its derivative peaks at 0). Exact. Source: SPEC sec. 4."""
+    """Sigmoid: 1/4 (its derivative peaks at 0). Exact. Source: docs/operators.md."""
     return _unary(ctx, 0.25, "elementwise, |f'| <= 1/4")
 
 
 @rule("HardSigmoid")
 def hard_sigmoid(ctx: RuleContext) -> Bound:
-    """HardSigmoid ``max(0, min(1, alpha x + beta))``: ``|alpha|`` (ONNX default 0.2). Exact. SPEC sec. 4."""
+    """HardSigmoid ``max(0, min(1, alpha x + beta))``: ``|alpha|`` (ONNX default 0.2). Exact. docs/operators.md."""
     alpha = float(ctx.attr("alpha", 0.2))
     return _unary(ctx, abs(alpha), f"elementwise, alpha={alpha:g}")
 
 
 @rule("HardSwish", since=14)
 def hard_swish(ctx: RuleContext) -> Bound:
-    """HardSwish ``x * relu6(x + 3) / 6``: slope ``(2x + 3)/6`` peaks at 1.5 at x = 3. Exact. SPEC sec. 4."""
+    """HardSwish ``x * relu6(x + 3) / 6``: slope ``(2x + 3)/6`` peaks at 1.5 at x = 3. Exact. docs/operators.md."""
     return _unary(ctx, 1.5, "elementwise, |f'| <= 1.5")
 
 
 @rule("Gelu", since=20)
 def gelu(ctx: RuleContext) -> Bound:
-    """Gelu (erf and tanh forms): 1.1290, ``sup |f'|`` rounded up. SPEC sec. 4.
+    """Gelu (erf and tanh forms): 1.1290, ``sup |f'|`` rounded up. docs/operators.md.
 
     The erf form peaks at x = sqrt(2) with 1.128904; the tanh form at x ~ 1.4185 with 1.128993
     (checked on a dense grid in tests/rules/test_activations.py).
@@ -115,19 +114,19 @@ def gelu(ctx: RuleContext) -> Bound:
 
 @rule("Mish", since=18)
 def mish(ctx: RuleContext) -> Bound:
-    """Mish ``x tanh(softplus(x))``: 1.0886 (``sup |f'|`` = 1.088498 at x ~ 1.49, rounded up). SPEC sec. 4."""
+    """Mish ``x tanh(softplus(x))``: 1.0886 (``sup |f'|`` = 1.088498 at x ~ 1.49, rounded up). docs/operators.md."""
     return _unary(ctx, 1.0886, "elementwise, sup |f'| rounded up")
 
 
 @rule("Erf")
 def erf(ctx: RuleContext) -> Bound:
-    """Erf: ``2/sqrt(pi)`` (its derivative at 0), rounded up. Exact. SPEC sec. 4."""
+    """Erf: ``2/sqrt(pi)`` (its derivative at 0), rounded up. Exact. docs/operators.md."""
     return _unary(ctx, float(np.nextafter(2.0 / math.sqrt(math.pi), np.inf)), "elementwise, 2/sqrt(pi)")
 
 
 @rule("Clip", broadcasts=True)
 def clip(ctx: RuleContext) -> Bound:
-    """Clip: 1 (a projection onto an interval). Bounds that depend on the input are refused. SPEC sec. 4."""
+    """Clip: 1 (a projection onto an interval). Bounds that depend on the input are refused. docs/operators.md."""
     if ctx.is_variable(1) or ctx.is_variable(2):
         raise Refuse("Clip bounds that depend on the input are not supported")
     return _unary(ctx, 1.0, "elementwise, projection")
@@ -135,7 +134,7 @@ def clip(ctx: RuleContext) -> Bound:
 
 @rule("Softmax", "LogSoftmax")
 def softmax(ctx: RuleContext) -> Bound:
-    """Softmax inside a graph: 1/2 (``v^T J v = Var_p(v) <= 1/2`` for unit v). SPEC sec. 4.
+    """Softmax inside a graph: 1/2 (``v^T J v = Var_p(v) <= 1/2`` for unit v). docs/operators.md.
 
     A final Softmax is cut before the walk (certify the logits). LogSoftmax inside a graph is refused:
     it only appears as the final layer of classifiers, where the logits pass cuts it.
@@ -178,7 +177,7 @@ _NOT_LIPSCHITZ = {
 @rule(*_NOT_LIPSCHITZ)
 def not_lipschitz(ctx: RuleContext) -> Bound:
     """Ops with no global Lipschitz constant (Exp, Log, Sqrt, Reciprocal) or discontinuous ones
-    (Sign, Round, Floor, Ceil, ArgMax, comparisons): always refused with the reason. SPEC sec. 4.
+    (Sign, Round, Floor, Ceil, ArgMax, comparisons): always refused with the reason. docs/operators.md.
     """
     raise Refuse(_NOT_LIPSCHITZ[ctx.node.op_type])
 
@@ -188,7 +187,7 @@ def pow_(ctx: RuleContext) -> Bound:
     """Pow ``x^p`` with constant p: p = 1 is the identity (1); every other exponent is refused.
 
     ``x^p`` for p > 1 grows without bound and for p < 1 is not Lipschitz at 0; torch's L2-norm pooling
-    chain ``Pow(2) -> AveragePool -> ... -> Pow(0.5)`` is recognised as a whole by a pass. SPEC sec. 4.
+    chain ``Pow(2) -> AveragePool -> ... -> Pow(0.5)`` is recognised as a whole by a pass. docs/operators.md.
     """
     if ctx.is_variable(1):
         raise Refuse("an exponent that depends on the input is not supported")

@@ -1,4 +1,7 @@
-"""Elementwise arithmetic and joins: Add/Sub/Sum, Mul/Div by constants, Max/Min, Concat (SPEC sec. 3-4)."""
+"""Elementwise arithmetic and joins: Add/Sub/Sum, Mul/Div by constants, Max/Min, Concat.
+
+Mathematics: docs/composition.md (joins, broadcasting) and docs/operators.md (scales).
+"""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ def add(ctx: RuleContext) -> Bound:
     """Add, Sub, Sum: ``sum_i sqrt(k_i) L_i`` over the variable inputs, k_i the broadcast multiplicity.
 
     Constants shift and do not count. Triangle inequality; exact for one variable input.
-    Source: SPEC sec. 3 (composition table, broadcasting).
+    Source: docs/composition.md (composition table, broadcasting).
     """
     parts = _weighted(ctx)
     total = sum(math.sqrt(k) * lin for lin, k in parts)
@@ -41,7 +44,7 @@ def mul(ctx: RuleContext) -> Bound:
     """Mul by a constant c: ``max over x elements of sqrt(sum of c^2 over its broadcast copies)``.
 
     That is ``max |c|`` when c broadcasts onto x (per-channel scales). Two variable factors (gates,
-    attention) are not globally Lipschitz: refused. Exact. Source: SPEC sec. 4.
+    attention) are not globally Lipschitz: refused. Exact. Source: docs/operators.md.
     """
     var = ctx.variable_indices()
     if len(var) != 1:
@@ -58,7 +61,10 @@ def mul(ctx: RuleContext) -> Bound:
 
 @rule("Div")
 def div(ctx: RuleContext) -> Bound:
-    """Div ``x / c`` by a constant: as Mul by ``1/c``. A variable divisor is not Lipschitz: refused. SPEC sec. 4."""
+    """Div ``x / c`` by a constant: as Mul by ``1/c``. A variable divisor is not Lipschitz: refused.
+
+    Source: docs/operators.md.
+    """
     if ctx.is_variable(1):
         raise Refuse("dividing by a tensor that depends on the input is not Lipschitz")
     c = ctx.const(1)
@@ -79,7 +85,7 @@ def max_min(ctx: RuleContext) -> Bound:
 
     Per element ``|max(a,b) - max(a',b')| <= max(|da|, |db|)``; with constants only, 1 (a clamp).
     A MaxMin unit (Max and Min of two halves joined by Concat) is recognised by a pass and gets 1.
-    Source: SPEC sec. 3.
+    Source: docs/composition.md.
     """
     parts = _weighted(ctx)
     total = math.sqrt(sum(k * lin * lin for lin, k in parts))
@@ -93,7 +99,7 @@ def max_min(ctx: RuleContext) -> Bound:
 def concat(ctx: RuleContext) -> Bound:
     """Concat: ``sqrt(sum_i L_i^2)`` over the variable inputs (constants add nothing). Exact join rule.
 
-    Source: SPEC sec. 3.
+    Source: docs/composition.md.
     """
     lins = [b for b in ctx.input_bounds if b is not None]
     total = math.sqrt(sum(b * b for b in lins))
@@ -104,7 +110,7 @@ def concat(ctx: RuleContext) -> Bound:
 
 @rule("Mean")
 def mean(ctx: RuleContext) -> Bound:
-    """Mean of n tensors: ``(1/n) sum_i sqrt(k_i) L_i`` (constants count in n). SPEC sec. 3."""
+    """Mean of n tensors: ``(1/n) sum_i sqrt(k_i) L_i`` (constants count in n). docs/composition.md."""
     n = sum(1 for j in range(len(ctx.node.inputs)) if ctx.has_input(j))
     total = sum(math.sqrt(k) * lin for lin, k in _weighted(ctx)) / max(n, 1)
     return Bound(total, f"mean of {n}")

@@ -1,4 +1,4 @@
-"""Convolutions: Conv and ConvTranspose (SPEC sec. 4, "Convolution")."""
+"""Convolutions: Conv and ConvTranspose (docs/operators.md, "Convolution")."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def conv(ctx: RuleContext) -> Bound:
     How tight: exact for small inputs; the circulant bound measured 1.0x-1.1x the exact norm for inputs
     of a few pixels and more (bench/conv_tightness.py); LMT 1.5x-2.7x.
     Source: Sedghi, Gupta, Long 2019 (singular values of convolutions); Tsuzuku, Sato, Sugiyama 2018
-    (LMT); Delattre et al. 2023 (Gram iteration); SPEC sec. 4.
+    (LMT); Delattre et al. 2023 (Gram iteration); docs/operators.md.
     """
     w, d, groups, strides, dilations = _common_attrs(ctx)
     shape = ctx.in_shape(0)
@@ -123,7 +123,7 @@ def conv_transpose(ctx: RuleContext) -> Bound:
     Where ONNX and runtimes disagree on how an odd SAME/output_shape padding is split, the max over
     both splits (sound for either). Unknown input size: the LMT bound of the adjoint conv.
     How tight: exact or circulant-tight for explicit pads; a split ambiguity can cost up to ~1.5x.
-    Source: SPEC sec. 4; Sedghi et al. 2019; Tsuzuku et al. 2018; Delattre et al. 2023.
+    Source: docs/operators.md; Sedghi et al. 2019; Tsuzuku et al. 2018; Delattre et al. 2023.
     """
     w, d, groups, strides, dilations = _common_attrs(ctx)
     if w.shape[0] % groups:

@@ -13,7 +13,7 @@ def sorting_unit(ctx: RuleContext) -> Bound:
     the result out again (Reshape/Concat are isometries). Sorting each group is a piecewise
     permutation, continuous across the pieces, so it is 1-Lipschitz in L2: ``L_y = L_u``.
     Source: Anil, Lucas, Grosse, "Sorting out Lipschitz function approximation", ICML 2019;
-    SPEC sec. 4 "GroupSort and MaxMin".
+    docs/operators.md "GroupSort and MaxMin".
     """
     _, lin = ctx.single_variable_input()
     group = ctx.attr("group", 2)
@@ -26,13 +26,13 @@ def crelu(ctx: RuleContext) -> Bound:
 
     Per element t, the pair ``(relu(t), relu(-t))`` moves by ``|t - t'|`` when t, t' share a sign
     and by ``sqrt(t^2 + t'^2) <= |t - t'|`` otherwise; the concat is a layout. The generic rules
-    would give ``sqrt(2)``. Source: SPEC sec. 4 (deel-torchlip's ``MaxMin`` is this CReLU).
+    would give ``sqrt(2)``. Source: docs/operators.md (deel-torchlip's ``MaxMin`` is this CReLU).
     """
     _, lin = ctx.single_variable_input()
     return Bound(lin, "CReLU, 1-Lipschitz", factor=1.0)
 
 
-# Suprema of |f'| rounded up in the 4th decimal (SPEC sec. 4; checked on a dense grid in
+# Suprema of |f'| rounded up in the 4th decimal (docs/operators.md; checked on a dense grid in
 # tests/passes/test_activation_patterns.py).
 SILU_SUP = 1.0999
 GELU_SUP = 1.1290
@@ -45,7 +45,7 @@ def smooth_gate(ctx: RuleContext) -> Bound:
 
     Fused by lipgraph/passes/activation_patterns.py from torch's primitive-op exports (the product
     ``x * s(x)`` alone has no global bound). SiLU's slope peaks at x ~ 2.40 with 1.09984; Mish's at
-    x ~ 1.49 with 1.08850. Source: SPEC sec. 4 "Activations"; research/bounds.md sec. 4.6.
+    x ~ 1.49 with 1.08850. Source: docs/operators.md "Activations"
     """
     _, lin = ctx.single_variable_input()
     c = SILU_SUP if ctx.node.op_type == "Silu" else MISH_SUP
@@ -61,7 +61,7 @@ def gelu_erf(ctx: RuleContext) -> Bound:
     With ``approximate = "tanh"`` (``a x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``, torch's float32 or
     float64 constants only; lipgraph/passes/elementwise_patterns.py) the supremum is 1.128993 for
     a = 1/2 (at x ~ 1.4185), also below 1.1290.
-    Source: SPEC sec. 4 "Activations".
+    Source: docs/operators.md "Activations".
     """
     _, lin = ctx.single_variable_input()
     c = abs(float(ctx.attr("scale", 1.0))) * GELU_SUP

@@ -1,4 +1,4 @@
-"""Dense linear ops: Gemm and MatMul with a constant operand (SPEC sec. 4, "Dense linear")."""
+"""Dense linear ops: Gemm and MatMul with a constant operand (docs/operators.md, "Dense linear")."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ def gemm(ctx: RuleContext) -> Bound:
 
     How: exact float64 SVD of the constant matrix (transposes do not change its norm; the
     variable operand may be transposed too, since ``||X^T W||_F <= ||X||_F ||W||_2``), plus the
-    rounding allowance of SPEC sec. 7. A variable C adds ``|beta| sqrt(k) L_C`` (broadcast k times).
-    Tightness: exact for the op. Source: SPEC sec. 4; Virmaux & Scaman 2018 (AutoLip).
+    rounding allowance of docs/floating-point.md. A variable C adds ``|beta| sqrt(k) L_C`` (broadcast k times).
+    Tightness: exact for the op. Source: docs/operators.md; Virmaux & Scaman 2018 (AutoLip).
     """
     alpha = float(ctx.attr("alpha", 1.0))
     beta = float(ctx.attr("beta", 1.0))
@@ -69,7 +69,7 @@ def matmul(ctx: RuleContext) -> Bound:
     column as W; a 1-D W is a vector (its Euclidean norm). A batched constant joins its slices,
     which covers both batch-wise pairing and broadcasting (sound; exact when W is 2-D).
     Two variable operands (attention) are not globally Lipschitz: refused.
-    Source: SPEC sec. 4; research/bounds.md sec. 0.
+    Source: docs/operators.md
     """
     var0, var1 = ctx.is_variable(0), ctx.is_variable(1)
     if var0 and var1:

@@ -1,4 +1,4 @@
-"""Normalization layers (SPEC sec. 4 "Normalization"; research/bounds.md sec. 4.3 and 4.5).
+"""Normalization layers (docs/operators.md "Normalization").
 
 BatchNormalization at inference is a per-channel affine map. The data-dependent normalizations
 (Instance/Layer/Group/RMS) divide by a spread of the input that can be as small as ``sqrt(eps)``; their
@@ -55,7 +55,7 @@ def batch_normalization(ctx: RuleContext) -> Bound:
     entry (per channel, or per element for the old ``spatial = 0`` form). Training mode (opset 14+
     ``training_mode = 1``, opset <= 6 ``is_test = 0``, or any statistics output) normalizes by
     the batch's own statistics and is refused. Folding into an adjacent Conv/Gemm is done by a pass;
-    this rule is the standalone case. Source: SPEC sec. 4; research/bounds.md sec. 4.3.
+    this rule is the standalone case. Source: docs/operators.md
     """
     lin = _data_variable_only(ctx)
     if int(ctx.attr("training_mode", 0)):
@@ -88,7 +88,7 @@ def batch_normalization(ctx: RuleContext) -> Bound:
 
 _VACUOUS = (
     "{op} divides by the input's own spread; its only global bound is max|gamma|/sqrt(eps) = {f:.4g}, "
-    "attained near constant inputs, which makes the certificate vacuous (SPEC sec. 4)"
+    "attained near constant inputs, which makes the certificate vacuous (docs/operators.md)"
 )
 
 
@@ -121,7 +121,7 @@ def _vacuous(ctx: RuleContext, scale_input: int | None, eps: float, op: str) -> 
 @rule("InstanceNormalization")
 def instance_normalization(ctx: RuleContext) -> Bound:
     """InstanceNormalization: ``max|gamma| / sqrt(eps)`` (sound, attained near constant inputs; vacuous
-    in practice, reported with a warning). Source: SPEC sec. 4; research/bounds.md sec. 4.5.
+    in practice, reported with a warning). Source: docs/operators.md
     """
     return _vacuous(ctx, 1, float(ctx.attr("epsilon", 1e-5)), "InstanceNormalization")
 
@@ -130,7 +130,7 @@ def instance_normalization(ctx: RuleContext) -> Bound:
 def layer_normalization(ctx: RuleContext) -> Bound:
     """LayerNormalization: ``max|gamma| / sqrt(eps)`` (sound, attained near constant inputs: checked 629.6
     vs 631.1 at d = 64; vacuous, reported with a warning). The Mean / InvStdDev outputs must be unused.
-    Source: SPEC sec. 4; research/bounds.md sec. 4.5.
+    Source: docs/operators.md
     """
     return _vacuous(ctx, 1, float(ctx.attr("epsilon", 1e-5)), "LayerNormalization")
 
@@ -138,7 +138,7 @@ def layer_normalization(ctx: RuleContext) -> Bound:
 @rule("GroupNormalization", since=18)
 def group_normalization(ctx: RuleContext) -> Bound:
     """GroupNormalization: ``max|gamma| / sqrt(eps)`` over the per-group (opset 18) or per-channel
-    (opset 21) scale; sound and vacuous, reported with a warning. Source: SPEC sec. 4.
+    (opset 21) scale; sound and vacuous, reported with a warning. Source: docs/operators.md.
     """
     return _vacuous(ctx, 1, float(ctx.attr("epsilon", 1e-5)), "GroupNormalization")
 
@@ -146,7 +146,7 @@ def group_normalization(ctx: RuleContext) -> Bound:
 @rule("RMSNormalization", since=23)
 def rms_normalization(ctx: RuleContext) -> Bound:
     """RMSNormalization: ``max|gamma| / sqrt(eps)`` (the same argument without centering); sound and
-    vacuous, reported with a warning. Source: SPEC sec. 4 (LayerNorm-like ops).
+    vacuous, reported with a warning. Source: docs/operators.md (LayerNorm-like ops).
     """
     return _vacuous(ctx, 1, float(ctx.attr("epsilon", 1e-5)), "RMSNormalization")
 
@@ -154,7 +154,7 @@ def rms_normalization(ctx: RuleContext) -> Bound:
 @rule("MeanVarianceNormalization")
 def mean_variance_normalization(ctx: RuleContext) -> Bound:
     """MeanVarianceNormalization: refused. It divides by the standard deviation with no epsilon in its
-    definition, so it is not Lipschitz near constant inputs. Source: SPEC sec. 4.
+    definition, so it is not Lipschitz near constant inputs. Source: docs/operators.md.
     """
     raise Refuse("MeanVarianceNormalization divides by the input's standard deviation without epsilon "
                  "(not Lipschitz near constant inputs)")

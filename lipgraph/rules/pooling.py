@@ -1,4 +1,4 @@
-"""Pooling and reductions (SPEC sec. 4 "Pooling"; research/bounds.md sec. 4.4).
+"""Pooling and reductions (docs/operators.md "Pooling").
 
 Window counts come from :mod:`lipgraph.norms.pooling`, which follows the ONNX output-size formulas
 (pads, ``auto_pad``, ``ceil_mode``, dilations) exactly and counts per axis.
@@ -91,7 +91,7 @@ def max_pool(ctx: RuleContext) -> Bound:
     per axis from kernel, stride, dilation, pads, ``auto_pad`` and ``ceil_mode`` (product of per-axis
     maxima; an axis of unknown length uses ``ceil(k gcd(d, s) / s)``, valid for every length). 1 for
     non-overlapping windows; overlapping ones are NOT 1-Lipschitz (``[1,2,1,2,1]``, k = 2, s = 1 ->
-    ``[2,2,2,2]``). Tight for non-overlapping windows. Source: SPEC sec. 4; LMT (Tsuzuku et al. 2018).
+    ``[2,2,2,2]``). Tight for non-overlapping windows. Source: docs/operators.md; LMT (Tsuzuku et al. 2018).
     The optional Indices output is integer data and may not feed the data path.
     """
     _, lin = ctx.single_variable_input()
@@ -115,7 +115,7 @@ def average_pool(ctx: RuleContext) -> Bound:
     (the default) and ``ceil_mode`` shrink the border divisors ``m_j``, which raises the norm above
     ``1/sqrt(prod k)``; ``k = s`` without pads gives exactly ``1/sqrt(prod k)``. If the inferred output
     shape disagrees with the ONNX formulas: ``sqrt(prod ceil(k gcd(d,s)/s))`` (every coefficient <= 1).
-    Source: SPEC sec. 4; research/bounds.md sec. 4.4.
+    Source: docs/operators.md
     """
     _, lin = ctx.single_variable_input()
     axes, sizes, agrees = _pool_axes(ctx)
@@ -136,7 +136,7 @@ def lp_pool(ctx: RuleContext) -> Bound:
     Each output is the p-norm of its window, and ``| ||a||_p - ||b||_p | <= ||a - b||_p <=
     max(1, K^(1/p-1/2)) ||a - b||_2`` (Hoelder for p < 2); each element feeds at most ``m`` outputs.
     Exact for p = 2 without overlap (1). Padding adds zeros, which do not change a p-norm.
-    Source: SPEC sec. 4. Refused for p < 1 (not a norm).
+    Source: docs/operators.md. Refused for p < 1 (not a norm).
     """
     _, lin = ctx.single_variable_input()
     p = float(ctx.attr("p", 2))
@@ -162,7 +162,7 @@ def _spatial_count(ctx: RuleContext) -> int | None:
 def global_average_pool(ctx: RuleContext) -> Bound:
     """GlobalAveragePool: ``1/sqrt(H W ...)``, exact (the mean of q numbers has gradient 1/q in each).
 
-    With an unknown spatial size: 1 (q >= 1), sound but loose. Source: SPEC sec. 4.
+    With an unknown spatial size: 1 (q >= 1), sound but loose. Source: docs/operators.md.
     """
     _, lin = ctx.single_variable_input()
     q = _spatial_count(ctx)
@@ -174,7 +174,7 @@ def global_average_pool(ctx: RuleContext) -> Bound:
 
 @rule("GlobalMaxPool")
 def global_max_pool(ctx: RuleContext) -> Bound:
-    """GlobalMaxPool: 1 (one window per channel; ``|max a - max b| <= ||a - b||_inf``). Exact. SPEC sec. 4."""
+    """GlobalMaxPool: 1 (one window per channel; ``|max a - max b| <= ||a - b||_inf``). Exact. docs/operators.md."""
     _, lin = ctx.single_variable_input()
     return Bound(lin, "max over disjoint windows", factor=1.0, lower=1.0)
 
@@ -183,7 +183,7 @@ def global_max_pool(ctx: RuleContext) -> Bound:
 def global_lp_pool(ctx: RuleContext) -> Bound:
     """GlobalLpPool: ``max(1, q^(1/p - 1/2))`` with q the spatial size (1 for p >= 2).
 
-    One p-norm per channel over disjoint sets (Hoelder for p < 2, which needs a known q). SPEC sec. 4.
+    One p-norm per channel over disjoint sets (Hoelder for p < 2, which needs a known q). docs/operators.md.
     """
     _, lin = ctx.single_variable_input()
     p = float(ctx.attr("p", 2))
@@ -242,7 +242,7 @@ def reduce_one(ctx: RuleContext) -> Bound:
 
     Each output depends on a disjoint set of inputs and is 1-Lipschitz in L2 on it (max/min: the
     change is at most the sup-norm of the change; L2 norm: triangle inequality; log-sum-exp: its
-    gradient is a probability vector, of L2 norm <= 1). Exact for max/min/L2. SPEC sec. 4.
+    gradient is a probability vector, of L2 norm <= 1). Exact for max/min/L2. docs/operators.md.
     """
     _, lin = ctx.single_variable_input()
     reduced_count(ctx)  # validates the axes (refuses data-dependent ones)
@@ -251,7 +251,7 @@ def reduce_one(ctx: RuleContext) -> Bound:
 
 @rule("ReduceMean")
 def reduce_mean(ctx: RuleContext) -> Bound:
-    """ReduceMean over q elements: ``1/sqrt(q)`` (exact); unknown q: 1 (q >= 1, sound). SPEC sec. 4."""
+    """ReduceMean over q elements: ``1/sqrt(q)`` (exact); unknown q: 1 (q >= 1, sound). docs/operators.md."""
     _, lin = ctx.single_variable_input()
     q, noop = reduced_count(ctx)
     if noop:
@@ -265,7 +265,7 @@ def reduce_mean(ctx: RuleContext) -> Bound:
 @rule("ReduceSum", "ReduceL1")
 def reduce_sum(ctx: RuleContext) -> Bound:
     """ReduceSum and ReduceL1 over q elements: ``sqrt(q)`` (exact: the all-ones row has norm sqrt(q);
-    ``| ||a||_1 - ||b||_1 | <= ||a - b||_1 <= sqrt(q) ||a - b||_2``). Unknown q: refused. SPEC sec. 4.
+    ``| ||a||_1 - ||b||_1 | <= ||a - b||_1 <= sqrt(q) ||a - b||_2``). Unknown q: refused. docs/operators.md.
     """
     _, lin = ctx.single_variable_input()
     q, noop = reduced_count(ctx)
@@ -280,7 +280,7 @@ def reduce_sum(ctx: RuleContext) -> Bound:
 @rule("ReduceSumSquare", "ReduceProd", "ReduceLogSum")
 def reduce_not_lipschitz(ctx: RuleContext) -> Bound:
     """ReduceSumSquare, ReduceProd (grow without bound) and ReduceLogSum (log near 0): not globally
-    Lipschitz; always refused. SPEC sec. 4 (Exp, Log, Pow > 1)."""
+    Lipschitz; always refused. docs/operators.md (Exp, Log, Pow > 1)."""
     reasons = {
         "ReduceSumSquare": "a sum of squares grows without bound (not globally Lipschitz)",
         "ReduceProd": "a product of inputs is not globally Lipschitz",

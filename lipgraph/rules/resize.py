@@ -1,4 +1,4 @@
-"""Resize and Upsample (SPEC sec. 4 "Structure": Resize nearest / linear).
+"""Resize and Upsample (docs/operators.md "Structure": Resize nearest / linear).
 
 With constant scales, sizes and roi, Resize is linear in the data for every mode (nearest picks,
 linear and cubic interpolate with fixed weights; tf_crop_and_resize adds a constant where it
@@ -271,7 +271,7 @@ def resize(ctx: RuleContext) -> Bound:
     ``sqrt(max repeat)`` per axis (exact); linear and cubic the interpolation matrix's norm (exact).
     Upsample / Resize-10 use onnxruntime's rounding for those opsets (floor up, ceil down). Refused:
     scales, sizes or roi computed from the input, unknown input sizes, aspect-ratio policies that
-    couple axes. Source: SPEC sec. 4 ("Structure"); research/bounds.md sec. 4.6.
+    couple axes. Source: docs/operators.md ("Structure")
     """
     if not ctx.is_variable(0):
         raise Refuse("the data input does not depend on the model input but a parameter does")

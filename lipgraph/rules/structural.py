@@ -1,4 +1,4 @@
-"""Shape and indexing ops: norm 1, or ``sqrt(max multiplicity)`` when elements are duplicated (SPEC sec. 4)."""
+"""Shape and indexing ops: norm 1, or ``sqrt(max multiplicity)`` when elements are duplicated (docs/operators.md)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def permutation(ctx: RuleContext) -> Bound:
     """Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Identity, DepthToSpace, SpaceToDepth: 1.
 
     Each output element is one input element and each input element appears once: an isometry.
-    Exact. Source: SPEC sec. 4 ("Structure").
+    Exact. Source: docs/operators.md ("Structure").
     """
     if ctx.node.op_type == "Reshape" and ctx.is_variable(1):
         raise Refuse("a Reshape target shape that depends on the input values")
@@ -32,7 +32,7 @@ def permutation(ctx: RuleContext) -> Bound:
 
 @rule("Dropout")
 def dropout(ctx: RuleContext) -> Bound:
-    """Dropout at inference: the identity (1). In training mode it is random: refused. SPEC sec. 4."""
+    """Dropout at inference: the identity (1). In training mode it is random: refused. docs/operators.md."""
     mode = ctx.const(2)
     if ctx.is_variable(2) or (mode is not None and bool(np.any(mode))):
         raise Refuse("Dropout in training mode is random; export the model in eval mode")
@@ -44,7 +44,7 @@ def dropout(ctx: RuleContext) -> Bound:
 @rule("Cast", "CastLike")
 def cast(ctx: RuleContext) -> Bound:
     """Cast between float types: 1 (real-arithmetic semantics). A cast of data to integers or booleans
-    is discontinuous: refused. SPEC sec. 4.
+    is discontinuous: refused. docs/operators.md.
     """
     to = ctx.attr("to")
     if ctx.node.op_type == "CastLike":
@@ -60,7 +60,7 @@ def cast(ctx: RuleContext) -> Bound:
 
 @rule("Slice")
 def slice_(ctx: RuleContext) -> Bound:
-    """Slice: 1 (a restriction: each output element is a distinct input element). Exact. SPEC sec. 4."""
+    """Slice: 1 (a restriction: each output element is a distinct input element). Exact. docs/operators.md."""
     for j in range(1, len(ctx.node.inputs)):
         if ctx.is_variable(j):
             raise Refuse("Slice bounds that depend on the input values")
@@ -69,7 +69,7 @@ def slice_(ctx: RuleContext) -> Bound:
 
 @rule("Split")
 def split(ctx: RuleContext) -> Bound:
-    """Split: each output is a restriction of the input, so each has ``L <= L_u``. SPEC sec. 3."""
+    """Split: each output is a restriction of the input, so each has ``L <= L_u``. docs/composition.md."""
     _, lin = ctx.single_variable_input()
     return Bound(lin, "restriction per output", factor=1.0)
 
@@ -79,7 +79,7 @@ def gather(ctx: RuleContext) -> Bound:
     """Gather with constant indices: ``sqrt(max count of one index)`` (1 when no index repeats). Exact.
 
     Negative indices are normalised with the static axis length when known. Indices that depend on
-    the data are discontinuous and refused. Source: SPEC sec. 4.
+    the data are discontinuous and refused. Source: docs/operators.md.
     """
     if ctx.is_variable(1):
         raise Refuse("Gather indices that depend on the input are discontinuous")
@@ -144,7 +144,7 @@ def _pad_counts(n: int, before: int, after: int, mode: str) -> int:
 @rule("Pad")
 def pad(ctx: RuleContext) -> Bound:
     """Pad: 1 in constant mode (zeros or a constant added outside); in reflect / edge / wrap modes,
-    ``sqrt(prod over axes of the max repeats of one element)``, counted exactly per axis. SPEC sec. 4.
+    ``sqrt(prod over axes of the max repeats of one element)``, counted exactly per axis. docs/operators.md.
     """
     mode = ctx.attr("mode", "constant")
     if isinstance(mode, bytes):
@@ -188,7 +188,7 @@ def pad(ctx: RuleContext) -> Bound:
 
 @rule("Expand")
 def expand(ctx: RuleContext) -> Bound:
-    """Expand: each element appears k times, so ``sqrt(k)`` (exact). SPEC sec. 3 (broadcasting)."""
+    """Expand: each element appears k times, so ``sqrt(k)`` (exact). docs/composition.md (broadcasting)."""
     _, lin = ctx.single_variable_input()
     k = broadcast_factor(ctx, 0)
     return Bound(math.sqrt(k) * lin, f"broadcast x{k}", factor=math.sqrt(k))
@@ -196,7 +196,7 @@ def expand(ctx: RuleContext) -> Bound:
 
 @rule("Tile")
 def tile(ctx: RuleContext) -> Bound:
-    """Tile: each element appears ``prod(repeats)`` times: ``sqrt(prod(repeats))`` (exact). SPEC sec. 3."""
+    """Tile: each element appears ``prod(repeats)`` times: ``sqrt(prod(repeats))`` (exact). docs/composition.md."""
     if ctx.is_variable(1):
         raise Refuse("Tile repeats that depend on the input")
     reps = ctx.const(1) if ctx.has_input(1) else np.array(ctx.attr("repeats", []))
@@ -212,7 +212,7 @@ def topk(ctx: RuleContext) -> Bound:
     """TopK values: 1 (the top k of a sorted vector; sorting is 1-Lipschitz, Anil et al. 2019).
 
     The indices output is an integer tensor; any use of it on the data path is refused where it is
-    used. Source: SPEC sec. 4 (GroupSort), research/bounds.md sec. 4.2.
+    used. Source: docs/operators.md (GroupSort),
     """
     if ctx.is_variable(1):
         raise Refuse("TopK k that depends on the input values")

@@ -40,7 +40,7 @@ class LipNet(nn.Module):
 
     ``forward(x)`` returns logits; ``forward(x, with_bound=True)`` returns ``(logits, L_h, W_last)``
     where ``L_h`` is the trainer's estimate of the Lipschitz constant of the map to the last layer's
-    input and ``W_last`` the effective last weight (for LMT's pairwise guard, SPEC sec. 2).
+    input and ``W_last`` the effective last weight (for LMT's pairwise guard, docs/certificate.md).
     Activations (ReLU, MaxMin) and Flatten are 1-Lipschitz.
     """
 

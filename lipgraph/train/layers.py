@@ -1,11 +1,11 @@
 """Trainable layers whose Lipschitz constant the trainer estimates (and, for GroupSort nets, fixes).
 
 * :class:`BoundedLinear` / :class:`BoundedConv2d`: plain layers that own a persistent power-iteration
-  vector of the TRUE operator's input shape (LMT, Tsuzuku et al. 2018, sec. 4; research/training.md 1.3).
+  vector of the TRUE operator's input shape (LMT, Tsuzuku et al. 2018, sec. 4;).
   With ``ortho=True`` the effective weight is Björck-orthonormalised (Anil et al. 2019) so the layer is
   1-Lipschitz by construction; for a convolution the orthonormalised reshaped kernel is further divided
   by the LMT overlap factor ``sqrt(prod ceil(k/s))``, which makes the conv operator 1-Lipschitz
-  (SPEC sec. 4, conv bound 1).
+  (docs/operators.md, conv bound 1).
 * :class:`MaxMin`: ``cat(max(a, b), min(a, b))`` over the two channel halves, 1-Lipschitz and
   gradient-norm preserving (Anil et al. 2019).
 """

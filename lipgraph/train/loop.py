@@ -1,7 +1,7 @@
 """The training loop for every method, on the CPU or a GPU (``device``); DistributedDataParallel when launched by
 ``torchrun`` (NCCL between GPUs, gloo between CPU processes).
 
-Methods (SPEC sec. 8, research/training.md):
+Methods (docs/training.md):
 * ``plain``: cross-entropy.
 * ``lmt``: pairwise LMT ("LMT++") with ``c`` ramped linearly over the first epochs, one power
   iteration per layer per step on persistent input-shaped vectors.

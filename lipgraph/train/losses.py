@@ -1,6 +1,6 @@
 """Losses: LMT's guarded cross-entropy (global and pairwise "LMT++") and the multi-class hinge.
 
-LMT (Tsuzuku et al. 2018; the original code's ``Lmt``/``LmtFc``, research/training.md 1.2): the
+LMT (Tsuzuku et al. 2018; the original code's ``Lmt``/``LmtFc``): the
 non-target logits are raised by a guard so that a correct prediction is pushed to a margin that
 certifies radius ``c``. Per example a clipped factor in [0, 1] scales the guard: 0 when misclassified,
 1 once the margin already covers the guard. The factor is a constant for the gradient; the gradient
