@@ -339,6 +339,7 @@ def certify(
     (``lipgraph.pairs``).
     """
     from lipgraph.analyze import analyze
+    from lipgraph.chain import unfused_graph
     from lipgraph.data import fit_inputs, fit_labels
     from lipgraph.floaterr import FLOAT32_UNIT_ROUNDOFF, float_error_model
     from lipgraph.graph import build_graph
@@ -440,7 +441,7 @@ def certify(
     tails = find_tail(graph, logits_name, analysis.tensor_bounds)
     extra, pair_meta = ([], {"used": False, "reason": "single logit"}) if sigmoid_logit is not None else \
         pair_candidates(graph, logits_name, logits, labels, lipschitz, tails, tight_pairs,
-                        unfused_graph=lambda: _unfused_graph(proto, graph.input_name, sample_shape))
+                        unfused_graph=lambda: unfused_graph(proto, graph.input_name, sample_shape))
     radii = compute_radii(logits, labels, lipschitz, list(tails) + extra, error_model.at(input_norms), error_model.d)
     t_radii = time.perf_counter() - t_radii
 
@@ -505,13 +506,3 @@ def certify(
         warnings=list(analysis.warnings) + warns,
         per_sample=per_sample,
     )
-
-
-def _unfused_graph(proto: onnx.ModelProto, input_name: str, sample_shape: tuple[int, ...]) -> Any:
-    """The model's graph with only the passes it needs to be bounded (no fused sandwiches or linear maps)."""
-    from lipgraph.graph import build_graph
-    from lipgraph.passes import default_passes, run_passes
-
-    g = build_graph(proto, input_name, sample_shape)
-    run_passes(g, default_passes(tightening=False))
-    return g

@@ -17,8 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
 
-from lipgraph.graph import Graph, Node
+from lipgraph.graph import Graph, Node, build_graph
 from lipgraph.norms.lipsdp import ChainWeights
 from lipgraph.tail import _LINEAR_OPS, EPS64, _apply, _NotAffine
 
@@ -138,3 +139,13 @@ def _compose(segment: list[tuple[Node, int]], shape: tuple[int, ...], graph: Gra
     n = n_ops + d + 8
     gamma = 2.0 * n * EPS64 / (1.0 - 2.0 * n * EPS64)  # the affine tail's composition bound
     return w, gamma * wa * (1.0 + 4 * EPS64)
+
+
+def unfused_graph(proto: onnx.ModelProto, input_name: str | None, sample_shape: tuple[int, ...] | None) -> Graph:
+    """The model's graph after only the passes it needs to be bounded: the tightening passes fuse an MLP's
+    hidden layers into sandwich nodes (and linear runs into one matrix), which would hide the chain."""
+    from lipgraph.passes import default_passes, run_passes
+
+    graph = build_graph(proto, input_name, sample_shape)
+    run_passes(graph, default_passes(tightening=False))
+    return graph

@@ -39,19 +39,22 @@ METHOD_REFINED = "lipsdp-neuron"
 
 
 def parse_mode(value: str | float | None) -> tuple[str, float | None]:
-    """``auto`` / ``off`` / a number of seconds (> 0) -> (mode, budget); raises ValueError otherwise."""
+    """``auto`` / ``all`` / ``off`` / a number of seconds (> 0) -> (mode, budget); raises ValueError otherwise.
+
+    ``all`` tightens every class pair whatever the data, so the bounds do not depend on which samples are
+    certified (what `certify --shard` needs for its parts to merge into exactly one run's result)."""
     if value is None:
         return "auto", None
     if isinstance(value, int | float):
         secs = float(value)
     else:
         text = str(value).strip().lower()
-        if text in ("auto", "off"):
+        if text in ("auto", "all", "off"):
             return text, None
         try:
             secs = float(text)
         except ValueError:
-            raise ValueError(f"--tight-pairs must be auto, off or a number of seconds, got '{value}'") from None
+            raise ValueError(f"--tight-pairs must be auto, all, off or a number of seconds, got '{value}'") from None
     if not (math.isfinite(secs) and secs > 0):
         raise ValueError(f"--tight-pairs seconds must be a finite number > 0, got {value}")
     return "seconds", secs
@@ -125,7 +128,7 @@ def tighten_pairs(
     methods = np.full((k, k), METHOD_CHEAP, dtype=object)
     stage = np.zeros((k, k), dtype=np.int64)  # 0 cheap, 1 fast tried, 1 + s: refinement stage s tried
     stages = REFINE_STAGES
-    if mode == "auto" and sum(chain.weights.sizes) > AUTO_REFINE_MAX_HIDDEN:
+    if mode in ("auto", "all") and sum(chain.weights.sizes) > AUTO_REFINE_MAX_HIDDEN:
         stages = ()
     last_stage = 1 + len(stages)
     prep = lipsdp.prepare(chain.weights)
@@ -135,8 +138,9 @@ def tighten_pairs(
     rejected = 0
     out_of_time = False
     warm: tuple[float, list[np.ndarray]] | None = None  # (fast rho, refined T) of the last refined pair
+    every_pair = {(i, j): 1 for i in range(k) for j in range(i + 1, k)}
     while True:
-        counts = binding_pairs(f, target, correct, delta, bounds)
+        counts = every_pair if mode == "all" else binding_pairs(f, target, correct, delta, bounds)
         # lower stages first, then the pair deciding most samples
         todo = sorted(
             ((c, p) for p, c in counts.items() if stage[p] < last_stage),

@@ -57,10 +57,11 @@ def _tight_pairs_cb(value: str) -> str:
               help="Let CUDA use TF32 (faster, smaller radii); refused unless the float allowance covers it.")
 @click.option("--limit", "limit", type=click.IntRange(min=1), metavar="N", help="Use only the first N samples.")
 @click.option("--input", "input_name", metavar="NAME", help="The graph input to certify (when there are several).")
-@click.option("--tight-pairs", "tight_pairs", default="auto", show_default=True, metavar="auto|off|SECONDS",
+@click.option("--tight-pairs", "tight_pairs", default="auto", show_default=True, metavar="auto|all|off|SECONDS",
               callback=lambda _c, _p, v: _tight_pairs_cb(v),
               help="Per-class-pair whole-network bounds for chains of affine layers and ReLU-like activations "
-                   "(verified LipSDP-neuron multipliers); SECONDS bounds the time spent on them.")
+                   "(verified LipSDP-neuron multipliers): auto tightens the pairs that decide some sample, all "
+                   "every pair (what --shard uses, so parts merge exactly); SECONDS bounds the time spent.")
 @click.option("--per-sample", "per_sample", is_flag=True, help="Add per-sample radii to the JSON report.")
 @click.option("--bound", "bound_file", type=click.Path(path_type=str), metavar="BOUND.json",
               help="Reuse `lipgraph bound -o BOUND.json` (checked against the model's sha256 and the data's shape).")
@@ -114,6 +115,10 @@ def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, 
     cfg = g.merge(resolve_config(config, no_config), flags)
     base = g.load_baseline(cfg.baseline) if cfg.baseline else None
     shard_spec = Shard.parse(shard) if shard else None
+    if shard_spec is not None and str(tight_pairs).strip().lower() == "auto":
+        # "auto" tightens the pairs that decide this part's samples: the parts would not merge into one
+        # run's result. Every pair, whatever the samples, gives the same bounds in every part.
+        tight_pairs = "all"
     if shard_spec is not None and (len(plan) > 1 or plan[0].fmt not in ("json", "text")):
         raise LipgraphError("--shard writes one partial JSON report: give at most one -o PATH (no other format)")
     dataset = open_data(data, limit=limit, shard=shard_spec, block=batch_size)  # streamed, never read whole

@@ -119,7 +119,10 @@ def _known_factors(analysis: Any) -> dict[str, tuple[Node, Graph, float]]:
     """Canonical nodes whose rule gave its own factor, by name (for :func:`_same_node`)."""
     if analysis is None:
         return {}
-    factors = {row.name: row.factor for row in analysis.nodes if row.factor is not None}
+    # a bound read back from a file (`certify --bound`) keeps no factors: then every node is recomputed
+    factors = {row.name: row.factor for row in analysis.nodes if getattr(row, "factor", None) is not None}
+    if not factors:
+        return {}
     return {n.name: (n, analysis.graph, factors[n.name]) for n in analysis.graph.nodes if n.name in factors}
 
 

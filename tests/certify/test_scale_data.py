@@ -131,6 +131,8 @@ def test_four_shards_merged_equal_the_single_run_bit_for_bit(digits_mlp, tmp_pat
         "--per-sample",
         "--batch-size",
         "32",
+        "--tight-pairs",
+        "all",  # what every --shard part uses (auto would tighten the pairs of the part's own samples)
         "-q",
         *gate,
     )
