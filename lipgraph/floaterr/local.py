@@ -20,6 +20,8 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 
+from lipgraph.floaterr import more_ops
+from lipgraph.floaterr.coverage import NO_FLOAT_MODEL
 from lipgraph.floaterr.state import (
     ZERO,
     Aff,
@@ -87,6 +89,8 @@ ELEMENTWISE: dict[str, tuple[float, int]] = {
     "HardSigmoid": (math.nan, 4),
     "HardSwish": (0.0, 8),
     "Sin": (0.0, 16),
+    "Cos": (1.0, 16),
+    "Pow": (0.0, 16),  # the Pow rule accepts only the exponent 1, which pow evaluates to within k units
     "Atan": (0.0, 16),
     "Asinh": (0.0, 16),
     "Mish": (0.0, 64),
@@ -388,6 +392,16 @@ HANDLERS: dict[str, Callable[[OpIn], list[State]]] = {
     "ConvTranspose": dot,
     "Resize": resize,
     "Upsample": resize,
+    "ReduceL1": averaging,  # a sum of |x_i|: nonnegative terms, as an average without the divisor
+    "Where": more_ops.exact_select,
+    "GatherND": more_ops.exact_select,
+    "TopK": more_ops.exact_select,
+    "Shrink": more_ops.shrink,
+    "LpPool": more_ops.power_pool,
+    "GlobalLpPool": more_ops.power_pool,
+    "ReduceL2": more_ops.power_pool,
+    "PowerMeanPool": more_ops.power_pool,
+    "Softmax": more_ops.softmax,
 }
 
 
@@ -398,6 +412,11 @@ def handler_for(node: Node, graph: Graph) -> Callable[[OpIn], list[State]]:
         return affine_const if n_var == 1 else sum_vars
     h = HANDLERS.get(op)
     if h is None or node.domain not in ("ai.onnx", "lipgraph"):
+        if op in NO_FLOAT_MODEL:
+            raise NoFloatBound(
+                f"no float-error model for {op} (node '{node.name}'): {NO_FLOAT_MODEL[op]}; certify cannot bound "
+                "how far ONNX Runtime's float logits are from the real network's (docs/floating-point.md)"
+            )
         raise NoFloatBound(
             f"no float-error model for {node.domain}:{op} (node '{node.name}'); certify cannot bound how far "
             "ONNX Runtime's float logits are from the real network's (docs/floating-point.md lists the ops covered)"
