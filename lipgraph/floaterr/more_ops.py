@@ -86,7 +86,7 @@ def power_pool(a: OpIn) -> list[State]:
 
     The inner sum of ``K`` nonnegative powers (each from pow, ``k`` units, plus ``TINY`` on underflow),
     scaled by the averaging divisor and ``c``, has relative error ``D = (1 + k u)(1 + gamma_{K+2}) - 1``
-    and absolute error at most ``A = 2 K max(c, 1) TINY``. Taking the p-th root (p >= 1) turns a relative
+    and absolute error at most ``A`` (:func:`_underflow` ``TINY``). Taking the p-th root (p >= 1) turns a relative
     change ``D`` into at most ``D / (1 - D)`` and an absolute one ``A`` into at most ``A^(1/p)``; the root
     itself costs ``k u`` more. So ``|rho_j| <= eta y_j + (1 + k u) A^(1/p)`` with ``||y|| <= F ||x_float||``.
     """
