@@ -402,6 +402,7 @@ HANDLERS: dict[str, Callable[[OpIn], list[State]]] = {
     "ReduceL2": more_ops.power_pool,
     "PowerMeanPool": more_ops.power_pool,
     "Softmax": more_ops.softmax,
+    "RMSNormalization": more_ops.rms_normalization,
 }
 
 

@@ -150,3 +150,39 @@ def softmax(a: OpIn) -> list[State]:
     rho = Aff(math.sqrt(rows) * per_row * (1.0 + 1e-9))
     # ||softmax(y)|| <= sqrt(rows) whatever y is (each row has norm <= its sum, 1)
     return [make_state(Aff(math.sqrt(rows)), a.prop(0) + rho)]
+
+
+def rms_normalization(a: OpIn) -> list[State]:
+    """RMSNormalization ``y = scale x / sqrt(mean(x^2) + eps)`` over the axes from ``axis`` on.
+
+    No cancellation: the mean of squares is a sum of nonnegative terms, so ``ms + eps`` is computed with
+    relative error ``D = (1 + gamma_{n+2})(1 + (n+2) TINY / eps) - 1`` (squares, sum, divisor, the
+    addition; underflow relative to ``eps``); the root (sqrt, or pow within ``k`` units) turns it into
+    ``D' = D/(1-D) (1 + k u) + k u``, its reciprocal into ``D'/(1-D')``, and the reciprocal or division
+    and the two products cost ``gamma_3``. So ``|rho_i| <= eta |y_i|``, and ``||y|| <= max|scale| sqrt(N)``
+    for ``N`` entries whatever the input (each group's ``sum x_i^2 / (ms + eps) <= n``).
+    """
+    node = a.node
+    st = a.states[0]
+    if st is None or any(s is not None for s in a.states[1:]):
+        raise NoFloatBound(f"RMSNormalization '{node.name}' with a variable scale")
+    scale = a.const(1)
+    eps = float(node.attrs.get("epsilon", 1e-5))
+    if scale is None or not (eps > 0 and math.isfinite(eps)):
+        raise NoFloatBound(f"RMSNormalization '{node.name}' without a constant scale or with epsilon <= 0")
+    shape = a.graph.shape_of(node.inputs[0])
+    if shape is None or any(dim is None for dim in shape):
+        raise NoFloatBound(f"RMSNormalization '{node.name}' with an unknown input shape")
+    dims = [int(dim) for dim in shape]
+    axis = int(node.attrs.get("axis", -1))
+    axis = axis + len(dims) if axis < 0 else axis
+    n = max(1, math.prod(dims[axis:]))
+    k_u = LIBRARY_ULPS * a.u
+    d = (1.0 + gamma(n + 2, a.u)) * (1.0 + (n + 2) * TINY / eps) - 1.0
+    d_root = d / (1.0 - d) * (1.0 + k_u) + k_u
+    if d_root >= 0.5:
+        raise NoFloatBound(f"RMSNormalization '{node.name}' over {n} entries has no useful error bound")
+    eta = (1.0 + d_root / (1.0 - d_root)) * (1.0 + gamma(3, a.u)) - 1.0
+    size = float(np.max(np.abs(scale))) * math.sqrt(a.out_size()) * (1.0 + 1e-12)
+    f = a.factors[0][0]
+    return [make_state(Aff(size), st.err.scale(f) + Aff(eta * size * (1.0 + 1e-9)))]

@@ -49,7 +49,7 @@ def _model(
         [numpy_helper.from_array(v, n) for n, v in all_inits.items()],
     )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-    m.ir_version = 8
+    m.ir_version = 10 if opset >= 21 else 8
     return m
 
 
@@ -245,3 +245,21 @@ def test_torch_lppool_and_softmax_export(tmp_path, dynamo: bool) -> None:
     m = onnx.load(str(path))
     shape = [1, 1, 8, 8]
     _check(m, shape, _inputs(shape, 12, scales=(1e-2, 1.0, 1e2), offsets=(0.0, 10.0)))
+
+
+@pytest.mark.parametrize("eps", [1e-5, 1e-2])
+def test_rms_normalization(eps: float) -> None:
+    shape = [1, 3, 8]
+    scale = np.random.default_rng(13).normal(size=8).astype(np.float32) * 3.0
+    m = _model(
+        [helper.make_node("RMSNormalization", ["x", "scale"], ["h"], axis=-1, epsilon=eps)],
+        shape,
+        "h",
+        24,
+        {"scale": scale},
+        opset=23,
+    )
+    rng = np.random.default_rng(13)
+    near_eps = [rng.normal(size=shape) * math.sqrt(eps) * f for f in (0.1, 1.0, 3.0)]  # ms around eps
+    for at_op in (False, True):
+        _check(m, shape, _inputs(shape, 13, scales=(1e-4, 1.0, 1e3)) + near_eps, at_op=at_op)
