@@ -256,6 +256,11 @@ def dot(a: OpIn) -> list[State]:
     extra = 0  # alpha / beta scalings
     if op in ("Gemm", "MatMul"):
         w = a.const(1 - vi)
+        if w is not None and w.ndim > 2 and op == "MatMul":
+            big_a, inner = more_ops.batched_abs_norm(a, w, vi)
+            terms = st.fmag.scale(big_a)
+            rho = terms.scale(dot_gamma(inner, a.u, a.u_dot))
+            return [State(st.mag.scale(a.factors[0][vi]), st.err.scale(a.factors[0][vi]) + rho, terms, inner)]
         if w is None or w.ndim > 2:
             raise NoFloatBound(f"{op} '{node.name}' without a constant matrix weight")
         if w.ndim == 1:  # a vector operand: a column on the right, a row on the left

@@ -152,6 +152,30 @@ def softmax(a: OpIn) -> list[State]:
     return [make_state(Aff(math.sqrt(rows)), a.prop(0) + rho)]
 
 
+def batched_abs_norm(a: OpIn, w: np.ndarray, vi: int) -> tuple[float, int]:
+    """``(A, n)`` for a MatMul with a constant batched weight ``W[b]`` (rank > 2) and the variable ``y``.
+
+    Output block ``b`` is ``W[b] y[s(b)]`` (or ``y[s(b)] W[b]``); numpy broadcasting uses each slice of
+    ``y`` for the same number ``m`` of blocks, so ``|| (|W[b]| |y[s(b)]|)_b ||^2 <= m max_b A_b^2 ||y||^2``
+    with ``A_b`` the Schur bound of ``|W[b]|``: ``A = sqrt(m) max_b A_b``; each entry sums ``n`` products.
+    """
+    from lipgraph.floaterr.state import schur
+
+    y_shape = a.graph.shape_of(a.node.inputs[vi])
+    if y_shape is None or any(dim is None for dim in y_shape):
+        raise NoFloatBound(f"MatMul '{a.node.name}' with a batched weight and an unknown input shape")
+    y_batch = tuple(int(dim) for dim in y_shape[:-2]) if len(y_shape) >= 2 else ()
+    try:
+        batch = np.broadcast_shapes(tuple(w.shape[:-2]), y_batch)
+    except ValueError as exc:
+        raise NoFloatBound(f"MatMul '{a.node.name}' with batch shapes that do not broadcast") from exc
+    m = max(1, math.prod(batch) // max(1, math.prod(y_batch)))
+    slices = np.abs(w).reshape(-1, w.shape[-2], w.shape[-1])
+    a_max = max(schur(s, s.sum(axis=1), s.sum(axis=0)) for s in slices)
+    inner = int(w.shape[-2] if vi == 0 else w.shape[-1])
+    return math.sqrt(m) * a_max * (1.0 + 1e-12), inner
+
+
 def rms_normalization(a: OpIn) -> list[State]:
     """RMSNormalization ``y = scale x / sqrt(mean(x^2) + eps)`` over the axes from ``axis`` on.
 

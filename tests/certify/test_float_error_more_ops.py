@@ -263,3 +263,13 @@ def test_rms_normalization(eps: float) -> None:
     near_eps = [rng.normal(size=shape) * math.sqrt(eps) * f for f in (0.1, 1.0, 3.0)]  # ms around eps
     for at_op in (False, True):
         _check(m, shape, _inputs(shape, 13, scales=(1e-4, 1.0, 1e3)) + near_eps, at_op=at_op)
+
+
+@pytest.mark.parametrize("x_shape,w_shape", [([3, 2, 4], [3, 4, 5]), ([2, 4], [3, 4, 5]), ([1, 2, 4], [2, 3, 4, 5])])
+def test_matmul_with_a_batched_constant_weight(x_shape: list[int], w_shape: list[int]) -> None:
+    w = np.random.default_rng(14).normal(size=w_shape).astype(np.float32)
+    out = np.broadcast_shapes(tuple(x_shape[:-2]), tuple(w_shape[:-2])) + (x_shape[-2], w_shape[-1])
+    m = _model([helper.make_node("MatMul", ["x", "w"], ["h"])], x_shape, "h", int(np.prod(out)), {"w": w})
+    big = [np.random.default_rng(15).normal(size=x_shape) * 1e3 + 1e4 for _ in range(3)]
+    for at_op in (False, True):
+        _check(m, x_shape, _inputs(x_shape, 14) + big, at_op=at_op)
