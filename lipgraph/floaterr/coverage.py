@@ -26,5 +26,4 @@ NO_FLOAT_MODEL: dict[str, str] = {
     "LayerNormalization": "ONNX Runtime's variance mean(x^2) - mean(x)^2 has a rounding error quadratic in the input",
     "InstanceNormalization": "its division by a data-dependent standard deviation is not modelled yet",
     "GroupNormalization": "its division by a data-dependent standard deviation is not modelled yet",
-    "ReduceLogSumExp": "log-sum-exp's rounding is not modelled yet",
 }

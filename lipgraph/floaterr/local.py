@@ -408,6 +408,7 @@ HANDLERS: dict[str, Callable[[OpIn], list[State]]] = {
     "PowerMeanPool": more_ops.power_pool,
     "Softmax": more_ops.softmax,
     "RMSNormalization": more_ops.rms_normalization,
+    "ReduceLogSumExp": more_ops.reduce_log_sum_exp,
 }
 
 

@@ -124,6 +124,41 @@ def _softmax_rows(a: OpIn) -> tuple[int, int]:
     return max(1, math.prod(dims) // n), n
 
 
+def _sum_exp_relative_error(a: OpIn, n: int) -> float:
+    """``r`` with ``|S_float - Z| <= r Z`` for ``S = sum_j exp(y_j - max)`` over ``n`` entries (see softmax)."""
+    k_u = LIBRARY_ULPS * a.u
+    a_sum = 0.64 * a.u * n * (1.0 + k_u) + n * TINY  # sum over a row of the non-proportional parts, / Z
+    r = (a_sum + k_u) + gamma(max(n - 1, 1), a.u) * (1.0 + a_sum + k_u)
+    if r >= 0.5:
+        raise NoFloatBound(f"{a.node.op_type} '{a.node.name}' over {n} entries has no useful error bound")
+    return r
+
+
+def reduce_log_sum_exp(a: OpIn) -> list[State]:
+    """ReduceLogSumExp, computed per group of ``n`` as ``log(sum_j exp(y_j - m)) + m`` (m the maximum).
+
+    The sum has relative error ``r`` (as in softmax), which moves its log by at most ``e = r / (1 - r)``;
+    log is assumed accurate to ``k u (|log S| + 1)`` with ``log S <= log n + e``; the final addition of
+    ``m`` rounds by ``u`` times the computed value. Per output ``e1 = e + k u (log n + e + 1)``, and
+    ``||rho|| <= sqrt(R) e1 (1 + u) + u ||L(y_float)||`` with ``||L(y)|| <= sqrt(R) log n + F ||y||``.
+    """
+    node = a.node
+    st = a.states[0]
+    if st is None or any(s is not None for s in a.states[1:]):
+        raise NoFloatBound(f"ReduceLogSumExp '{node.name}' with a variable axes input")
+    n_out = max(1, a.out_size())
+    n = max(1, -(-a.in_size() // n_out))
+    e = _sum_exp_relative_error(a, n)
+    e = e / (1.0 - e)
+    k_u = LIBRARY_ULPS * a.u
+    e1 = e + k_u * (math.log(n) + e + 1.0)
+    f = a.factors[0][0]
+    offset = math.sqrt(n_out) * math.log(n) * (1.0 + 1e-12)
+    value = st.fmag.scale(f) + Aff(offset)
+    rho = Aff(math.sqrt(n_out) * e1 * (1.0 + a.u)) + value.scale(a.u)
+    return [make_state(st.mag.scale(f) + Aff(offset), st.err.scale(f) + rho.scale(1.0 + 1e-9))]
+
+
 def softmax(a: OpIn) -> list[State]:
     """Softmax inside the network, computed as ``exp(x_i - max) / sum_j exp(x_j - max)``.
 
@@ -140,10 +175,7 @@ def softmax(a: OpIn) -> list[State]:
         raise NoFloatBound(f"Softmax '{node.name}' with an unexpected variable input")
     rows, n = _softmax_rows(a)
     k_u = LIBRARY_ULPS * a.u
-    a_sum = 0.64 * a.u * n * (1.0 + k_u) + n * TINY  # sum over a row of the non-proportional parts, / Z
-    r = (a_sum + k_u) + gamma(max(n - 1, 1), a.u) * (1.0 + a_sum + k_u)
-    if r >= 0.5:
-        raise NoFloatBound(f"Softmax '{node.name}' over {n} entries has no useful error bound")
+    r = _sum_exp_relative_error(a, n)
     bb = 0.64 * a.u * math.sqrt(n) * (1.0 + k_u) + k_u + math.sqrt(n) * TINY
     q = (bb + r) / (1.0 - r)
     per_row = q + gamma(2, a.u) * (1.0 + q)

@@ -273,3 +273,18 @@ def test_matmul_with_a_batched_constant_weight(x_shape: list[int], w_shape: list
     big = [np.random.default_rng(15).normal(size=x_shape) * 1e3 + 1e4 for _ in range(3)]
     for at_op in (False, True):
         _check(m, x_shape, _inputs(x_shape, 14) + big, at_op=at_op)
+
+
+def test_reduce_log_sum_exp() -> None:
+    shape = [1, 3, 8]
+    m = _model(
+        [helper.make_node("ReduceLogSumExp", ["x", "ax"], ["h"], keepdims=1)],
+        shape,
+        "h",
+        3,
+        {"ax": np.array([2], np.int64)},
+    )
+    rng = np.random.default_rng(16)
+    spread = [rng.normal(size=shape) * 30.0 - 5e3 for _ in range(3)]
+    for at_op in (False, True):
+        _check(m, shape, _inputs(shape, 16, scales=(1e-3, 1.0, 10.0, 1e3)) + spread, at_op=at_op)
