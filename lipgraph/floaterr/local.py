@@ -245,8 +245,8 @@ def dot(a: OpIn) -> list[State]:
     without FMA (Higham 2002, sec. 3.1); ``|| |W| |y| || <= A ||y||`` with ``A`` the Schur bound of |W|."""
     node, op = a.node, a.node.op_type
     var = [i for i, st in enumerate(a.states) if st is not None]
-    if op == "Gemm" and var == [0, 2] or op == "Gemm" and var == [1, 2]:
-        raise NoFloatBound(f"Gemm '{node.name}' with a variable C")  # rare; not modelled
+    if op == "Gemm" and 2 in var:
+        return more_ops.gemm_variable_c(a)
     if len(var) != 1:
         raise NoFloatBound(f"{op} '{node.name}' has {len(var)} variable inputs")
     vi = var[0]

@@ -208,6 +208,49 @@ def batched_abs_norm(a: OpIn, w: np.ndarray, vi: int) -> tuple[float, int]:
     return math.sqrt(m) * a_max * (1.0 + 1e-12), inner
 
 
+def gemm_variable_c(a: OpIn) -> list[State]:
+    """Gemm ``alpha A' B' + beta C`` with a variable C (and at most one of A, B variable).
+
+    Each output entry is a sum of ``n`` products plus ``beta c``: ``|rho| <= gamma'_{n+2} (|alpha| |A'| |B'|
+    + |beta| |C|)`` entrywise. With one variable operand the first part is bounded through the Schur test
+    of the constant one, times its float norm; with both constant it is the Frobenius norm of the constant
+    matrix ``|alpha| |A'| |B'|``, which also gives the value's constant part. The C part is ``F_C`` times
+    C's float norm (``F_C = |beta| sqrt(copies)`` is the rule's factor of the broadcast).
+    """
+    from lipgraph.floaterr.state import dot_gamma, schur
+
+    node = a.node
+    alpha = float(node.attrs.get("alpha", 1.0))
+    trans = [int(node.attrs.get("transA", 0)), int(node.attrs.get("transB", 0))]
+    var = [i for i in (0, 1) if a.states[i] is not None]
+    if len(var) > 1:
+        raise NoFloatBound(f"Gemm '{node.name}' multiplies two variable tensors")
+    st_c = a.states[2]
+    assert st_c is not None
+    terms = st_c.fmag.scale(a.factors[0][2])
+    offset = 0.0
+    if var:
+        vi = var[0]
+        w = a.const(1 - vi)
+        if w is None or w.ndim != 2:
+            raise NoFloatBound(f"Gemm '{node.name}' without a constant matrix weight")
+        w = np.abs(w.T if trans[1 - vi] else w)
+        inner = int(w.shape[0] if vi == 0 else w.shape[1])
+        st = a.states[vi]
+        assert st is not None
+        terms = terms + st.fmag.scale(abs(alpha) * schur(w, w.sum(axis=1), w.sum(axis=0)))
+    else:
+        mats = [a.const(0), a.const(1)]
+        if any(m is None or m.ndim != 2 for m in mats):
+            raise NoFloatBound(f"Gemm '{node.name}' without constant matrices A and B")
+        ma, mb = (m.T if t else m for m, t in zip(mats, trans, strict=True))  # type: ignore[union-attr]
+        inner = int(ma.shape[1])
+        offset = float(np.linalg.norm(alpha * (ma @ mb))) * (1.0 + 1e-9)
+        terms = terms + Aff(float(np.linalg.norm(abs(alpha) * (np.abs(ma) @ np.abs(mb)))) * (1.0 + 1e-9))
+    rho = terms.scale(dot_gamma(inner + 2, a.u, a.u_dot))
+    return [State(a.prop(0, "mag") + Aff(offset), a.prop(0) + rho, terms, inner + 2)]
+
+
 def rms_normalization(a: OpIn) -> list[State]:
     """RMSNormalization ``y = scale x / sqrt(mean(x^2) + eps)`` over the axes from ``axis`` on.
 

@@ -288,3 +288,26 @@ def test_reduce_log_sum_exp() -> None:
     spread = [rng.normal(size=shape) * 30.0 - 5e3 for _ in range(3)]
     for at_op in (False, True):
         _check(m, shape, _inputs(shape, 16, scales=(1e-3, 1.0, 10.0, 1e3)) + spread, at_op=at_op)
+
+
+@pytest.mark.parametrize("case", ["c_only", "b_and_c", "a_and_c_transposed"])
+def test_gemm_with_a_variable_c(case: str) -> None:
+    rng = np.random.default_rng(17)
+    if case == "c_only":  # y = A B + beta x, with A B large (the constant swamps x's low bits)
+        shape, inputs, attrs = [2, 3], ["A", "B", "x"], dict(beta=-2.0)
+        inits = {
+            "A": (rng.normal(size=(2, 4)) * 300).astype(np.float32),
+            "B": rng.normal(size=(4, 3)).astype(np.float32),
+        }
+        out = 6
+    elif case == "b_and_c":  # y = alpha A x + beta broadcast(x)
+        shape, inputs, attrs = [1, 4], ["A", "x", "x"], dict(alpha=0.8, beta=0.5)
+        inits = {"A": rng.normal(size=(3, 1)).astype(np.float32)}
+        out = 12
+    else:  # y = alpha x^T B^T + beta x: A and C are the same variable tensor
+        shape, inputs, attrs = [3, 3], ["x", "B", "x"], dict(alpha=1.5, transA=1, transB=1, beta=-1.0)
+        inits = {"B": (rng.normal(size=(3, 3)) * 50).astype(np.float32)}
+        out = 9
+    m = _model([helper.make_node("Gemm", inputs, ["h"], **attrs)], shape, "h", out, inits)
+    for at_op in (False, True):
+        _check(m, shape, _inputs(shape, 17), at_op=at_op)
