@@ -20,6 +20,8 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 
+from lipgraph.floaterr import more_ops
+from lipgraph.floaterr.coverage import NO_FLOAT_MODEL
 from lipgraph.floaterr.state import (
     ZERO,
     Aff,
@@ -87,6 +89,8 @@ ELEMENTWISE: dict[str, tuple[float, int]] = {
     "HardSigmoid": (math.nan, 4),
     "HardSwish": (0.0, 8),
     "Sin": (0.0, 16),
+    "Cos": (1.0, 16),
+    "Pow": (0.0, 16),  # the Pow rule accepts only the exponent 1, which pow evaluates to within k units
     "Atan": (0.0, 16),
     "Asinh": (0.0, 16),
     "Mish": (0.0, 64),
@@ -241,8 +245,8 @@ def dot(a: OpIn) -> list[State]:
     without FMA (Higham 2002, sec. 3.1); ``|| |W| |y| || <= A ||y||`` with ``A`` the Schur bound of |W|."""
     node, op = a.node, a.node.op_type
     var = [i for i, st in enumerate(a.states) if st is not None]
-    if op == "Gemm" and var == [0, 2] or op == "Gemm" and var == [1, 2]:
-        raise NoFloatBound(f"Gemm '{node.name}' with a variable C")  # rare; not modelled
+    if op == "Gemm" and 2 in var:
+        return more_ops.gemm_variable_c(a)
     if len(var) != 1:
         raise NoFloatBound(f"{op} '{node.name}' has {len(var)} variable inputs")
     vi = var[0]
@@ -252,6 +256,11 @@ def dot(a: OpIn) -> list[State]:
     extra = 0  # alpha / beta scalings
     if op in ("Gemm", "MatMul"):
         w = a.const(1 - vi)
+        if w is not None and w.ndim > 2 and op == "MatMul":
+            big_a, inner = more_ops.batched_abs_norm(a, w, vi)
+            terms = st.fmag.scale(big_a)
+            rho = terms.scale(dot_gamma(inner, a.u, a.u_dot))
+            return [State(st.mag.scale(a.factors[0][vi]), st.err.scale(a.factors[0][vi]) + rho, terms, inner)]
         if w is None or w.ndim > 2:
             raise NoFloatBound(f"{op} '{node.name}' without a constant matrix weight")
         if w.ndim == 1:  # a vector operand: a column on the right, a row on the left
@@ -388,6 +397,18 @@ HANDLERS: dict[str, Callable[[OpIn], list[State]]] = {
     "ConvTranspose": dot,
     "Resize": resize,
     "Upsample": resize,
+    "ReduceL1": averaging,  # a sum of |x_i|: nonnegative terms, as an average without the divisor
+    "Where": more_ops.exact_select,
+    "GatherND": more_ops.exact_select,
+    "TopK": more_ops.exact_select,
+    "Shrink": more_ops.shrink,
+    "LpPool": more_ops.power_pool,
+    "GlobalLpPool": more_ops.power_pool,
+    "ReduceL2": more_ops.power_pool,
+    "PowerMeanPool": more_ops.power_pool,
+    "Softmax": more_ops.softmax,
+    "RMSNormalization": more_ops.rms_normalization,
+    "ReduceLogSumExp": more_ops.reduce_log_sum_exp,
 }
 
 
@@ -398,6 +419,11 @@ def handler_for(node: Node, graph: Graph) -> Callable[[OpIn], list[State]]:
         return affine_const if n_var == 1 else sum_vars
     h = HANDLERS.get(op)
     if h is None or node.domain not in ("ai.onnx", "lipgraph"):
+        if op in NO_FLOAT_MODEL:
+            raise NoFloatBound(
+                f"no float-error model for {op} (node '{node.name}'): {NO_FLOAT_MODEL[op]}; certify cannot bound "
+                "how far ONNX Runtime's float logits are from the real network's (docs/floating-point.md)"
+            )
         raise NoFloatBound(
             f"no float-error model for {node.domain}:{op} (node '{node.name}'); certify cannot bound how far "
             "ONNX Runtime's float logits are from the real network's (docs/floating-point.md lists the ops covered)"

@@ -252,16 +252,22 @@ def test_tf32_operand_rounding_is_a_parameter() -> None:
 def test_an_op_without_a_float_error_model_is_refused_clearly() -> None:
     rng = np.random.default_rng(11)
     g = helper.make_graph(
-        [helper.make_node("Softmax", ["x"], ["n"], axis=1), helper.make_node("Gemm", ["n", "w"], ["y"])],
-        "softmax",
+        [
+            helper.make_node("LayerNormalization", ["x", "g"], ["n"], axis=-1),
+            helper.make_node("Gemm", ["n", "w"], ["y"]),
+        ],
+        "layernorm",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
-        [numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "w")],
+        [
+            numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "w"),
+            numpy_helper.from_array(np.ones(4, np.float32), "g"),
+        ],
     )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     assert math.isfinite(analyze(m).bound)
-    with pytest.raises(LipgraphError, match="float-error model for ai.onnx:Softmax"):
+    with pytest.raises(LipgraphError, match="float-error model for LayerNormalization"):
         certify(m, rng.random((5, 4)).astype(np.float32))
 
 
