@@ -11,7 +11,8 @@ TORCH_HINT = 'the trainer needs PyTorch: pip install torch==2.13.0 -e ".[torch]"
 
 @click.command("train")
 @click.option("--dataset", default="digits", show_default=True, help="'digits' (scikit-learn) or an .npz path.")
-@click.option("--arch", default="mlp", show_default=True, help="mlp | mlp-wide | mlp-WxD (e.g. mlp-512x3) | cnn")
+@click.option("--arch", default="mlp", show_default=True,
+              help="mlp | mlp-wide | mlp-WxD (e.g. mlp-512x3) | cnn | aol-cnn (AOL convs + MaxMin, 1-Lipschitz)")
 @click.option("--method", default="lmt", show_default=True, help="plain | lmt | groupsort | awp | lmt+awp")
 @click.option("--epochs", default=20, show_default=True, type=click.IntRange(1))
 @click.option("--c", "c", default=1.0, show_default=True, type=float, help="LMT: radius the guard aims at.")
