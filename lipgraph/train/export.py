@@ -94,6 +94,8 @@ def plain_model(model: LipNet, maxmin: str = "split") -> nn.Sequential:
                 conv.weight.copy_(final_weight(m).float())
                 conv.bias.copy_(m.bias.detach())
             out.append(conv)
+        elif hasattr(m, "export_module"):  # e.g. SLL blocks: constant weights with the scaling folded in
+            out.append(m.export_module())
         elif isinstance(m, MaxMin):
             out.append(MaxMin(_channels_before(out)) if maxmin == "split" else RotatedMaxMin(_channels_before(out)))
         else:
