@@ -61,12 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads; 1 is fastest for these small models")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-awp-overhead", action="store_true", help="skip the AWP-vs-PGD step timing")
+    ap.add_argument("--attack-eval", action="store_true",
+                    help="PGD-L2 robust accuracy at every --eps beside the certified one (rows' robust_accuracy)")
     ap.add_argument("--quick", action="store_true", help="1 epoch, 3000 train / 1000 test images")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "train_mnist.json"))
     args = ap.parse_args(argv)
 
     import torch
 
+    from lipgraph.train.attack_eval import AttackConfig
     from lipgraph.train.data import load
     from lipgraph.train.loop import TrainConfig
     from lipgraph.train.pipeline import run
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {method} ({arch}, {ep} epochs, {len(data.x_train)} train images)", file=sys.stderr)
             t0 = time.perf_counter()
             res = run(cfg, args.dataset, os.path.join(tmp, f"{method}.onnx"), threads=args.threads, data=data,
-                      certify_eps=eps_list)
+                      certify_eps=eps_list, attack=AttackConfig(seed=args.seed) if args.attack_eval else None)
             wall = time.perf_counter() - t0
             ce = res.certificate or {}
             rows.append({
@@ -112,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 "clean_accuracy": ce.get("clean_accuracy"),
                 "certified_accuracy": ce.get("certified_accuracy"),
                 "median_radius": ce.get("median_radius"), "radius_method": ce.get("radius_method"),
+                "robust_accuracy": res.robust_accuracy,
                 "analyzer_bound": res.analyzer_bound, "trainer_bound": res.trainer_bound,
                 "train_seconds": round(res.seconds, 1), "wall_seconds": round(wall, 1),
                 "seconds_per_epoch": round(res.seconds / ep, 2), "warnings": res.warnings,
@@ -125,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
               + " ".join(f"{_f(_cert(ca, e)):>9}" for e in eps_list)
               + f" {_f(r['median_radius'])} {_f(r['analyzer_bound'], 9)} {_f(r['trainer_bound'], 9)} "
               f"{r['seconds_per_epoch']:6.2f} {r['wall_seconds']:7.1f}")
+        if r["robust_accuracy"]:
+            print(f"{'':10} PGD-L2 robust: " + " ".join(f"@{e:g} {_f(_cert(r['robust_accuracy'], e))}"
+                                                       for e in eps_list))
     full = not digits and not args.quick and args.limit_train is None and args.limit_test is None
     met = [r["method"] for r in rows if key and (_cert(r["certified_accuracy"] or {}, key) or 0) >= 0.45
            and (r["clean_accuracy"] or 0) >= 0.95 and r["wall_seconds"] <= 1800]

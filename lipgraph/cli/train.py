@@ -11,7 +11,8 @@ TORCH_HINT = 'the trainer needs PyTorch: pip install torch==2.13.0 -e ".[torch]"
 
 @click.command("train")
 @click.option("--dataset", default="digits", show_default=True, help="'digits' (scikit-learn) or an .npz path.")
-@click.option("--arch", default="mlp", show_default=True, help="mlp | mlp-wide | mlp-WxD (e.g. mlp-512x3) | cnn")
+@click.option("--arch", default="mlp", show_default=True,
+              help="mlp | mlp-wide | mlp-WxD (e.g. mlp-512x3) | cnn | aol-cnn (AOL convs + MaxMin, 1-Lipschitz)")
 @click.option("--method", default="lmt", show_default=True, help="plain | lmt | groupsort | awp | lmt+awp")
 @click.option("--epochs", default=20, show_default=True, type=click.IntRange(1))
 @click.option("--c", "c", default=1.0, show_default=True, type=float, help="LMT: radius the guard aims at.")
@@ -41,12 +42,17 @@ TORCH_HINT = 'the trainer needs PyTorch: pip install torch==2.13.0 -e ".[torch]"
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Model file to write (.onnx).")
 @click.option("--test-out", default=None, type=click.Path(dir_okay=False),
               help="Test split to write (default <model>.test.npz).")
+@click.option("--attack-eval", is_flag=True,
+              help="After training, PGD-L2 robust accuracy on the test split at --eps, printed beside the "
+                   "certified accuracy (the certification gap) and recorded in the model's metadata.")
+@click.option("--attack-steps", default=50, show_default=True, type=click.IntRange(1),
+              help="--attack-eval: PGD steps per random restart (2 restarts).")
 @click.option("-q", "--quiet", "quiet", is_flag=True, help="No progress bar and no per-epoch lines.")
 def train(dataset: str, arch: str, method: str, epochs: int, c: float, eps: float, gamma: float, seed: int,
           lr: float, batch_size: int, attack_norm: str, pgd_steps: int, awp_warmup: int, c_ramp_epochs: int,
           bjorck_iters: int, lr_schedule: str, gs_loss: str, tau: float,
           maxmin_export: str, legacy_exporter: bool, device: str, threads: int, limit_train: int | None,
-          out: str, test_out: str | None, quiet: bool) -> None:
+          out: str, test_out: str | None, attack_eval: bool, attack_steps: int, quiet: bool) -> None:
     """Train a Lipschitz-aware classifier (LMT, GroupSort, AWP) and export it to ONNX.
 
     Progress goes to stderr; the model and its test split (x, y) are written atomically. The
@@ -59,6 +65,7 @@ def train(dataset: str, arch: str, method: str, epochs: int, c: float, eps: floa
     from lipgraph.cli.outputs import quiet_requested
     from lipgraph.numbers import round_down, round_up
     from lipgraph.report import check_output_path
+    from lipgraph.train.attack_eval import AttackConfig
     from lipgraph.train.loop import TrainConfig
     from lipgraph.train.pipeline import run
 
@@ -72,7 +79,8 @@ def train(dataset: str, arch: str, method: str, epochs: int, c: float, eps: floa
     if not cfg.progress:
         cfg.log = _silent
     res = run(cfg, dataset, out, test_out, legacy_exporter=legacy_exporter, maxmin_export=maxmin_export,
-              threads=threads or None, limit_train=limit_train, certify_eps=[eps])
+              threads=threads or None, limit_train=limit_train, certify_eps=[eps],
+              attack=AttackConfig(steps=attack_steps, seed=seed) if attack_eval else None)
     if res.rank != 0:  # under torchrun, rank 0 exports and reports
         return
     lines = [f"wrote {res.model_path} and {res.test_path} ({res.seconds:.1f}s training)",
@@ -85,6 +93,11 @@ def train(dataset: str, arch: str, method: str, epochs: int, c: float, eps: floa
         # accuracies and radii rounded down, the bound up: printed numbers never claim more than was proved
         lines.append(f"test: clean {round_down(ce['clean_accuracy'])}, certified@{eps:g} {round_down(cert_at)}, "
                      f"median radius {round_down(ce['median_radius'])} ({ce['radius_method']})")
+        if res.robust_accuracy:
+            rob_at = next(iter(res.robust_accuracy.values()))
+            # PGD's robust accuracy is an upper estimate (an attack may miss), the certified one a lower bound
+            lines.append(f"test: PGD-L2 robust@{eps:g} {rob_at:.4f} vs certified@{eps:g} {round_down(cert_at)} "
+                         f"(certification gap {max(0.0, rob_at - cert_at):.4f})")
     lines.append(f"certify with: lipgraph certify {res.model_path} --data {res.test_path} --eps {eps:g}")
     for ln in lines:
         click.echo(ln, err=True)

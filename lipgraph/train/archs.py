@@ -7,6 +7,13 @@
   fc100 -> classes (works on 8x8 and 28x28 inputs).
 
 ReLU for ``plain``/``lmt``/``awp``; MaxMin with Björck-orthonormal layers for ``groupsort``.
+* ``aol-cnn``: AOL-rescaled convolutions with MaxMin (Prach & Lampert 2022), 1-Lipschitz for any weights
+  and any ``--method``: conv16 k3 -> conv16 k3 -> down32 (k2 s2) -> conv32 k3 -> down64 (k2 s2) ->
+  fc256 -> classes, MaxMin after every layer but the last (``lipgraph.train.aol``).
+* ``sll-cnn``: SLL residual blocks (Araujo et al. 2023) between AOL layers, 1-Lipschitz for any weights:
+  conv16 k3 -> 2 SLL conv blocks -> down32 (k2 s2) -> 2 SLL conv blocks -> down64 (k2 s2) -> fc256 ->
+  SLL dense block -> classes (``lipgraph.train.sll``; the ReLU inside each block is the nonlinearity).
+
 Strided convolutions instead of pooling keep the bound a plain product of operator norms.
 """
 
@@ -20,7 +27,7 @@ from torch import nn
 from lipgraph.errors import LipgraphError
 from lipgraph.train.layers import BoundedConv2d, BoundedLinear, MaxMin
 
-ARCHS = ("mlp", "mlp-wide", "mlp-WxD", "cnn")
+ARCHS = ("mlp", "mlp-wide", "mlp-WxD", "cnn", "aol-cnn", "sll-cnn")
 
 
 def _mlp_widths(arch: str) -> list[int] | None:
@@ -84,6 +91,46 @@ class LipNet(nn.Module):
         return total
 
 
+def _aol_cnn(in_shape: tuple[int, int, int], n_classes: int, width: int = 16) -> list[nn.Module]:
+    from lipgraph.train.aol import AOLConv2d, AOLLinear
+
+    layers: list[nn.Module] = []
+    shape = tuple(in_shape)
+    for c_out, k, s in ((width, 3, 1), (width, 3, 1), (2 * width, 2, 2), (2 * width, 3, 1), (4 * width, 2, 2)):
+        if s > 1 and (shape[1] < s or shape[2] < s):
+            raise LipgraphError(f"--arch aol-cnn needs inputs of at least 4x4 pixels, got {shape[1]}x{shape[2]}")
+        conv = AOLConv2d(shape, c_out, k, stride=s)
+        layers += [conv, MaxMin()]
+        shape = conv.out_shape()
+    layers += [nn.Flatten(), AOLLinear(math.prod(shape), 16 * width), MaxMin(), AOLLinear(16 * width, n_classes)]
+    return layers
+
+
+def _sll_cnn(in_shape: tuple[int, int, int], n_classes: int, width: int = 16, blocks: int = 2) -> list[nn.Module]:
+    from lipgraph.train.aol import AOLConv2d, AOLLinear
+    from lipgraph.train.sll import SLLConv2d, SLLDense
+
+    if in_shape[1] < 4 or in_shape[2] < 4:
+        raise LipgraphError(f"--arch sll-cnn needs inputs of at least 4x4 pixels, got {in_shape[1]}x{in_shape[2]}")
+    stem = AOLConv2d(tuple(in_shape), width, 3)
+    layers: list[nn.Module] = [stem]
+    shape = stem.out_shape()
+    for stage in range(3):  # SLL blocks at 3 resolutions, an AOL downsampling between them
+        layers += [SLLConv2d(shape[0], shape[0]) for _ in range(blocks)]
+        if stage == 2:
+            break
+        down = AOLConv2d(shape, 2 * shape[0], 2, stride=2)
+        layers.append(down)
+        shape = down.out_shape()
+    layers += [
+        nn.Flatten(),
+        AOLLinear(math.prod(shape), 16 * width),
+        SLLDense(16 * width, 16 * width),
+        AOLLinear(16 * width, n_classes),
+    ]
+    return layers
+
+
 def build_model(arch: str, in_shape: tuple[int, int, int], n_classes: int, method: str,
                 bjorck_iters: int = 10) -> LipNet:
     ortho = method == "groupsort"
@@ -107,6 +154,10 @@ def build_model(arch: str, in_shape: tuple[int, int, int], n_classes: int, metho
         layers = [c1, act(16), c2, act(32), nn.Flatten(),
                   BoundedLinear(flat, 100, ortho, bjorck_iters), act(100),
                   BoundedLinear(100, n_classes, ortho, bjorck_iters)]
+    elif arch == "aol-cnn":
+        layers = _aol_cnn(in_shape, n_classes)
+    elif arch == "sll-cnn":
+        layers = _sll_cnn(in_shape, n_classes)
     else:
         raise LipgraphError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")
     return LipNet(layers, arch, in_shape, n_classes)

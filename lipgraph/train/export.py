@@ -42,7 +42,11 @@ def bjorck_converged(w: torch.Tensor, tol: float = 1e-13, max_iters: int = 500) 
 
 
 def final_weight(m: BoundedLinear | BoundedConv2d) -> torch.Tensor:
-    """The weight to export, float64: converged Björck for orthonormal layers, the raw weight otherwise."""
+    """The weight to export, float64: converged Björck for orthonormal layers, AOL's rescaling recomputed in
+    float64 for AOL layers (``lipgraph.train.aol``), the raw weight otherwise."""
+    if getattr(m, "aol", False):
+        with torch.no_grad():
+            return m.rescale(m.weight.detach().to(torch.float64))
     if not m.ortho:
         return m.weight.detach().to(torch.float64)
     mat = bjorck_converged(m.weight.reshape(m.weight.shape[0], -1))
@@ -90,8 +94,10 @@ def plain_model(model: LipNet, maxmin: str = "split") -> nn.Sequential:
                 conv.weight.copy_(final_weight(m).float())
                 conv.bias.copy_(m.bias.detach())
             out.append(conv)
+        elif hasattr(m, "export_module"):  # e.g. SLL blocks: constant weights with the scaling folded in
+            out.append(m.export_module())
         elif isinstance(m, MaxMin):
-            out.append(MaxMin() if maxmin == "split" else RotatedMaxMin(_channels_before(out)))
+            out.append(MaxMin(_channels_before(out)) if maxmin == "split" else RotatedMaxMin(_channels_before(out)))
         else:
             out.append(m)
     return nn.Sequential(*out).eval()

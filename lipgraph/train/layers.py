@@ -196,8 +196,18 @@ class MaxMin(nn.Module):
     recognises as 1-Lipschitz.
     """
 
+    def __init__(self, channels: int | None = None):
+        super().__init__()
+        # a known channel count makes the halves static: the legacy exporter then writes a constant Split,
+        # not Slices whose ends it computes from the runtime shape (which the analyzer cannot match)
+        self.channels = channels
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = x.chunk(2, dim=1)
+        if self.channels is None:
+            a, b = x.chunk(2, dim=1)
+        else:
+            half = self.channels // 2
+            a, b = torch.split(x, [half, half], dim=1)
         return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=1)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from lipgraph.errors import LipgraphError
+from lipgraph.train.attack_eval import AttackConfig, robust_accuracy
 from lipgraph.train.data import Splits, load, write_test_split
 from lipgraph.train.export import check_with_analyzer, export_onnx, exported_bound_estimate, plain_model
 from lipgraph.train.loop import EpochStats, TrainConfig, stderr_log, train
@@ -26,6 +27,7 @@ class TrainResult:
     history: list[EpochStats]
     seconds: float
     certificate: dict[str, Any] | None = None
+    robust_accuracy: dict[str, float] | None = None  # PGD-L2 at each certify eps (--attack-eval), eps_key -> fraction
     warnings: list[str] = field(default_factory=list)
     rank: int = 0  # under torchrun only rank 0 exports and reports
 
@@ -43,7 +45,7 @@ def certify_test(model_path: str, x, y, eps: list[float]) -> dict[str, Any]:
 def run(cfg: TrainConfig, dataset: str, out: str, test_out: str | None = None, legacy_exporter: bool = False,
         maxmin_export: str = "split", threads: int | None = 1, data: Splits | None = None,
         certify_eps: list[float] | None = None, limit_train: int | None = None,
-        limit_test: int | None = None) -> TrainResult:
+        limit_test: int | None = None, attack: AttackConfig | None = None) -> TrainResult:
     if threads:
         torch.set_num_threads(threads)
     if cfg.log is None:
@@ -68,7 +70,16 @@ def run(cfg: TrainConfig, dataset: str, out: str, test_out: str | None = None, l
             "trainer_bound_estimate": f"{result.trainer_bound:.9g}",
             "note": "trainer_bound_estimate is a power-iteration estimate, not a certificate; "
                     "run `lipgraph certify` for one"}
-    export_onnx(plain_model(model, maxmin_export), data.in_shape, out, meta, legacy=legacy_exporter)
+    exported = plain_model(model, maxmin_export)
+    if attack is not None and certify_eps:
+        # before the export, so the file's metadata records it; the attack runs on the exported layers
+        from lipgraph.certify import eps_key
+
+        robust = robust_accuracy(exported, data.x_test, data.y_test, certify_eps, attack)
+        result.robust_accuracy = {eps_key(e): r for e, r in robust.items()}
+        meta["pgd_robust_accuracy"] = json.dumps(result.robust_accuracy, sort_keys=True)
+        meta["pgd_attack"] = f"L2, {attack.steps} steps, {attack.restarts} restarts, pixels in [0, 1]"
+    export_onnx(exported, data.in_shape, out, meta, legacy=legacy_exporter)
     write_test_split(test_path, data.x_test, data.y_test)
     try:
         result.analyzer_bound, result.warnings = check_with_analyzer(out, result.trainer_bound)
