@@ -266,7 +266,8 @@ def _reduce_axis(graph: Graph, node: Node, rank: int) -> int | None:
     return norm_axis(axes[0], rank)
 
 
-def _match_pairsort(graph: Graph, cat: Node) -> tuple[str, str, list[Node], dict] | None:
+def reduce_max_min_pair(graph: Graph, cat: Node) -> tuple[Node, Node] | None:
+    """The ReduceMax and ReduceMin (in the Concat's order) of one tensor that ``cat`` joins, or None."""
     if len(cat.inputs) != 2:
         return None
     p0, p1 = graph.producer(cat.inputs[0]), graph.producer(cat.inputs[1])
@@ -275,6 +276,14 @@ def _match_pairsort(graph: Graph, cat: Node) -> tuple[str, str, list[Node], dict
     assert p0 is not None and p1 is not None
     if {p0.op_type, p1.op_type} != {"ReduceMin", "ReduceMax"} or p0.inputs[0] != p1.inputs[0]:
         return None
+    return p0, p1
+
+
+def _match_pairsort(graph: Graph, cat: Node) -> tuple[str, str, list[Node], dict] | None:
+    pair = reduce_max_min_pair(graph, cat)
+    if pair is None:
+        return None
+    p0, p1 = pair
     mid = p0.inputs[0]
     r1 = graph.producer(mid)
     if not is_std(r1, "Reshape"):

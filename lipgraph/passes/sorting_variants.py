@@ -23,7 +23,16 @@ once no other node reads it.
 from __future__ import annotations
 
 from lipgraph.graph import Graph, Node
-from lipgraph.passes.groupsort import _reduce_axis, fused_node, is_std, known_shape, norm_axis, only_consumer, unused
+from lipgraph.passes.groupsort import (
+    _reduce_axis,
+    fused_node,
+    is_std,
+    known_shape,
+    norm_axis,
+    only_consumer,
+    reduce_max_min_pair,
+    unused,
+)
 
 _GREATER = ("Greater", "GreaterOrEqual")
 _LESS = ("Less", "LessOrEqual")
@@ -87,14 +96,10 @@ def _match_pairsort_open(graph: Graph, cat: Node) -> tuple[str, list[Node], dict
     Whatever follows (the dynamo exporter drops the closing Reshape before a PixelUnshuffle), the
     Concat alone is a per-pair sort of ``t`` laid out along axis a: 1-Lipschitz from t.
     """
-    if len(cat.inputs) != 2:
+    pair = reduce_max_min_pair(graph, cat)
+    if pair is None:
         return None
-    p0, p1 = graph.producer(cat.inputs[0]), graph.producer(cat.inputs[1])
-    if not (is_std(p0, "ReduceMin", "ReduceMax") and is_std(p1, "ReduceMin", "ReduceMax")):
-        return None
-    assert p0 is not None and p1 is not None
-    if {p0.op_type, p1.op_type} != {"ReduceMin", "ReduceMax"} or p0.inputs[0] != p1.inputs[0]:
-        return None
+    p0, p1 = pair
     t = p0.inputs[0]
     if not graph.is_variable(t) or any(not only_consumer(graph, o, cat) for o in cat.inputs):
         return None
