@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from threadpoolctl import threadpool_limits
 
 from lipgraph.cli import main
 from lipgraph.numbers import percent_down
@@ -33,12 +34,20 @@ def test_table_lists_every_sample_model() -> None:
 def test_table_row_matches_certify(row: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = SAMPLES / row[0].strip("`")
     out = tmp_path / "r.json"
-    rc = main(["certify", str(model), "--data", str(SAMPLES / "digits_test.npz"), "--eps", "0.5",
-               "--format", "json", "-o", str(out), "-q"])
+    with threadpool_limits(1):  # one BLAS thread, as the `lipgraph` command itself runs
+        rc = main(["certify", str(model), "--data", str(SAMPLES / "digits_test.npz"), "--eps", "0.5",
+                   "--format", "json", "-o", str(out), "-q"])
     assert rc == 0, capsys.readouterr().err
     rep = json.loads(out.read_text())
     clean, cert, median, bound = row[2], row[3], row[4], row[5]
     assert clean == percent_down(rep['clean_accuracy'])
-    assert cert == percent_down(rep['certified_accuracy']['0.5'])
-    assert median == fmt_lower(rep["median_radius"])
+    if rep["meta"]["pair_bounds"].get("used"):
+        # Per-pair bounds come from an optimiser whose path depends on the BLAS's summation order (its build
+        # and thread setup): the table holds one machine's figures, which others reproduce to a few samples.
+        n = rep["samples"]
+        assert abs(float(cert.rstrip("%")) / 100 - rep["certified_accuracy"]["0.5"]) <= 3 / n + 1e-4
+        assert float(median) == pytest.approx(rep["median_radius"], rel=0.02)
+    else:
+        assert cert == percent_down(rep['certified_accuracy']['0.5'])
+        assert median == fmt_lower(rep["median_radius"])
     assert bound == fmt_upper(rep["lipschitz_bound"], 8)
