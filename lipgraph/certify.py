@@ -441,7 +441,8 @@ def certify(
     tails = find_tail(graph, logits_name, analysis.tensor_bounds)
     extra, pair_meta = ([], {"used": False, "reason": "single logit"}) if sigmoid_logit is not None else \
         pair_candidates(graph, logits_name, logits, labels, lipschitz, tails, tight_pairs,
-                        unfused_graph=lambda: unfused_graph(proto, graph.input_name, sample_shape))
+                        unfused_graph=lambda: unfused_graph(proto, graph.input_name, sample_shape),
+                        margin_rel=MARGIN_REL)
     radii = compute_radii(logits, labels, lipschitz, list(tails) + extra, error_model.at(input_norms), error_model.d)
     t_radii = time.perf_counter() - t_radii
 

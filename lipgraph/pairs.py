@@ -220,14 +220,15 @@ def pair_candidates(
     tails: list[Any],
     tight_pairs: str | float | None,
     unfused_graph: Callable[[], Any] | None = None,
+    margin_rel: float = 1e-5,
 ) -> tuple[list[PairTable], dict[str, Any]]:
     """The certificate's extra pairwise candidate (empty when off or not applicable) and its report.
 
     ``unfused_graph`` builds the same model's graph without the passes that only tighten (they fuse an
     MLP's hidden layers into sandwich nodes, which hide the chain); it is called only when ``graph``
-    holds fused nodes and the input is small enough for a chain.
+    holds fused nodes and the input is small enough for a chain. ``margin_rel``: the margin floor (times
+    max|logit|) used only to choose which pairs decide a sample; the certificate applies its own allowance.
     """
-    from lipgraph.certify import MARGIN_REL
     from lipgraph.chain import MAX_INPUT_DIM, NotAChain, extract_chain
 
     mode, budget = parse_mode(tight_pairs)
@@ -253,7 +254,7 @@ def pair_candidates(
     pred = np.argmax(f, axis=1)
     target = pred if labels is None else np.asarray(labels, dtype=np.int64)
     correct = pred == target
-    delta = MARGIN_REL * np.max(np.abs(f), axis=1)
+    delta = margin_rel * np.max(np.abs(f), axis=1)
     cheap = cheap_pair_bounds(k, lipschitz, tails)
     table = tighten_pairs(chain, f, target, correct, delta, cheap, mode, budget)
     return [table], table.meta
