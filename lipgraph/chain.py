@@ -21,7 +21,7 @@ import onnx
 
 from lipgraph.graph import Graph, Node, build_graph
 from lipgraph.norms.lipsdp import ChainWeights
-from lipgraph.tail import _LINEAR_OPS, EPS64, _apply, _NotAffine
+from lipgraph.tail import _LINEAR_OPS, EPS64, _NotAffine, dense_segment
 
 MAX_INPUT_DIM = 4096  # the basis of the input is pushed through the first segment: d x d float64 arrays
 MAX_HIDDEN_TOTAL = 4096  # the certificate matrix has the size of all hidden layers together
@@ -119,23 +119,10 @@ def extract_chain(graph: Graph, logits: str) -> Chain:
 def _compose(segment: list[tuple[Node, int]], shape: tuple[int, ...], graph: Graph) -> tuple[np.ndarray, np.ndarray]:
     """The segment's matrix (outputs x inputs) and its entrywise rounding bound."""
     d = int(np.prod(shape[1:], dtype=np.int64))
-    basis = np.eye(d, dtype=np.float64).reshape((d, *shape[1:]))
-    x, xa = basis, basis.copy()
-    n_ops = 0
-    for node, vi in segment:
-        try:
-            x, inner = _apply(graph, node, vi, x, absolute=False)
-            xa, _ = _apply(graph, node, vi, xa, absolute=True)
-        except (_NotAffine, ValueError, IndexError, TypeError) as exc:
-            raise NotAChain(f"{node.op_type} '{node.name}': {exc}") from None
-        n_ops += inner + 1
-    if x.ndim < 1 or x.shape[0] != d:
-        raise NotAChain("a linear segment loses the batch axis")
-    k = int(np.prod(x.shape[1:], dtype=np.int64)) if x.ndim > 1 else 1
-    w = x.reshape(d, k).T.copy()
-    wa = np.abs(xa.reshape(d, k).T)
-    if not (np.all(np.isfinite(w)) and np.all(np.isfinite(wa))):
-        raise NotAChain("non-finite weights")
+    try:
+        w, wa, n_ops = dense_segment(graph, segment, shape, d)
+    except _NotAffine as exc:
+        raise NotAChain(f"a linear segment: {exc}") from None
     n = n_ops + d + 8
     gamma = 2.0 * n * EPS64 / (1.0 - 2.0 * n * EPS64)  # the affine tail's composition bound
     return w, gamma * wa * (1.0 + 4 * EPS64)

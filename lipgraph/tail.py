@@ -117,6 +117,15 @@ def _producer(graph: Graph, name: str) -> Node | None:
 
 def _compose(graph: Graph, chain: list[tuple[Node, int]], shape: tuple[int | None, ...], d: int,
              l_h: float, h: str) -> TailCandidate:
+    a, aa, n_ops = dense_segment(graph, chain, shape, d)
+    return TailCandidate(h, float(l_h), a, aa, n_ops, [f"{n.op_type}:{n.name}" for n, _ in chain])
+
+
+def dense_segment(graph: Graph, chain: list[tuple[Node, int]], shape: tuple[int | None, ...],
+                  d: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """A run of linear ops as a dense float64 matrix (outputs x inputs), the matrix of the absolute values
+    it was summed from (for the rounding bound), and the number of roundings along the way: the standard
+    basis of the run's input pushed through every op. Raises ``_NotAffine`` when it does not fit."""
     basis = np.eye(d, dtype=np.float64).reshape((d, *[int(s) for s in shape[1:]]))  # type: ignore[misc]
     x, xa = basis, basis.copy()
     n_ops = 0
@@ -134,7 +143,7 @@ def _compose(graph: Graph, chain: list[tuple[Node, int]], shape: tuple[int | Non
     aa = np.abs(xa.reshape(d, k).T)
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(aa))):
         raise _NotAffine("non-finite constants")
-    return TailCandidate(h, float(l_h), a, aa, n_ops, [f"{n.op_type}:{n.name}" for n, _ in chain])
+    return a, aa, n_ops
 
 
 def _const(graph: Graph, node: Node, i: int) -> np.ndarray:
