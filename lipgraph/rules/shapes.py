@@ -8,8 +8,8 @@ import numpy as np
 
 from lipgraph.errors import Refuse
 
-if TYPE_CHECKING:  # annotations only: the registry imports this module
-    from lipgraph.rules.registry import RuleContext
+if TYPE_CHECKING:  # annotations only
+    from lipgraph.rules.context import RuleContext
 
 
 def _aligned(shape: tuple[int | None, ...], rank: int) -> tuple[int | None, ...]:
