@@ -13,7 +13,8 @@ import numpy as np
 import onnx
 
 from lipgraph.errors import LipgraphError, Refusal, Refuse, UnsupportedModelError
-from lipgraph.graph import FLOAT_TYPES, Graph, Node, build_graph
+from lipgraph.graph import FLOAT_TYPES, Graph, Node
+from lipgraph.graph_build import build_graph
 from lipgraph.loader import load_model, model_sha256
 from lipgraph.norms import values_discarded
 from lipgraph.rules.registry import Bound, RuleContext, lookup

@@ -76,7 +76,7 @@ def load_bound(
     path: str | os.PathLike[str], proto: onnx.ModelProto, sha256: str, input_name: str | None = None
 ) -> LoadedAnalysis:
     """The report at ``path`` as an analysis of ``proto`` (whose file has the digest ``sha256``)."""
-    from lipgraph.graph import build_graph
+    from lipgraph.graph_build import build_graph
     from lipgraph.passes import run_passes
 
     doc = read_bound_report(path)

@@ -342,7 +342,7 @@ def certify(
     from lipgraph.chain import unfused_graph
     from lipgraph.data import fit_inputs, fit_labels
     from lipgraph.floaterr import FLOAT32_UNIT_ROUNDOFF, float_error_model
-    from lipgraph.graph import build_graph
+    from lipgraph.graph_build import build_graph
     from lipgraph.inference import DEFAULT_BATCH_SIZE, Runner, logits_model, model_input, resolve_providers
     from lipgraph.loader import load_model
     from lipgraph.pairs import pair_candidates, parse_mode

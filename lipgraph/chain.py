@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from lipgraph.graph import Graph, Node, build_graph
+from lipgraph.graph import Graph, Node
+from lipgraph.graph_build import build_graph
 from lipgraph.norms.lipsdp import ChainWeights
 from lipgraph.tail import _LINEAR_OPS, EPS64, _NotAffine, dense_segment
 

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from lipgraph import analyze
 from lipgraph.errors import ModelLoadError
-from lipgraph.graph import build_graph
+from lipgraph.graph_build import build_graph
 from lipgraph.rules.registry import lookup
 from tests.helpers.onnx_oracle import exact_norm, make_model, max_jacobian_norm, spectral
 

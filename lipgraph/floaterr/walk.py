@@ -80,7 +80,7 @@ def float_error_model(
     are reused for nodes the passes left unchanged (saves recomputing conv norms).
     Raises :class:`~lipgraph.errors.LipgraphError` naming the op when a node has no error model.
     """
-    from lipgraph.graph import build_graph
+    from lipgraph.graph_build import build_graph
     from lipgraph.passes import default_passes, run_passes
     from lipgraph.rules import load_rules
 

@@ -165,7 +165,7 @@ def test_topk_indices_on_the_data_path_are_refused_even_without_types() -> None:
     with pytest.raises(UnsupportedModelError):
         analyze(model)
     # without type information at all, the TopK rule itself refuses its indices on the data path
-    from lipgraph.graph import build_graph
+    from lipgraph.graph_build import build_graph
     from lipgraph.rules.registry import RuleContext, lookup
 
     g = build_graph(model)

@@ -26,7 +26,7 @@ import onnx  # noqa: E402
 
 from lipgraph import passes as lg_passes  # noqa: E402
 from lipgraph.analyze import analyze  # noqa: E402
-from lipgraph.graph import build_graph  # noqa: E402
+from lipgraph.graph_build import build_graph  # noqa: E402
 from lipgraph.passes import logits as logits_pass  # noqa: E402
 from lipgraph.passes import run_passes  # noqa: E402
 from lipgraph.rules.registry import lookup  # noqa: E402

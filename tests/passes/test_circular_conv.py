@@ -12,7 +12,7 @@ import pytest
 from onnx import helper
 
 from lipgraph import analyze
-from lipgraph.graph import build_graph
+from lipgraph.graph_build import build_graph
 from lipgraph.passes import run_passes
 from tests.helpers.onnx_oracle import exact_norm, make_model
 

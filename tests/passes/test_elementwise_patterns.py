@@ -17,7 +17,7 @@ from onnx import helper
 
 from lipgraph.analyze import analyze
 from lipgraph.errors import UnsupportedModelError
-from lipgraph.graph import build_graph
+from lipgraph.graph_build import build_graph
 from lipgraph.passes import run_passes
 from lipgraph.rules.groupsort import GELU_SUP as GELU_TANH_SUP
 from tests.helpers.onnx_oracle import make_model, runner, to_float64

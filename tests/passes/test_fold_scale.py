@@ -11,7 +11,7 @@ import pytest
 from onnx import helper
 
 from lipgraph.analyze import analyze
-from lipgraph.graph import build_graph
+from lipgraph.graph_build import build_graph
 from lipgraph.passes.fold_scale import fold_scales
 from lipgraph.rules.registry import lookup
 from tests.helpers.onnx_oracle import exact_norm, make_model, max_jacobian_norm, runner, spectral

@@ -13,7 +13,7 @@ import pytest
 from onnx import helper
 
 from lipgraph.analyze import analyze
-from lipgraph.graph import build_graph
+from lipgraph.graph_build import build_graph
 from lipgraph.passes import run_passes
 from lipgraph.passes.groupsort import recognise_sorting_units
 from tests.helpers.onnx_oracle import make_model, max_jacobian_norm, runner

@@ -12,7 +12,7 @@ from onnx import helper
 
 from lipgraph.analyze import analyze
 from lipgraph.errors import UnsupportedModelError
-from lipgraph.graph import build_graph
+from lipgraph.graph_build import build_graph
 from lipgraph.passes.lppool import recognise_l2_pooling
 from tests.helpers.onnx_oracle import make_model, max_jacobian_norm, runner
 from tests.passes.graphio import graph_to_model, op_types

@@ -16,7 +16,7 @@ from onnx import helper
 
 from lipgraph import analyze
 from lipgraph.errors import UnsupportedModelError
-from lipgraph.graph import build_graph
+from lipgraph.graph_build import build_graph
 from lipgraph.passes import run_passes
 from lipgraph.passes.sorting_variants import rewrite_where_max_min
 from tests.helpers.onnx_oracle import make_model, runner

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from onnx import helper
 
 from lipgraph import analyze
-from lipgraph.graph import build_graph
+from lipgraph.graph_build import build_graph
 from lipgraph.passes import run_passes
 from tests.helpers.onnx_oracle import dense_matrix, make_model, to_float64
 
