@@ -30,6 +30,8 @@ MAX_HIDDEN_TOTAL = 4096  # the certificate matrix has the size of all hidden lay
 
 def _slope_in_unit_interval(node: Node) -> bool:
     """Elementwise activations whose slope lies in [0, 1] everywhere (the LipSDP-neuron premise)."""
+    if node.bound_only:
+        return False  # a bound-only rewrite changed its values: its slope range is not the op's
     op, attrs = node.op_type, node.attrs
     if op in ("Relu", "Sigmoid", "Tanh", "Softplus"):  # slopes [0,1], (0,1/4], (0,1], (0,1)
         return True

@@ -36,6 +36,10 @@ class Node:
     opset: int
     origin: list[str] = field(default_factory=list)  # original node names a fused node stands for
     has_subgraph: bool = False
+    # A bound-only rewrite (fold_scale across a sign-changing scale) left this node computing other
+    # values than the model: only its Lipschitz bound carries over, so structural passes must not read
+    # its semantics (e.g. its slope range) as the model's.
+    bound_only: bool = False
 
     @property
     def label(self) -> str:

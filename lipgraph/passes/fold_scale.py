@@ -348,7 +348,7 @@ def _try_across(graph: Graph) -> bool:
             add, src = _shift_node(graph, aff, aff.x, aff.t / aff.s)
             new.append(add)
         f_new = Node(graph.fresh_name(f.name), f.op_type, f.domain, [src, *f.inputs[1:]], list(f.outputs),
-                     dict(f.attrs), f.opset, origin=list(f.origin))
+                     dict(f.attrs), f.opset, origin=list(f.origin), bound_only=f.bound_only or not exact)
         new.append(f_new)
         scale = aff.s if exact else np.abs(aff.s)
         origin = list(node.origin) + list(f.origin)

@@ -37,7 +37,11 @@ from lipgraph.passes.linear_ops import LinearOp, is_bias_add, linear_op, scalar_
 
 
 def slopes_in_unit_interval(graph: Graph, node: Node) -> bool:
-    """True when ``node`` is an elementwise activation that is nondecreasing and 1-Lipschitz."""
+    """True when ``node`` is an elementwise activation that is nondecreasing and 1-Lipschitz.
+
+    Never for a bound-only node: its effective slope may carry the sign of a scale folded away."""
+    if node.bound_only:
+        return False
     if not is_std(node, "Relu", "LeakyRelu", "Tanh", "Sigmoid", "Softplus", "Softsign", "Clip", "Elu", "HardSigmoid"):
         return False
     if node.op_type in ("LeakyRelu", "Elu", "HardSigmoid"):

@@ -170,6 +170,23 @@ def test_negative_scale_across_activation_uses_abs(act: str) -> None:
     assert a.bound >= max_jacobian_norm(m, (1, 6), points=pts) * (1 - 1e-6)
 
 
+@pytest.mark.parametrize("negative", [False, True])
+def test_bound_only_rewrite_hides_the_activation_from_structural_passes(negative: bool) -> None:
+    """After ``f(x) -> A diag(|s|)`` the activation's effective slope is ``sign(s) f'``, in [-1, 1]:
+    passes that rely on slopes in [0, 1] (sandwich certificates, the per-pair chain) must not see it."""
+    from lipgraph.chain import _slope_in_unit_interval
+    from lipgraph.passes.sandwiches import slopes_in_unit_interval
+
+    p = _bn_params(6, negative=negative)
+    w = RNG.standard_normal((4, 6)).astype(F32)
+    nodes = [_bn("x", "h"), helper.make_node("Relu", ["h"], ["r"]), helper.make_node("MatMul", ["r", "W"], ["y"])]
+    g = _folded(make_model(nodes, [("x", (1, 6))], ["y"], {"W": w.T.copy(), **p}))
+    relu = next(n for n in g.nodes if n.op_type == "Relu")
+    assert relu.bound_only is negative
+    assert slopes_in_unit_interval(g, relu) is not negative
+    assert _slope_in_unit_interval(relu) is not negative
+
+
 # ----------------------------------------------------------------------------- near misses
 def _conv_after_mul(c: np.ndarray):
     w = RNG.standard_normal((2, 4, 3, 3)).astype(F32)
