@@ -1,5 +1,5 @@
 """Rules for the fused 1-Lipschitz family blocks (domain ``lipgraph``), made by the passes
-lipgraph/passes/power_series.py, residual_sandwich.py and sandwich.py.
+lipgraph/passes/power_series.py, sandwiches.py and conv_sandwiches.py.
 
 Each rule returns the smaller of the family's structural certificate (when its preconditions hold
 for the stored constants) and the bound the ops would get one by one, so recognising a block never
@@ -193,6 +193,7 @@ def sandwich(ctx: RuleContext) -> Bound:
     (exact for LBDN, where ``Lambda = Psi^2``); lambda_max is bounded by eigvalsh plus its backward
     error and the float error of forming G. The result is the min of that and ``||M|| ||N||``.
     How tight: 1 (to ~1e-12) for Wang and Manchester's layers; never above the product of norms.
+    Their conv layers (circular convs) are fused separately: see ``lipgraph rule CircularSandwich``.
     Source: Wang and Manchester 2023 (direct parameterisation of Lipschitz-bounded deep networks);
     Fazlyab et al. 2019 (slope-restricted quadratic constraints).
     """
@@ -230,6 +231,7 @@ def circular_sandwich(ctx: RuleContext) -> Bound:
     ``sum_w G(w) = 0`` in least squares on the kernels wrapped onto the grid (``Psi^2`` for the
     family). Rounding: direct-DFT symbol allowances, the error of forming G(w) and eigvalsh's backward
     error are added. The result is the min of that and ``||M|| ||N||`` (exact circular norms).
+    Zero-padded convs are not fused (their G is not block circulant) and keep the per-op bound.
     How tight: 1 (to ~1e-6 with float32 weights) for Wang and Manchester's layers, whose
     ``A_w A_w^H + B_w B_w^H = I`` makes ``G(w) = 0`` at ``Lambda = Psi^2``; never above the product.
     Source: Wang and Manchester 2023 (direct parameterisation of Lipschitz-bounded deep networks);

@@ -108,4 +108,45 @@ def conv_net(seed: int = 60, c: int = 2, width: int = 4, hidden: int = 6, n: int
     return nn.Sequential(*layers, nn.Flatten(), head).eval()
 
 
-MODELS = [FamilyModel(FAMILY, "conv", conv_net, (1, 2, N, N), lower_and_certificate((1, 2, N, N)))]
+class Scale(nn.Module):
+    def __init__(self, c: float) -> None:
+        super().__init__()
+        self.c = c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c * x
+
+
+GAMMA = 2.0
+
+
+def conv_dense_net(seed: int = 70, c: int = 2, width: int = 4, hidden: int = 6, n: int = N) -> nn.Module:
+    """A Sandwich conv layer, then a dense Sandwich layer and an orthonormal head, with input and output
+    scaled by sqrt(gamma): gamma-Lipschitz (the paper's Lipschitz-bound parameter)."""
+    from tests.families.lbdn import SandwichDense
+
+    gen = torch.Generator().manual_seed(seed)
+    head = nn.Linear(16, 10)
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(orthogonal_rows(10, 16, seed + 2)))
+    return nn.Sequential(
+        Scale(GAMMA**0.5),
+        sandwich_layer(c, width, hidden, n, seed),
+        nn.Flatten(),
+        SandwichDense(width * n * n, 16, 20, gen),
+        head,
+        Scale(GAMMA**0.5),
+    ).eval()
+
+
+MODELS = [
+    FamilyModel(FAMILY, "conv", conv_net, (1, 2, N, N), lower_and_certificate((1, 2, N, N))),
+    FamilyModel(
+        FAMILY,
+        "conv+dense",
+        conv_dense_net,
+        (1, 2, N, N),
+        lower_and_certificate((1, 2, N, N), certificate=GAMMA),
+        certificate=GAMMA,
+    ),
+]
