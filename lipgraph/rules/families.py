@@ -249,7 +249,7 @@ def circular_sandwich(ctx: RuleContext) -> Bound:
     c_pre = np.asarray(attrs["c_pre"], dtype=np.float64)
     n = n * c_mid.reshape((-1,) + (1,) * (n.ndim - 1))  # rows: N's output channels
     m = m * c_pre.reshape((1, -1) + (1,) * (m.ndim - 2))  # columns: M's input channels
-    ops = int(attrs["scalings"]) + 2
+    ops = 2 * int(attrs["scalings"]) + 2  # a Div's reciprocal and each product: one rounding each
     n_err, m_err = _l1_err(n, ops), _l1_err(m, ops)
     ones = [1] * (n.ndim - 2)
     try:
