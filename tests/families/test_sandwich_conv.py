@@ -174,6 +174,23 @@ def test_near_misses_fall_back_soundly(variant):
         assert node is None  # not the pattern: generic rules only
 
 
+@pytest.mark.parametrize("noise", [1e-4, 1e-2, 1e-1])
+def test_perturbed_m_degrades_gracefully(noise):
+    """M = the family's kernel plus noise: G(w) > 0 by about the noise, so the bound is a little above 1,
+    sound at every size (the dense-matrix vertex oracle)."""
+    mod = layer()
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        w = mod.conv_a.weight
+        w.add_(noise * float(w.abs().max()) * torch.randn(w.shape, generator=gen))
+    a, node = analysed(mod, (1, C_IN, N_GRID, N_GRID))
+    assert node is not None
+    n_mat, m_mat = family_mats(mod, N_GRID)
+    truth = vertex_max(n_mat, m_mat, SLOPES["relu"])
+    assert node.bound >= truth * (1 - 1e-9)
+    assert node.bound <= 1 + 50 * noise  # graceful: not the per-op product
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["family", "m-mismatch", "zero-padding"])
 def test_dynamo_export(variant):
