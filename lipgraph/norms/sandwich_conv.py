@@ -40,12 +40,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from lipgraph.norms import EPS64
 from lipgraph.norms.conv_fft import _dft_allowance, _half_frequencies, _twiddles, phase_kernel
 from lipgraph.norms.sandwich import certificate_from_gap, lbdn_lambda_candidates
+from lipgraph.norms.stack_sv import top_sv_stack
 
 _U = EPS64
 # Above this many complex symbol entries (frequencies x channel matrices) the certificate is not tried.
@@ -84,10 +86,13 @@ def circular_symbols(
 def wrapped_kernel(weight: np.ndarray, dilations: Sequence[int], grid: Sequence[int]) -> np.ndarray:
     """The dilated kernel with its taps summed modulo the grid: (M, C, n_1, ..., n_d). Same circular op."""
     d = weight.ndim - 2
-    pk = phase_kernel(weight, 1, [1] * d, dilations)[0]
-    out = np.zeros(pk.shape[:2] + tuple(grid))
-    for tap in np.ndindex(*pk.shape[2:]):
-        out[(Ellipsis,) + tuple(t % n for t, n in zip(tap, grid, strict=True))] += pk[(Ellipsis,) + tap]
+    out = phase_kernel(weight, 1, [1] * d, dilations)[0]  # (M, C, K...)
+    for ax, n in enumerate(grid, start=2):
+        reps = -(-out.shape[ax] // n)
+        widths = [(0, 0)] * out.ndim
+        widths[ax] = (0, reps * n - out.shape[ax])
+        padded = np.pad(out, widths)
+        out = padded.reshape(padded.shape[:ax] + (reps, n) + padded.shape[ax + 1 :]).sum(axis=ax)
     return out
 
 
@@ -120,35 +125,62 @@ def _upper_gap(n_sym: np.ndarray, m_sym: np.ndarray, lam: np.ndarray, e_n: float
     return float(np.nextafter(float(up), np.inf))
 
 
-def circular_sandwich_certificate(
+@dataclass(frozen=True)
+class CircularSandwichBounds:
+    """Sound bounds for the block: ``||N||``, ``||M||`` and, when it was computed, the certificate of
+    ``max_D ||M D N||`` with the gap ``max_w lambda_max(G(w))`` it used."""
+
+    n_norm: float
+    m_norm: float
+    certificate: float | None = None
+    gap: float | None = None
+
+
+def circular_sandwich_bounds(
     m_kernel: np.ndarray,
     m_dilations: Sequence[int],
     n_kernel: np.ndarray,
     n_dilations: Sequence[int],
     grid: Sequence[int],
-    n_norm: float,
     m_err: float = 0.0,
     n_err: float = 0.0,
-) -> tuple[float, float] | None:
-    """(bound of ``max_D ||M D N||``, the gap ``max_w lambda_max(G(w))`` used), or None when too large.
+) -> CircularSandwichBounds:
+    """Norms of N and M and the certificate, from one set of symbols.
 
     ``m_kernel`` (c_out, h, k...) and ``n_kernel`` (h, c_in, k...) are ungrouped stride-1 circular convs
     on ``grid``; ``m_err`` / ``n_err`` bound the operator norm of the difference between the true
-    operators and these kernels (the rounding of folded scalings); ``n_norm >= ||N_true||``.
+    operators and these kernels (the rounding of folded scalings). Above :data:`MAX_SYMBOL_ENTRIES`
+    only the norms are computed (frequency-chunked, :func:`lipgraph.norms.circular.circular_conv_norm`).
     """
     h = n_kernel.shape[0]
-    freqs = _half_frequencies(tuple(int(v) for v in grid))
+    if m_kernel.shape[1] != h:
+        raise ValueError(f"M reads {m_kernel.shape[1]} channels, N writes {h}")
+    grid = tuple(int(v) for v in grid)
+    freqs = _half_frequencies(grid)
     entries = freqs.shape[0] * (h * n_kernel.shape[1] + m_kernel.shape[0] * h + h * h)
-    if m_kernel.shape[1] != h or entries > MAX_SYMBOL_ENTRIES:
-        return None
+    if entries > MAX_SYMBOL_ENTRIES:
+        from lipgraph.norms.circular import circular_conv_norm
+
+        ones = [1] * len(grid)
+        n_norm = circular_conv_norm(n_kernel, 1, ones, n_dilations, grid).value + n_err
+        m_norm = circular_conv_norm(m_kernel, 1, ones, m_dilations, grid).value + m_err
+        return CircularSandwichBounds(_up(n_norm), _up(m_norm))
     n_sym, n_dft = circular_symbols(n_kernel, n_dilations, grid, freqs)
     m_sym, m_dft = circular_symbols(m_kernel, m_dilations, grid, freqs)
     e_n, e_m = n_dft + n_err, m_dft + m_err
+    # ||N|| = max_w ||N_hat(w)||: certified top singular values of the computed symbols, plus their error
+    n_norm, m_norm = _up(top_sv_stack(n_sym) + e_n), _up(top_sv_stack(m_sym) + e_m)
     best = math.inf
     cands = lambda_candidates(wrapped_kernel(m_kernel, m_dilations, grid), wrapped_kernel(n_kernel, n_dilations, grid))
-    for lam in cands:
+    for lam in reversed(cands):  # the least-squares solution first: exact for the family
         if np.all(lam > 0) and np.all(np.isfinite(lam)):
             best = min(best, _upper_gap(n_sym, m_sym, lam, e_n, e_m))
+            if certificate_from_gap(best, n_norm) <= 1 + 1e-6:
+                break  # another Lambda could gain at most 1e-6 (the certificate is >= 1)
     if not math.isfinite(best):
-        return None
-    return certificate_from_gap(best, n_norm), best
+        return CircularSandwichBounds(n_norm, m_norm)
+    return CircularSandwichBounds(n_norm, m_norm, certificate_from_gap(best, n_norm), best)
+
+
+def _up(x: float) -> float:
+    return float(np.nextafter(x * (1 + 4 * _U), np.inf))

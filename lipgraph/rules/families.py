@@ -237,8 +237,7 @@ def circular_sandwich(ctx: RuleContext) -> Bound:
     Source: Wang and Manchester 2023 (direct parameterisation of Lipschitz-bounded deep networks);
     Fazlyab et al. 2019 (slope-restricted quadratic constraints); Sedghi, Gupta, Long 2019 (conv spectra).
     """
-    from lipgraph.norms.circular import circular_conv_norm
-    from lipgraph.norms.sandwich_conv import circular_sandwich_certificate, dense_groups
+    from lipgraph.norms.sandwich_conv import circular_sandwich_bounds, dense_groups
 
     _, lin = ctx.single_variable_input()
     attrs = ctx.node.attrs
@@ -250,18 +249,16 @@ def circular_sandwich(ctx: RuleContext) -> Bound:
     n = n * c_mid.reshape((-1,) + (1,) * (n.ndim - 1))  # rows: N's output channels
     m = m * c_pre.reshape((1, -1) + (1,) * (m.ndim - 2))  # columns: M's input channels
     ops = 2 * int(attrs["scalings"]) + 2  # a Div's reciprocal and each product: one rounding each
-    n_err, m_err = _l1_err(n, ops), _l1_err(m, ops)
-    ones = [1] * (n.ndim - 2)
     try:
-        n_norm = circular_conv_norm(n, 1, ones, attrs["n_dilations"], grid).value + n_err
-        m_norm = circular_conv_norm(m, 1, ones, attrs["m_dilations"], grid).value + m_err
+        b = circular_sandwich_bounds(
+            m, attrs["m_dilations"], n, attrs["n_dilations"], grid, _l1_err(m, ops), _l1_err(n, ops)
+        )
     except ValueError as exc:
         raise Refuse(str(exc)) from exc
-    generic = _up(m_norm * n_norm)
-    found = circular_sandwich_certificate(m, attrs["m_dilations"], n, attrs["n_dilations"], grid, n_norm, m_err, n_err)
-    if found is not None and found[0] < generic:
-        best, method = found[0], f"circular sandwich, max over frequencies of lambda_max(G(w)) <= {found[1]:.2e}"
+    generic = _up(b.m_norm * b.n_norm)
+    if b.certificate is not None and b.certificate < generic:
+        best, method = b.certificate, f"circular sandwich, max over frequencies of lambda_max(G(w)) <= {b.gap:.2e}"
     else:
-        why = "too many frequencies" if found is None else "no per-channel Lambda certifies less"
+        why = "too many frequencies" if b.certificate is None else "no per-channel Lambda certifies less"
         best, method = generic, f"circular sandwich, ||M|| ||N|| ({why})"
     return Bound(best * lin, method, factor=best)

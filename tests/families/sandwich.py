@@ -22,7 +22,7 @@ from tests.families import FamilyModel, lower_and_certificate
 from tests.families._common import orthogonal_rows, rng
 
 FAMILY = "Sandwich conv (Wang & Manchester 2023)"
-N = 5  # grid (odd: the full-size kernel gets symmetric circular padding)
+N = 5  # grid (the full-size kernel gets "same" circular padding: symmetric for odd N)
 
 
 def cayley_tall(z: np.ndarray) -> np.ndarray:
@@ -60,7 +60,7 @@ def to_kernel(sym: np.ndarray) -> np.ndarray:
 
 def _circular(kernel: np.ndarray) -> nn.Conv2d:
     c_out, c_in, k, _ = kernel.shape
-    conv = nn.Conv2d(c_in, c_out, k, padding=k // 2, padding_mode="circular", bias=False)
+    conv = nn.Conv2d(c_in, c_out, k, padding="same", padding_mode="circular", bias=False)  # even k: uneven pads
     with torch.no_grad():
         conv.weight.copy_(torch.from_numpy(kernel))
     return conv
