@@ -134,6 +134,7 @@ class CircularSandwichBounds:
     m_norm: float
     certificate: float | None = None
     gap: float | None = None
+    lam_scale: float | None = None  # max(lambda) of the Lambda that gave the gap (G's natural scale)
 
 
 def circular_sandwich_bounds(
@@ -170,16 +171,59 @@ def circular_sandwich_bounds(
     e_n, e_m = n_dft + n_err, m_dft + m_err
     # ||N|| = max_w ||N_hat(w)||: certified top singular values of the computed symbols, plus their error
     n_norm, m_norm = _up(top_sv_stack(n_sym) + e_n), _up(top_sv_stack(m_sym) + e_m)
-    best = math.inf
+    best, scale = math.inf, None
     cands = lambda_candidates(wrapped_kernel(m_kernel, m_dilations, grid), wrapped_kernel(n_kernel, n_dilations, grid))
     for lam in reversed(cands):  # the least-squares solution first: exact for the family
         if np.all(lam > 0) and np.all(np.isfinite(lam)):
-            best = min(best, _upper_gap(n_sym, m_sym, lam, e_n, e_m))
+            gap = _upper_gap(n_sym, m_sym, lam, e_n, e_m)
+            if gap < best:
+                best, scale = gap, float(np.max(lam))
             if certificate_from_gap(best, n_norm) <= 1 + 1e-6:
                 break  # another Lambda could gain at most 1e-6 (the certificate is >= 1)
     if not math.isfinite(best):
         return CircularSandwichBounds(n_norm, m_norm)
-    return CircularSandwichBounds(n_norm, m_norm, certificate_from_gap(best, n_norm), best)
+    return CircularSandwichBounds(n_norm, m_norm, certificate_from_gap(best, n_norm), best, scale)
+
+
+def _l1_err(arr: np.ndarray, ops: int) -> float:
+    """Operator-norm bound of the rounding of ``ops`` float64 products per entry of the kernel ``arr``:
+    each entry errs by at most ``(ops + 1) u`` of itself, and a circular conv's norm is at most the sum
+    of its absolute taps (each tap is a circular shift, of norm 1)."""
+    return _up(float(np.sum(np.abs(arr))) * (ops + 1) * _U * 1.01)
+
+
+_CACHE: dict[bytes, CircularSandwichBounds] = {}
+
+
+def block_bounds(attrs: dict) -> CircularSandwichBounds:
+    """The bounds of a fused ``CircularSandwich`` block from its attributes (kernels ``n`` and ``m`` with
+    their groups and dilations, the per-channel scalings ``c_mid`` (into N's rows) and ``c_pre`` (into
+    M's columns), the number of scaling nodes, the grid). Cached on the constants' bytes: the pass and
+    the rule ask for the same block."""
+    import hashlib
+
+    arrays = [np.ascontiguousarray(attrs[k], dtype=np.float64) for k in ("n", "m", "c_mid", "c_pre")]
+    meta = repr([attrs[k] for k in ("n_group", "m_group", "n_dilations", "m_dilations", "grid", "scalings")])
+    h = hashlib.sha256(meta.encode())
+    for a in arrays:
+        h.update(repr(a.shape).encode())
+        h.update(a.tobytes())
+    key = h.digest()
+    if key in _CACHE:
+        return _CACHE[key]
+    n = dense_groups(arrays[0], int(attrs["n_group"]))
+    m = dense_groups(arrays[1], int(attrs["m_group"]))
+    n = n * arrays[2].reshape((-1,) + (1,) * (n.ndim - 1))  # rows: N's output channels
+    m = m * arrays[3].reshape((1, -1) + (1,) * (m.ndim - 2))  # columns: M's input channels
+    ops = 2 * int(attrs["scalings"]) + 2  # a Div's reciprocal and each product: one rounding each
+    grid = [int(v) for v in attrs["grid"]]
+    out = circular_sandwich_bounds(
+        m, attrs["m_dilations"], n, attrs["n_dilations"], grid, _l1_err(m, ops), _l1_err(n, ops)
+    )
+    if len(_CACHE) >= 16:
+        _CACHE.pop(next(iter(_CACHE)))
+    _CACHE[key] = out
+    return out
 
 
 def _up(x: float) -> float:

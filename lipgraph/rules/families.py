@@ -237,22 +237,11 @@ def circular_sandwich(ctx: RuleContext) -> Bound:
     Source: Wang and Manchester 2023 (direct parameterisation of Lipschitz-bounded deep networks);
     Fazlyab et al. 2019 (slope-restricted quadratic constraints); Sedghi, Gupta, Long 2019 (conv spectra).
     """
-    from lipgraph.norms.sandwich_conv import circular_sandwich_bounds, dense_groups
+    from lipgraph.norms.sandwich_conv import block_bounds
 
     _, lin = ctx.single_variable_input()
-    attrs = ctx.node.attrs
-    grid = [int(v) for v in attrs["grid"]]
-    n = dense_groups(attrs["n"], attrs["n_group"])
-    m = dense_groups(attrs["m"], attrs["m_group"])
-    c_mid = np.asarray(attrs["c_mid"], dtype=np.float64)
-    c_pre = np.asarray(attrs["c_pre"], dtype=np.float64)
-    n = n * c_mid.reshape((-1,) + (1,) * (n.ndim - 1))  # rows: N's output channels
-    m = m * c_pre.reshape((1, -1) + (1,) * (m.ndim - 2))  # columns: M's input channels
-    ops = 2 * int(attrs["scalings"]) + 2  # a Div's reciprocal and each product: one rounding each
     try:
-        b = circular_sandwich_bounds(
-            m, attrs["m_dilations"], n, attrs["n_dilations"], grid, _l1_err(m, ops), _l1_err(n, ops)
-        )
+        b = block_bounds(ctx.node.attrs)
     except ValueError as exc:
         raise Refuse(str(exc)) from exc
     generic = _up(b.m_norm * b.n_norm)

@@ -300,3 +300,46 @@ def test_per_frequency_gap_equals_the_dense_one(seed, kn, km, dil, groups, grid)
     scale = 1.0 + float(np.abs(g).sum(axis=1).max())
     assert per_freq >= dense - 1e-12 * scale  # the allowances make it an upper bound
     assert per_freq <= dense + 1e-9 * scale  # and the reduction is exact: no slack beyond rounding
+
+
+# ----------------------------------------------------------------------------- never looser than without the pass
+
+
+def _without_pass(proto, monkeypatch) -> float:
+    from lipgraph import passes
+
+    with monkeypatch.context() as mp:
+        mp.setattr(passes, "_OPTIONAL", [p for p in passes._OPTIONAL if p[0] != "conv_sandwiches"])
+        return analyze(proto).bound
+
+
+@pytest.mark.parametrize("shape", ["c-r-c-head", "c-r-c-c-head", "c-r-c-r-c-head", "family-psi-spread"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_pass_never_loosens_a_network(shape, seed, monkeypatch):
+    """A block whose N or M the linear-map composition could merge with a neighbour is fused only when it is
+    a Sandwich layer: random circular conv nets keep the composed bound, family layers (with a wide spread
+    of Psi) get the certificate."""
+    torch.manual_seed(seed)
+
+    def conv(a: int, b: int) -> nn.Conv2d:
+        return nn.Conv2d(a, b, 3, padding=1, padding_mode="circular")
+
+    head = [nn.Flatten(), nn.Linear(4 * 25, 10)]
+    nets = {
+        "c-r-c-head": [conv(3, 4), nn.ReLU(), conv(4, 4), *head],
+        "c-r-c-c-head": [conv(3, 4), nn.ReLU(), conv(4, 4), conv(4, 4), *head],
+        "c-r-c-r-c-head": [conv(3, 4), nn.ReLU(), conv(4, 4), nn.ReLU(), conv(4, 4), *head],
+        "family-psi-spread": [
+            conv(3, 3),
+            sandwich_layer(3, 4, 5, 5, seed, psi=np.exp(np.linspace(-3.0, 3.0, 5))),
+            *head,
+        ],
+    }
+    proto = export_legacy(nn.Sequential(*nets[shape]).eval(), (1, 3, 5, 5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = analyze(proto)
+        without = _without_pass(proto, monkeypatch)
+    assert a.bound <= without * (1 + 1e-9), (a.bound, without, [(n.op_type, n.method) for n in a.nodes])
+    fused = any(n.op_type == "CircularSandwich" for n in a.nodes)
+    assert fused == (shape in ("c-r-c-r-c-head", "family-psi-spread")), [n.op_type for n in a.nodes]
