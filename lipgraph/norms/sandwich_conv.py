@@ -39,6 +39,7 @@ doubled for complex products); ``eigvalsh`` adds its backward error ``(8h + 4) u
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -193,6 +194,7 @@ def _l1_err(arr: np.ndarray, ops: int) -> float:
 
 
 _CACHE: dict[bytes, CircularSandwichBounds] = {}
+_CACHE_LOCK = threading.Lock()
 
 
 def block_bounds(attrs: dict) -> CircularSandwichBounds:
@@ -209,8 +211,10 @@ def block_bounds(attrs: dict) -> CircularSandwichBounds:
         h.update(repr(a.shape).encode())
         h.update(a.tobytes())
     key = h.digest()
-    if key in _CACHE:
-        return _CACHE[key]
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+    if hit is not None:
+        return hit
     n = dense_groups(arrays[0], int(attrs["n_group"]))
     m = dense_groups(arrays[1], int(attrs["m_group"]))
     n = n * arrays[2].reshape((-1,) + (1,) * (n.ndim - 1))  # rows: N's output channels
@@ -220,9 +224,10 @@ def block_bounds(attrs: dict) -> CircularSandwichBounds:
     out = circular_sandwich_bounds(
         m, attrs["m_dilations"], n, attrs["n_dilations"], grid, _l1_err(m, ops), _l1_err(n, ops)
     )
-    if len(_CACHE) >= 16:
-        _CACHE.pop(next(iter(_CACHE)))
-    _CACHE[key] = out
+    with _CACHE_LOCK:
+        if len(_CACHE) >= 16:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = out
     return out
 
 
