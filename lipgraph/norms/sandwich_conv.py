@@ -20,7 +20,8 @@ block diagonal with the Hermitian h x h blocks
 
 so ``lambda_max(G) = max_w lambda_max(G(w))`` and ``||N|| = max_w ||N_hat(w)||``. The scalar phases cancel
 in ``N_hat N_hat^H`` and ``M_hat^H M_hat``, so the wrap shifts of the two convs need not agree. Real kernels
-give ``G(-w) = conj(G(w))`` (the same eigenvalues): half the grid suffices.
+give ``G(-w) = conj(G(w))`` (the same eigenvalues): half the grid suffices. (The code's twiddles carry the
+opposite sign for both kernels, i.e. it visits the blocks at -w: the same set.)
 
 *The family.* Wang and Manchester (2023) define ``N_hat(w) = sqrt2 Psi^-1 B_w``, ``M_hat(w) = sqrt2 A_w^H Psi``
 with ``A_w A_w^H + B_w B_w^H = I`` at every w: ``G(w) = 0`` at ``lambda = psi^2``. Lambda is found from the
