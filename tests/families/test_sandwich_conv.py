@@ -343,3 +343,30 @@ def test_the_pass_never_loosens_a_network(shape, seed, monkeypatch):
     assert a.bound <= without * (1 + 1e-9), (a.bound, without, [(n.op_type, n.method) for n in a.nodes])
     fused = any(n.op_type == "CircularSandwich" for n in a.nodes)
     assert fused == (shape in ("c-r-c-r-c-head", "family-psi-spread")), [n.op_type for n in a.nodes]
+
+
+# ----------------------------------------------------------------------------- float error through the block
+
+
+@pytest.mark.parametrize("dynamo", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_float_error_walk_through_the_block_covers_onnx_runtime(dynamo):
+    """lipgraph certify's float error model, walking through the fused blocks, covers ONNX Runtime's float32
+    logits against a float64 evaluation of the same graph (large and offset inputs). A coverage check of the
+    certify path: the bound's slack here is wide (a factor of 1e-3 for the blocks would still pass)."""
+    from lipgraph.floaterr import float_error_model
+    from tests.certify.float_nets import run_float64
+    from tests.certify.test_float_error_regions import _inputs, _ort
+    from tests.families.sandwich import conv_net
+
+    shape = (1, 2, 5, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto = export_onnx(conv_net(), shape, dynamo)
+        an = analyze(proto, input_shape=shape)
+    assert sum(n.op_type == "CircularSandwich" for n in an.graph.nodes) == 2
+    x = _inputs(shape)
+    exact = np.concatenate([run_float64(proto, x[i : i + 1]) for i in range(len(x))])  # dynamo fixes batch 1
+    err = np.linalg.norm(_ort(proto, x) - exact.reshape(len(x), -1), axis=1)
+    norms = np.linalg.norm(x.reshape(len(x), -1).astype(np.float64), axis=1)
+    model = float_error_model(proto, None, shape, analysis=an)
+    assert np.all(err <= model.at(norms)), (err.max(), model.at(norms).max())
