@@ -5,8 +5,9 @@ convs, and the families other modules add), exported with torch's legacy (``dyna
 exporters, it reports:
 
 * ``bound``: ``lipgraph.analyze`` with the default passes;
-* ``bound_old``: the same with this issue's passes removed (circular convs, linear regions, MaxMin via
-  Where / open pair sorts): the baseline, measured in the same run;
+* ``bound_old``: the same with the family passes removed (circular convs, linear regions, MaxMin via
+  Where / open pair sorts, power series, residual / plain / circular sandwiches): the op-by-op
+  baseline, measured in the same run;
 * ``lower`` / ``upper``: the true constant's range from the model's own oracle (exact dense-Jacobian
   SVD for linear nets; a Jacobian lower estimate and the family's certificate or the product of exact
   stage norms for nonlinear ones), independent of lipgraph;
@@ -14,6 +15,7 @@ exporters, it reports:
   time (``analyze`` wall time, the graph already in memory).
 
     python bench/lipschitz_families.py [--quick]      # --quick: legacy exporter only
+    python bench/lipschitz_families.py --markdown     # print the README table from the saved JSON
 
 Writes bench/results/lipschitz_families.json. Exit 0 when every bound is sound (>= lower) and tight
 (<= 1.01 upper) and nothing is refused, 1 otherwise. Not a test.
@@ -34,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-NEW_PASSES = {"circular_conv", "linear_maps", "sorting_variants"}
+NEW_PASSES = {"circular_conv", "linear_maps", "sorting_variants", "power_series", "sandwiches", "conv_sandwiches"}
 
 
 def _analyze(proto, old: bool) -> tuple[float | None, float, str]:
@@ -55,10 +57,41 @@ def _analyze(proto, old: bool) -> tuple[float | None, float, str]:
         _OPTIONAL[:] = saved
 
 
+def markdown_table(results: dict) -> str:
+    """One README row per family x model: bound per exporter, the truth range, the worst ratio, times."""
+    by_key: dict[tuple[str, str], dict[str, dict]] = {}
+    for r in results["rows"]:
+        by_key.setdefault((r["family"], r["model"]), {})[r["exporter"]] = r
+
+    def num(v: float | None, p: int = 4) -> str:
+        return "refused" if v is None else f"{v:.{p}f}"
+
+    lines = [
+        "| family | model | bound (legacy / dynamo) | truth range | bound / upper | op by op / upper | time s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (family, model), ex in by_key.items():
+        rows = [ex[e] for e in ("legacy", "dynamo") if e in ex]
+        bounds = " / ".join(num(r["bound"]) for r in rows)
+        lo, up = rows[0]["lower"], rows[0]["upper"]
+        truth = f"{up:.4f}" if abs(up - lo) <= 1e-6 * up else f"[{lo:.4f}, {up:.4f}]"
+        ratios = [r["ratio"] for r in rows]
+        ratio = "refused" if None in ratios else f"{max(ratios):.3f}"
+        olds = [r["old_ratio"] for r in rows]
+        old = "refused" if None in olds else " / ".join(f"{v:.2f}" for v in olds)
+        times = " / ".join(f"{r['time_s']:.3f}" for r in rows)
+        lines.append(f"| {family} | {model} | {bounds} | {truth} | {ratio} | {old} | {times} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="legacy exporter only")
+    ap.add_argument("--markdown", action="store_true", help="print the README table from the saved results")
     args = ap.parse_args()
+    if args.markdown:
+        print(markdown_table(json.loads((ROOT / "bench" / "results" / "lipschitz_families.json").read_text())))
+        return 0
     warnings.simplefilter("ignore")
     logging.disable(logging.WARNING)
     from tests.families import all_models, export_onnx

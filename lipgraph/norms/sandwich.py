@@ -97,5 +97,10 @@ def sandwich_certificate(m: np.ndarray, n: np.ndarray, n_norm: float, m_err: flo
     best_gap = math.inf
     for lam in lbdn_lambda_candidates(m, n):
         best_gap = min(best_gap, lbdn_gap(m, n, lam, m_err))
-    sq = 1.0 + max(0.0, best_gap) * n_norm * n_norm
-    return float(np.nextafter(math.sqrt(sq * (1 + 4 * _U)) * (1 + 2 * _U), np.inf)), best_gap
+    return certificate_from_gap(best_gap, n_norm), best_gap
+
+
+def certificate_from_gap(gap: float, n_norm: float) -> float:
+    """``sqrt(1 + max(0, gap) ||N||^2)`` rounded up (gap >= lambda_max(G), n_norm >= ||N||)."""
+    sq = 1.0 + max(0.0, gap) * n_norm * n_norm
+    return float(np.nextafter(math.sqrt(sq * (1 + 4 * _U)) * (1 + 2 * _U), np.inf))

@@ -50,6 +50,8 @@ _OPTIONAL: list[tuple[str, str]] = [
     ("sandwiches", "recognise_sandwiches"),
     # after BatchNorm folding, so that a Conv -> BN pair is first folded into one Conv
     ("circular_conv", "recognise_circular_convs"),
+    # after the circular convs exist, before linear_maps would merge one layer's M with the next one's N
+    ("conv_sandwiches", "recognise_circular_sandwiches"),
     # last: the structured passes above certify more than the composed matrix of their region would
     ("linear_maps", "compose_linear_maps"),
 ]
@@ -63,6 +65,7 @@ _TIGHTENING: set[tuple[str, str]] = {
     ("sandwiches", "recognise_residual_sandwiches"),
     ("sandwiches", "recognise_sandwiches"),
     ("circular_conv", "recognise_circular_convs"),
+    ("conv_sandwiches", "recognise_circular_sandwiches"),
     ("linear_maps", "compose_linear_maps"),
     ("linear_regions", "fuse_linear_regions"),
 }

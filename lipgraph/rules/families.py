@@ -1,5 +1,5 @@
 """Rules for the fused 1-Lipschitz family blocks (domain ``lipgraph``), made by the passes
-lipgraph/passes/power_series.py, residual_sandwich.py and sandwich.py.
+lipgraph/passes/power_series.py, sandwiches.py and conv_sandwiches.py.
 
 Each rule returns the smaller of the family's structural certificate (when its preconditions hold
 for the stored constants) and the bound the ops would get one by one, so recognising a block never
@@ -193,6 +193,7 @@ def sandwich(ctx: RuleContext) -> Bound:
     (exact for LBDN, where ``Lambda = Psi^2``); lambda_max is bounded by eigvalsh plus its backward
     error and the float error of forming G. The result is the min of that and ``||M|| ||N||``.
     How tight: 1 (to ~1e-12) for Wang and Manchester's layers; never above the product of norms.
+    Their conv layers (circular convs) are fused separately: see ``lipgraph rule CircularSandwich``.
     Source: Wang and Manchester 2023 (direct parameterisation of Lipschitz-bounded deep networks);
     Fazlyab et al. 2019 (slope-restricted quadratic constraints).
     """
@@ -211,4 +212,42 @@ def sandwich(ctx: RuleContext) -> Bound:
         best, method = cert, f"sandwich (LBDN), lambda_max(G) <= {gap:.2e}"
     else:
         best, method = generic, "sandwich, ||M|| ||N|| (no diagonal Lambda certifies less)"
+    return Bound(best * lin, method, factor=best)
+
+
+@rule("CircularSandwich", domain=LIPGRAPH_DOMAIN)
+def circular_sandwich(ctx: RuleContext) -> Bound:
+    """Circular-conv sandwich ``M sigma(N x + b)`` (Sandwich conv layers): certified per DFT frequency.
+
+    What: two stride-1 circular convs N (c_in -> h) and M (h -> c_out) on one grid with sigma
+    (nondecreasing, 1-Lipschitz) and per-channel scalings between, fused by the conv-sandwich pass.
+    How: for any positive diagonal Lambda, ``||M D N||^2 <= 1 + max(0, lambda_max(G)) ||N||^2`` with
+    ``G = Lambda N N^T Lambda + M^T M - 2 Lambda`` (D diagonal in [0, 1]; the dense Sandwich rule's
+    inequality). With Lambda per channel and constant over space, the unitary DFT block-diagonalises
+    N, M and Lambda alike, so G's eigenvalues are those of the h x h Hermitian matrices
+    ``G(w) = Lambda N(w) N(w)^H Lambda + M(w)^H M(w) - 2 Lambda`` over the grid frequencies w, where
+    N(w), M(w) are the kernels' channel symbols (a wrap shift only multiplies a symbol by a phase,
+    which cancels), and ``||N|| = max_w ||N(w)||``. Lambda solves the off-diagonal equations of
+    ``sum_w G(w) = 0`` in least squares on the kernels wrapped onto the grid (``Psi^2`` for the
+    family). Rounding: direct-DFT symbol allowances, the error of forming G(w) and eigvalsh's backward
+    error are added. The result is the min of that and ``||M|| ||N||`` (exact circular norms).
+    Zero-padded convs are not fused (their G is not block circulant) and keep the per-op bound.
+    How tight: 1 (to ~1e-6 with float32 weights) for Wang and Manchester's layers, whose
+    ``A_w A_w^H + B_w B_w^H = I`` makes ``G(w) = 0`` at ``Lambda = Psi^2``; never above the product.
+    Source: Wang and Manchester 2023 (direct parameterisation of Lipschitz-bounded deep networks);
+    Fazlyab et al. 2019 (slope-restricted quadratic constraints); Sedghi, Gupta, Long 2019 (conv spectra).
+    """
+    from lipgraph.norms.sandwich_conv import block_bounds
+
+    _, lin = ctx.single_variable_input()
+    try:
+        b = block_bounds(ctx.node.attrs)
+    except ValueError as exc:
+        raise Refuse(str(exc)) from exc
+    generic = _up(b.m_norm * b.n_norm)
+    if b.certificate is not None and b.certificate < generic:
+        best, method = b.certificate, f"circular sandwich, max over frequencies of lambda_max(G(w)) <= {b.gap:.2e}"
+    else:
+        why = "too many frequencies" if b.certificate is None else "no per-channel Lambda certifies less"
+        best, method = generic, f"circular sandwich, ||M|| ||N|| ({why})"
     return Bound(best * lin, method, factor=best)
