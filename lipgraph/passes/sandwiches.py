@@ -62,6 +62,7 @@ class Branch:
     act: Node
     c_pre: np.ndarray  # per hidden channel (size 1: a scalar)
     c_post: list[float] = field(default_factory=list)  # scalar factors after P
+    c_pre_ops: int = 0  # float64 operations that formed c_pre (a product, and a reciprocal per Div)
     nodes: list[Node] = field(default_factory=list)
 
 
@@ -118,6 +119,7 @@ def match_branch(graph: Graph, end: str, allow_post: bool) -> Branch | None:
     nodes.append(node)
     hidden_axis = -1 if p.kind == "dense" else 1
     c_pre = np.ones(1)
+    c_pre_ops = 0
     t = p.x
     node = graph.producer(t)
     # between sigma and P: per-hidden-channel scalings and bias adds
@@ -134,6 +136,7 @@ def match_branch(graph: Graph, end: str, allow_post: bool) -> Branch | None:
             c_pre = c_pre * scale if (c_pre.size == scale.size or c_pre.size == 1 or scale.size == 1) else None
             if c_pre is None:
                 return None
+            c_pre_ops += 2 if node.op_type == "Div" else 1
         nodes.append(node)
         t, node = src, graph.producer(src)
     if node is None or not slopes_in_unit_interval(graph, node) or not _single_reader(graph, t, nodes[-1]):
@@ -156,7 +159,7 @@ def match_branch(graph: Graph, end: str, allow_post: bool) -> Branch | None:
     nodes.append(node)
     if not _compatible(q, p):
         return None
-    return Branch(q, p, act, c_pre, c_post, nodes)
+    return Branch(q, p, act, c_pre, c_post, nodes, c_pre_ops)
 
 
 def _compatible(q: LinearOp, p: LinearOp) -> bool:
@@ -169,7 +172,13 @@ def _compatible(q: LinearOp, p: LinearOp) -> bool:
 
 
 def _attrs(br: Branch) -> dict:
-    base = {"kind": br.q.kind, "c_pre": br.c_pre, "c_post": list(br.c_post), "activation": br.act.op_type}
+    base = {
+        "kind": br.q.kind,
+        "c_pre": br.c_pre,
+        "c_pre_ops": br.c_pre_ops,
+        "c_post": list(br.c_post),
+        "activation": br.act.op_type,
+    }
     if br.q.kind == "dense":
         base.update(q=br.q.matrix, p=br.p.matrix)
     else:

@@ -117,7 +117,8 @@ def _second_operator(attrs: dict, factor: float) -> tuple[np.ndarray, float]:
     else:
         shape = (-1,) + (1,) * (p.ndim - 1)
         scaled = factor * p * (c_pre.reshape(shape) if c_pre.size > 1 else c_pre.reshape(1))
-    return scaled, _l1_err(scaled, len(attrs["c_post"]) + 2)
+    # roundings per entry: the c_post product, the two products here, and those that formed c_pre
+    return scaled, _l1_err(scaled, len(attrs["c_post"]) + 2 + int(attrs["c_pre_ops"]))
 
 
 def _rows(q: np.ndarray, kind: str) -> np.ndarray:
