@@ -159,7 +159,7 @@ def match_branch(graph: Graph, end: str, allow_post: bool) -> Branch | None:
     nodes.append(node)
     if not _compatible(q, p):
         return None
-    return Branch(q, p, act, c_pre, c_post, nodes, c_pre_ops)
+    return Branch(q, p, act, c_pre, c_post, nodes=nodes, c_pre_ops=c_pre_ops)
 
 
 def _compatible(q: LinearOp, p: LinearOp) -> bool:
