@@ -483,6 +483,9 @@ def certify(
     warns.extend(runner.warnings)
     if pair_meta.get("budget_exhausted"):
         warns.append("--tight-pairs: the time budget ran out; the remaining pairs keep their cheaper bounds")
+    if pair_meta.get("work_capped"):
+        warns.append("--tight-pairs auto: refined the pairs deciding most samples only; the others keep their "
+                     "fast bounds (--tight-pairs SECONDS refines more)")
     if labels is None:
         warns.append("no labels in the data: certifying the model's own predictions")
     if x.dtype.kind in "iu" and meta["data"]["input_max"] > 1.5:

@@ -3,12 +3,12 @@
 The per-pair network bounds (``lipgraph.norms.lipsdp``) need the model as
 ``logits = A phi(W_m ... phi(W_1 x + b_1) ... + b_m) + b`` with every activation elementwise and
 slope-restricted in [0, 1]. This module walks the analysis graph forward from the input: each run
-of linear ops (Gemm / MatMul with constant weights, Add / Sub / Mul / Div by constants, and
+of linear ops (Gemm / MatMul / Conv with constant weights, Add / Sub / Mul / Div by constants, and
 shape-only ops: the ops of ``lipgraph.tail``) is composed into one dense float64 matrix by pushing
 the standard basis through it, with the composition's rounding bound ``gamma_n |W|`` entrywise
 (Higham, sec. 3.5) as in the affine tail. Every intermediate tensor must feed exactly one node, so
 no other path can reach the logits. Anything else (a residual Add of two variables, GroupSort,
-pooling, a conv we do not expand) means "not a chain", with the reason, and the caller keeps the
+pooling, a Conv with automatic padding) means "not a chain", with the reason, and the caller keeps the
 other bounds: nothing is skipped.
 """
 
@@ -26,6 +26,9 @@ from lipgraph.tail import _LINEAR_OPS, EPS64, _NotAffine, dense_segment
 
 MAX_INPUT_DIM = 4096  # the basis of the input is pushed through the first segment: d x d float64 arrays
 MAX_HIDDEN_TOTAL = 4096  # the certificate matrix has the size of all hidden layers together
+# Conv layers are expanded to dense matrices (lipgraph.conv_dense): fine for the small feature maps the
+# hidden-size limit admits (e.g. a digits CNN), refused above it before any matrix is built
+_CHAIN_LINEAR_OPS = _LINEAR_OPS | {"Conv"}
 
 
 def _slope_in_unit_interval(node: Node) -> bool:
@@ -76,6 +79,7 @@ def extract_chain(graph: Graph, logits: str) -> Chain:
     activations: list[str] = []
     ops: list[str] = []
     input_dim = int(np.prod(seg_shape[1:], dtype=np.int64))
+    hidden_total = 0
     if input_dim > MAX_INPUT_DIM:
         raise NotAChain(f"input of {input_dim} values (limit {MAX_INPUT_DIM})")
     while cur != logits:
@@ -89,16 +93,19 @@ def extract_chain(graph: Graph, logits: str) -> Chain:
         if len(var) != 1 or node.inputs[var[0]] != cur or len(node.outputs) < 1:
             raise NotAChain(f"{node.op_type} '{node.name}' has several variable inputs")
         ops.append(f"{node.op_type}:{node.name}")
-        if node.op_type in _LINEAR_OPS:
+        if node.op_type in _CHAIN_LINEAR_OPS:
             segment.append((node, var[0]))
         elif _slope_in_unit_interval(node):
             if not segment:
                 raise NotAChain(f"two activations in a row at '{node.name}'")
-            matrices.append(_compose(segment, seg_shape, graph))
-            activations.append(node.op_type)
             out_shape = graph.shape_of(node.outputs[0]) or graph.shape_of(cur)
             if out_shape is None or any(d is None for d in out_shape):
                 raise NotAChain(f"no fixed shape after '{node.name}'")
+            hidden_total += int(np.prod(out_shape[1:], dtype=np.int64))
+            if hidden_total > MAX_HIDDEN_TOTAL:  # before composing: a conv layer's matrix can be large
+                raise NotAChain(f"{hidden_total} or more hidden units (limit {MAX_HIDDEN_TOTAL})")
+            matrices.append(_compose(segment, seg_shape, graph))
+            activations.append(node.op_type)
             seg_shape = tuple(int(d) for d in out_shape)  # type: ignore[arg-type]
             segment = []
         else:

@@ -16,6 +16,7 @@ budget is spent; a pair that binds no sample cannot change any radius.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -24,12 +25,13 @@ from typing import Any
 
 import numpy as np
 
-AUTO_SAFETY_S = 120.0  # "auto": a fixed amount of work per pair; this cap only guards huge class counts
-# L-BFGS iterations per refinement stage of a deciding pair: a short pass for every such pair, then
-# a longer one for the pairs that still decide a radius (each stage restarts from the last solution)
-REFINE_STAGES = (12, 48)
+# "auto" refines at most this many pairs per refinement stage (the pairs deciding most samples first;
+# the others keep their fast candidates): a cap on work, not on time, so the result is reproducible
+AUTO_MAX_REFINED_PAIRS = 100
+AUTO_STAGES = 1  # refinement stages in "auto" and "all" (SECONDS mode: all of lipsdp_refine.STAGES)
 # "auto" refines only up to this many hidden units (a step costs O(hidden^3)); SECONDS mode always may
 AUTO_REFINE_MAX_HIDDEN = 1024
+_CACHED_MODELS = 8  # per-process memory of refined multipliers, by the chain's weights (see _CACHE)
 _EPS64 = float(2.0**-53)
 _MAX_LISTED_PAIRS = 200  # pairs listed in the JSON report (all of them up to 20 classes)
 
@@ -118,26 +120,71 @@ def tighten_pairs(
     mode: str,
     budget_s: float | None,
 ) -> PairTable:
-    """Tighten the binding pairs of a chain within the mode's budget; see the module docstring."""
-    from lipgraph.norms import lipsdp
+    """Tighten the binding pairs of a chain within the mode's budget; see the module docstring.
+
+    Runs the linear algebra on one BLAS thread: the optimiser's path follows the summation order, and
+    one thread makes the bounds the same whatever the caller's thread setup (small matrices gain
+    little from more threads anyway)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        return _tighten(chain, f, target, correct, delta, cheap, mode, budget_s)
+
+
+def _chain_digest(weights: Any) -> str:
+    h = hashlib.sha256()
+    for arr in [*weights.hidden, *weights.hidden_err, weights.last, weights.last_err]:
+        a = np.ascontiguousarray(np.asarray(arr, dtype=np.float64))
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+# chain digest -> {(i, j, stage schedule): refined (rho, T)}. A pair's refinement depends only on the weights, the
+# pair and the stage (each stage starts from the previous one's result, the first from the fast candidate),
+# so a repeated certify of the same model in one process reuses it and gets exactly the same bounds.
+_Memory = dict[tuple[int, int, tuple], tuple[float, list[np.ndarray]]]
+_CACHE: dict[str, _Memory] = {}
+
+
+def _cached(digest: str) -> _Memory:
+    if digest not in _CACHE:
+        while len(_CACHE) >= _CACHED_MODELS:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[digest] = {}
+    return _CACHE[digest]
+
+
+def _tighten(
+    chain: Any,
+    f: np.ndarray,
+    target: np.ndarray,
+    correct: np.ndarray,
+    delta: np.ndarray,
+    cheap: np.ndarray,
+    mode: str,
+    budget_s: float | None,
+) -> PairTable:
+    from lipgraph.norms import lipsdp, lipsdp_refine
 
     t0 = time.perf_counter()
-    deadline = t0 + (budget_s if mode == "seconds" and budget_s is not None else AUTO_SAFETY_S)
+    deadline = t0 + budget_s if mode == "seconds" and budget_s is not None else math.inf
     k = cheap.shape[0]
     bounds = cheap.copy()
     methods = np.full((k, k), METHOD_CHEAP, dtype=object)
     stage = np.zeros((k, k), dtype=np.int64)  # 0 cheap, 1 fast tried, 1 + s: refinement stage s tried
-    stages = REFINE_STAGES
+    stages = lipsdp_refine.STAGES if mode == "seconds" else lipsdp_refine.STAGES[:AUTO_STAGES]
     if mode in ("auto", "all") and sum(chain.weights.sizes) > AUTO_REFINE_MAX_HIDDEN:
         stages = ()
     last_stage = 1 + len(stages)
+    refined_per_stage = [0] * len(stages)
     prep = lipsdp.prepare(chain.weights)
     rec = lipsdp.fast_recursion(prep)
+    memory = _cached(_chain_digest(chain.weights))
     candidates: dict[tuple[int, int], tuple[float, list[np.ndarray]]] = {}
-    fast_rho = np.ones((k, k))
     rejected = 0
     out_of_time = False
-    warm: tuple[float, list[np.ndarray]] | None = None  # (fast rho, refined T) of the last refined pair
+    capped = False
     every_pair = {(i, j): 1 for i in range(k) for j in range(i + 1, k)}
     while True:
         counts = every_pair if mode == "all" else binding_pairs(f, target, correct, delta, bounds)
@@ -157,21 +204,22 @@ def tighten_pairs(
         for i, j in batch:
             if stage[i, j] == 0:
                 rho, tt = lipsdp.fast_candidate(prep, rec, i, j)
-                fast_rho[i, j] = rho
                 method = METHOD_FAST
-            elif (i, j) not in candidates:  # no verified start to refine from
+            elif (i, j) not in candidates or (
+                mode == "auto" and refined_per_stage[int(stage[i, j]) - 1] >= AUTO_MAX_REFINED_PAIRS
+            ):  # no verified start to refine from, or auto's work cap reached: the pair keeps its bound
+                capped = capped or (i, j) in candidates
                 stage[i, j] = stage[j, i] = last_stage
                 continue
             else:
-                rho0, t_start = candidates[(i, j)]
-                # another pair's multipliers, rescaled by the ratio of the two pairs' fast bounds
-                first = stage[i, j] == 1
-                hint = None if warm is None or not first else [x * (fast_rho[i, j] / warm[0]) for x in warm[1]]
-                its = stages[int(stage[i, j]) - 1]
-                rho, tt = lipsdp.refine_pair(prep, i, j, rho0, t_start, its, deadline, hint)
+                s = int(stage[i, j]) - 1
+                refined_per_stage[s] += 1
+                key = (i, j, stages[: s + 1])  # the schedule so far: it fixes the start too
+                if key not in memory:
+                    rho0, t_start = candidates[(i, j)]
+                    memory[key] = lipsdp_refine.refine_pair(prep, i, j, rho0, t_start, stages[s])
+                rho, tt = memory[key]
                 method = METHOD_REFINED
-                if first:
-                    warm = (fast_rho[i, j], tt)
             stage[i, j] = stage[j, i] = stage[i, j] + 1
             res = lipsdp.verify_pair(prep, i, j, rho, tt)
             if not res.accepted:
@@ -197,6 +245,7 @@ def tighten_pairs(
         "pairs_by_method": counts_by_method,
         "rejected_candidates": rejected,
         "budget_exhausted": out_of_time,
+        "work_capped": capped,
         "time_s": round(time.perf_counter() - t0, 4),
         "pairs": [
             {

@@ -187,6 +187,13 @@ def _apply(graph: Graph, node: Node, vi: int, x: np.ndarray, absolute: bool) -> 
         mat = _float_const(graph, node, 2 if absolute else 1)
         y = x.reshape(m, -1) @ mat.T
         return y.reshape((m, *[int(v) for v in attrs["out_shape"][1:]])), int(attrs.get("inner", 0))
+    if op == "Conv":  # reached only from lipgraph.chain (the affine tail does not take Conv)
+        from lipgraph.conv_dense import conv2d_linear
+
+        if vi != 0:
+            raise _NotAffine("Conv with a variable weight")
+        w = _float_const(graph, node, 1)
+        return conv2d_linear(x, np.abs(w) if absolute else w, attrs)
     if op == "Gemm":
         if vi != 0 or int(attrs.get("transA", 0)) != 0 or x.ndim != 2:
             raise _NotAffine("Gemm with a transposed or non-matrix variable operand")

@@ -42,8 +42,8 @@ def test_table_row_matches_certify(row: list[str], tmp_path: Path, capsys: pytes
     clean, cert, median, bound = row[2], row[3], row[4], row[5]
     assert clean == percent_down(rep['clean_accuracy'])
     if rep["meta"]["pair_bounds"].get("used"):
-        # Per-pair bounds come from an optimiser whose path depends on the BLAS's summation order (its build
-        # and thread setup): the table holds one machine's figures, which others reproduce to a few samples.
+        # Per-pair bounds come from an optimiser pinned to one BLAS thread, but its path still follows the BLAS
+        # build's summation order: the table holds one machine's figures, which others reproduce to a few samples.
         n = rep["samples"]
         assert abs(float(cert.rstrip("%")) / 100 - rep["certified_accuracy"]["0.5"]) <= 3 / n + 1e-4
         assert float(median) == pytest.approx(rep["median_radius"], rel=0.02)

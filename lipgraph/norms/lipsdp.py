@@ -26,18 +26,16 @@ larger (and a wrong one is rejected: its bound is worse than the cheap one, whic
 
 **Candidates.** :func:`fast_pair_bounds` is the closed-form layer-by-layer choice of ECLipsE-Fast
 (Xu & Sivaranjani, NeurIPS 2024) with scalar ``T_k``; the layer recursion does not depend on the pair,
-so all pairs cost one recursion plus one quadratic form ``c^T S_m^{-1} c`` each. :func:`refine_pair`
-improves the diagonal ``T`` of one pair by a first-order method: ``rho*(T)`` (the least feasible
-``rho``) is convex in ``T`` (a partial minimum of a linear function over a convex set), equal to
-``lambda_max(P^1/2 T_1 G T_1 P^1/2)`` with ``P = [H^-1]_11``, and its gradient follows from the
-maximising increments (Danskin's theorem): ``d rho / d t_{k,n} = 2 dx_{k,n} (W_k dx_{k-1} - dx_k)_n``.
+so all pairs cost one recursion plus one quadratic form ``c^T S_m^{-1} c`` each. :func:`rho_and_gradient`
+gives ``rho*(T)`` (the least feasible ``rho``, convex in ``T``: a partial minimum of a linear function
+over a convex set), equal to ``lambda_max(P^1/2 T_1 G T_1 P^1/2)`` with ``P = [H^-1]_11``, and its
+gradient from the maximising increments (Danskin's theorem): ``d rho / d t_{k,n} = 2 dx_{k,n} (W_k
+dx_{k-1} - dx_k)_n``; :mod:`lipgraph.norms.lipsdp_refine` minimises it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -334,68 +332,3 @@ def rho_and_gradient(prep: Prepared, t: list[np.ndarray], c: np.ndarray) -> tupl
         hk = sla.cho_solve(factors[k], t[k] * img)  # type: ignore[arg-type]
         grads.append(2.0 * hk * (img - hk))
     return rho, grads
-
-
-class _OutOfTime(Exception):
-    pass
-
-
-def refine_pair(
-    prep: Prepared,
-    i: int,
-    j: int,
-    rho0: float,
-    t0: list[np.ndarray],
-    iterations: int = 15,
-    deadline: float | None = None,
-    warm: list[np.ndarray] | None = None,
-) -> tuple[float, list[np.ndarray]]:
-    """Minimise ``rho*(T)`` over diagonal ``T > 0`` by L-BFGS (Liu & Nocedal 1989) in ``log T``.
-
-    Starts from the feasible candidate ``t0`` or, when better, from ``warm`` (e.g. another pair's
-    solution: the pairs share all but the last layer). Infeasible trial points (``H(T)`` not
-    definite) get a huge value, so the line search steps back. Returns the best feasible candidate
-    evaluated (never worse than the start); L-BFGS reached a given ``rho`` with 4x fewer
-    evaluations than normalised gradient steps on the sample MLPs.
-    """
-    from scipy.optimize import minimize
-
-    c = prep.weights.last[i] - prep.weights.last[j]
-    sizes = prep.weights.sizes
-    start = [x.copy() for x in t0]
-    start_rho, grads = rho_and_gradient(prep, start, c)
-    if warm is not None:
-        w_rho, w_grads = rho_and_gradient(prep, warm, c)
-        if w_grads is not None and w_rho < start_rho:
-            start, start_rho, grads = [x.copy() for x in warm], w_rho, w_grads
-    if grads is None or not math.isfinite(start_rho):
-        return rho0, t0
-    best: list = [start_rho, start]
-    scale = start_rho  # the objective is rho / rho_start: well scaled for the line search
-
-    def split(s: np.ndarray) -> list[np.ndarray]:
-        out, o = [], 0
-        for n in sizes:
-            out.append(np.exp(s[o : o + n]))
-            o += n
-        return out
-
-    def objective(s: np.ndarray) -> tuple[float, np.ndarray]:
-        if deadline is not None and time.perf_counter() > deadline:
-            raise _OutOfTime
-        t = split(s)
-        rho, g = rho_and_gradient(prep, t, c)
-        if g is None or not math.isfinite(rho):
-            return 1e30, np.zeros_like(s)
-        if rho < best[0]:
-            best[0], best[1] = rho, t
-        return rho / scale, np.concatenate([gk * tk for gk, tk in zip(g, t, strict=True)]) / scale
-
-    s0 = np.concatenate([np.log(np.maximum(x, 1e-300)) for x in start])
-    with contextlib.suppress(_OutOfTime):
-        minimize(
-            objective, s0, jac=True, method="L-BFGS-B", options={"maxiter": iterations, "maxfun": 2 * iterations + 5}
-        )
-    if best[0] >= rho0:
-        return rho0, t0
-    return best[0] * (1.0 + 1e-7), best[1]

@@ -216,3 +216,44 @@ def test_auto_skips_refinement_above_the_hidden_size_limit(digits_mlp, both, mon
     methods = {p["method"] for p in cert.meta["pair_bounds"]["pairs"]}
     assert "lipsdp-neuron" not in methods and "eclipse-fast" in methods
     assert np.all(cert.radii >= off.radii) and np.all(cert.radii <= auto.radii)
+
+
+def test_auto_is_reproducible_across_thread_counts_and_reuses_its_work(digits_mlp, both, monkeypatch) -> None:
+    from threadpoolctl import threadpool_limits
+
+    import lipgraph.pairs as pairs
+    from lipgraph.norms import lipsdp_refine
+
+    _, auto = both
+    monkeypatch.setattr(pairs, "_CACHE", {})  # recompute everything, this time under a 2-thread BLAS
+    with threadpool_limits(2):
+        again = certify(digits_mlp.onnx_path, digits_mlp.x, digits_mlp.y, eps=[0.1, 0.2], tight_pairs="auto")
+    np.testing.assert_array_equal(again.radii, auto.radii)
+    assert again.meta["pair_bounds"]["pairs"] == auto.meta["pair_bounds"]["pairs"]
+    # a second certify of the same model in this process reuses every refined pair: the same bounds, no solve
+    calls = []
+    real = lipsdp_refine.refine_pair
+    monkeypatch.setattr(lipsdp_refine, "refine_pair", lambda *a, **k: calls.append(a[2:4]) or real(*a, **k))
+    third = certify(digits_mlp.onnx_path, digits_mlp.x, digits_mlp.y, eps=[0.1, 0.2], tight_pairs="auto")
+    assert calls == []
+    np.testing.assert_array_equal(third.radii, auto.radii)
+    # fewer samples: the deciding pairs are a subset, all remembered, and each keeps its bound
+    part = certify(digits_mlp.onnx_path, digits_mlp.x[:40], digits_mlp.y[:40], eps=[0.1], tight_pairs="auto")
+    assert calls == []
+    full = {tuple(p["classes"]): p["bound"] for p in auto.meta["pair_bounds"]["pairs"]}
+    for p in part.meta["pair_bounds"]["pairs"]:
+        if p["method"] == "lipsdp-neuron":
+            assert p["bound"] == full[tuple(p["classes"])]
+
+
+def test_auto_work_cap_keeps_the_remaining_pairs_fast_and_says_so(digits_mlp, both, monkeypatch) -> None:
+    import lipgraph.pairs as pairs
+
+    monkeypatch.setattr(pairs, "AUTO_MAX_REFINED_PAIRS", 3)
+    off, auto = both
+    cert = certify(digits_mlp.onnx_path, digits_mlp.x, digits_mlp.y, eps=[0.1, 0.2], tight_pairs="auto")
+    pb = cert.meta["pair_bounds"]
+    assert pb["work_capped"] is True and auto.meta["pair_bounds"]["work_capped"] is False
+    assert pb["pairs_by_method"].get("lipsdp-neuron", 0) <= 3
+    assert pb["pairs_by_method"].get("eclipse-fast", 0) >= 1
+    assert np.all(cert.radii >= off.radii) and np.all(cert.radii <= auto.radii)
