@@ -159,24 +159,26 @@ def cholesky_certifies(gram_upper: np.ndarray, mu: float) -> tuple[bool, float]:
 def _cholesky_stack(gram: np.ndarray, idx: np.ndarray, mu: float) -> tuple[np.ndarray, np.ndarray]:
     """:func:`cholesky_certifies` for the matrices ``gram[idx]``, its set-up and slack vectorised.
 
-    Returns (passed mask, slack per matrix; inf where the factorisation failed). One LAPACK call per
-    matrix: measured 2x-5x faster than numpy's batched Cholesky here, and a failure names its matrix
-    (numpy raises for the whole batch). numpy, not scipy.linalg, whose import alone takes a second.
+    Returns (passed mask, slack per matrix; inf where the factorisation failed). One LAPACK ``potrf`` per
+    matrix, in place on the transposed (Fortran-ordered) view of a C-ordered copy, so it reads the lower
+    triangle of H (the upper of its transpose, whose Hermitian completion is conj(H): same eigenvalues).
+    Measured 1.5x-2.5x faster than numpy's ``cholesky`` (which copies each matrix and allocates its
+    factor), and 2x-5x faster than numpy's batched one; a failure names its matrix.
     """
+    from scipy.linalg import lapack  # scipy.linalg.lapack only (about 0.2 s to import, once)
+
     k = gram.shape[1]
     is_complex = np.iscomplexobj(gram)
-    # A copy (one pass when every matrix is asked for); numpy's cholesky (potrf) reads its lower triangle only.
+    potrf = lapack.zpotrf if is_complex else lapack.dpotrf
+    # A copy (one pass when every matrix is asked for), factorised in place.
     h = np.negative(gram) if len(idx) == gram.shape[0] else -gram[idx]
     d = np.arange(k)
     diag = mu + np.real(h[:, d, d])  # mu - g_ii (the negation above is exact)
     h[:, d, d] = diag
     ok = np.zeros(len(idx), dtype=bool)
     for j in range(len(idx)):
-        try:
-            np.linalg.cholesky(h[j])
-            ok[j] = True
-        except np.linalg.LinAlgError:
-            pass
+        _, info = potrf(h[j].T, lower=0, overwrite_a=1, clean=0)
+        ok[j] = info == 0  # info > 0: a leading minor is not positive (or NaN): not certified
     gamma = _gamma(k + 1, is_complex)
     absd = np.abs(diag)
     trace = absd.sum(axis=1) * (1 + (k + 1) * EPS64) * (1 + 4 * EPS64)

@@ -194,3 +194,27 @@ def test_exported_conv_net_bound_covers_the_onnxruntime_norm(tmp_path):
         conv_rows = [n for n in res.nodes if n.op_type == "Conv"]
         assert len(conv_rows) == 1 and conv_rows[0].method.endswith("Gram kernel"), conv_rows
         assert exact * (1 - 1e-6) <= res.bound <= circ * TIGHT * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("complex_", [True, False])
+def test_in_place_cholesky_stack_rejects_near_misses_and_reads_one_triangle(complex_):
+    """The batched in-place certificate: accepts mu just above lambda_max, rejects mu just below, and
+    depends only on the lower triangle (garbage in the upper one changes nothing)."""
+    rng = np.random.default_rng(8)
+    a = rng.standard_normal((5, 30, 40))
+    if complex_:
+        a = a + 1j * rng.standard_normal((5, 30, 40))
+    g = a @ np.conj(np.swapaxes(a, 1, 2))
+    lam = np.linalg.eigvalsh(g)[:, -1]
+    top = float(lam.max())
+    for rel, want in ((1 + 1e-7, [True] * 5), (1 - 1e-7, list(lam < top * (1 - 1e-7)))):
+        ok, slack = stack_sv._cholesky_stack(g, np.arange(5), top * rel)
+        assert list(ok) == want
+        assert np.all(slack[ok] < 1e-9 * top) and np.all(np.isinf(slack[~ok]))
+    iu = np.triu_indices(30, 1)
+    messy = g.copy()
+    messy[:, iu[0], iu[1]] = 1e6  # not Hermitian any more: only the lower triangle may be read
+    ok_messy, _ = stack_sv._cholesky_stack(messy, np.arange(5), top * (1 + 1e-7))
+    assert ok_messy.all()
+    ok_sub, _ = stack_sv._cholesky_stack(g, np.array([int(np.argmax(lam))]), top * (1 - 1e-7))
+    assert not ok_sub.any()  # a subset (the copy path) rejects the maximum just the same
