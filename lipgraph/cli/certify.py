@@ -161,7 +161,7 @@ def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, 
     cert.meta["time_total_s"] = round(time.perf_counter() - t0, 4)
     out.emit(plan, cert)
     if not quiet:
-        click.echo(out.verdict_line(cert.to_json()), err=True)
+        click.echo(out.verdict_line(cert.to_json(per_sample=False)), err=True)
     return 0 if (cert.passed or exit_zero) else 1
 
 

@@ -75,5 +75,5 @@ def merge(
     g.apply(cert, cfg, base)
     out.emit(plan, cert)
     if not quiet:
-        click.echo(out.verdict_line(cert.to_json()), err=True)
+        click.echo(out.verdict_line(cert.to_json(per_sample=False)), err=True)
     return 0 if (cert.passed or exit_zero) else 1

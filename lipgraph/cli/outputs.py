@@ -12,7 +12,7 @@ import contextlib
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,15 +105,23 @@ def renderer(fmt: str) -> Callable[[Any], str]:
 
 def emit(plan: list[Output], report: Any, only: set[str] | None = None) -> None:
     """Render every output of ``plan`` (those in ``only``, when given), then publish them all."""
+    from lipgraph.report.json_stream import has_rows, json_chunks, without_rows
+
     chosen = [o for o in plan if only is None or o.fmt in only]
-    texts = [(o, renderer(o.fmt)(report)) for o in chosen]  # all rendered before anything is written
+    # All rendered before anything is written, except a JSON report's per-sample rows: those are written
+    # chunk by chunk into its temp file (lipgraph.report.json_stream), and published with the others.
+    summary = without_rows(report)
+    texts: list[tuple[Output, str | Iterable[str]]] = [
+        (o, json_chunks(report) if o.fmt == "json" and has_rows(report) else renderer(o.fmt)(summary)) for o in chosen
+    ]
     _write_all([(o.path, t) for o, t in texts if o.path is not None])
     for o, t in texts:
         if o.path is None:
-            click.echo(t, nl=False)
+            for part in [t] if isinstance(t, str) else t:
+                click.echo(part, nl=False)
 
 
-def _write_all(files: list[tuple[str, str]]) -> None:
+def _write_all(files: list[tuple[str, str | Iterable[str]]]) -> None:
     temps: list[tuple[str, Path]] = []
     try:
         for path, text in files:
@@ -121,7 +129,8 @@ def _write_all(files: list[tuple[str, str]]) -> None:
             fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent))
             temps.append((tmp, p))
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
+                for part in [text] if isinstance(text, str) else text:
+                    fh.write(part)
         for tmp, p in temps:
             publish(tmp, p)
     except BaseException as exc:

@@ -21,7 +21,15 @@ from lipgraph.norms.conv_geometry import (
     _per_axis,
     output_size,
 )
-from lipgraph.norms.stack_sv import top_sv_stack
+from lipgraph.norms.conv_gram import (
+    drop_zero_lines,
+    gram_kernel,
+    gram_kernel_allowance,
+    gram_kernel_cost,
+    gram_kernel_fits,
+    gram_symbols,
+)
+from lipgraph.norms.stack_sv import SVD_MAX_SIDE, certify_gram_stack, top_sv_stack
 
 # Symbol arrays larger than this many complex entries are processed in frequency chunks.
 _CHUNK_ENTRIES = 4_000_000
@@ -138,6 +146,16 @@ def _top_sv_stack(mats: np.ndarray) -> float:
     return top_sv_stack(mats)
 
 
+def _gram_kernel_bound(pk: np.ndarray, freqs: np.ndarray, grid: Sequence[int]) -> float:
+    """Sound bound of ``max_w sigma_1(P_hat(w))`` from the Gram matrices of :func:`conv_gram.gram_symbols`."""
+    gk = gram_kernel(pk)
+    err = gram_kernel_allowance(gk)
+    sq = 0.0
+    for gram in gram_symbols(gk, freqs, grid):
+        sq = max(sq, certify_gram_stack(gram, err, floor=sq))
+    return float(np.nextafter(math.sqrt(sq) * (1 + 2 * EPS64), np.inf))
+
+
 def conv_circulant_bound(
     weight: np.ndarray,
     groups: int,
@@ -177,29 +195,38 @@ def conv_circulant_bound(
     outs = _out_spatial(geo, w.shape[2:])
     if min(outs) <= 0:
         raise ValueError(f"conv output size {outs} is empty")
-    pk = phase_kernel(w, groups, geo.strides, geo.dilations)  # (g, mg, cp, Q...)
+    # Zero rows/columns dropped (exact): a 1x1 strided conv's phase kernel is mostly zeros.
+    pk = drop_zero_lines(phase_kernel(w, groups, geo.strides, geo.dilations))  # (g, mg, cp, Q...)
     g, mg, cp = pk.shape[:3]
+    path = ""
     if all(q == 1 for q in pk.shape[3:]):
         # A 1x1 phase kernel: the symbol is the same matrix at every frequency (no DFT needed).
         mats = pk.reshape(g, mg, cp)
         value = _top_sv_stack(mats.astype(np.float64))
         dft_err = 0.0
     else:
-        value = 0.0
         freqs = _half_frequencies(grid)
-        qshape = pk.shape[3:]
-        flat = pk.reshape(g * mg * cp, -1).T  # (T, g*mg*cp)
-        chunk = max(1, _CHUNK_ENTRIES // max(1, g * mg * cp))
-        for f0 in range(0, freqs.shape[0], chunk):
-            cos, sin = _twiddles(freqs[f0 : f0 + chunk], qshape, grid)
-            sym = (cos @ flat) + 1j * (sin @ flat)  # (F, g*mg*cp): the symbol at each frequency
-            sym = np.swapaxes(sym.reshape(-1, g, mg, cp), 0, 1).reshape(-1, mg, cp)
-            value = max(value, _top_sv_stack(sym))
-        dft_err = _dft_allowance(pk)
+        direct_cost, auto_cost = gram_kernel_cost(pk.shape, freqs.shape[0])
+        if min(mg, cp) > SVD_MAX_SIDE and auto_cost < direct_cost and gram_kernel_fits(pk.shape):
+            # Gram matrices from the kernel's autocorrelation: no per-frequency product (module conv_gram).
+            value, path = _gram_kernel_bound(pk, freqs, grid), ", Gram kernel"
+            dft_err = 0.0  # covered by the Gram kernel's own allowance
+        else:
+            value = 0.0
+            qshape = pk.shape[3:]
+            flat = pk.reshape(g * mg * cp, -1).T  # (T, g*mg*cp)
+            chunk = max(1, _CHUNK_ENTRIES // max(1, g * mg * cp))
+            for f0 in range(0, freqs.shape[0], chunk):
+                cos, sin = _twiddles(freqs[f0 : f0 + chunk], qshape, grid)
+                sym = (cos @ flat) + 1j * (sin @ flat)  # (F, g*mg*cp): the symbol at each frequency
+                sym = np.swapaxes(sym.reshape(-1, g, mg, cp), 0, 1).reshape(-1, mg, cp)
+                # The bound so far is tried first on the next chunk (no new trial value when it holds).
+                value = max(value, top_sv_stack(sym, floor=value))
+            dft_err = _dft_allowance(pk)
     value = float(np.nextafter(value + dft_err, np.inf))
     grid_txt = "x".join(str(v) for v in grid)
     s_txt = "" if all(s == 1 for s in geo.strides) else f", polyphase s={'x'.join(map(str, geo.strides))}"
-    return NormBound(value, f"circulant symbol N={grid_txt}{s_txt}", None)
+    return NormBound(value, f"circulant symbol N={grid_txt}{s_txt}{path}", None)
 
 
 def circular_norm_same_grid(weight: np.ndarray, in_spatial: Sequence[int]) -> float:

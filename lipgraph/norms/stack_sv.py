@@ -46,21 +46,33 @@ def _up(x: float) -> float:
 def gram_stack(mats: np.ndarray) -> tuple[np.ndarray, float]:
     """Gram matrices of the smaller side and an additive allowance: ``(G, err)``.
 
-    ``G[f]`` is fl(A A^H) or fl(A^H A), whichever is smaller (one batched BLAS-3 product), and
-    ``||G[f] - exact Gram||_2 <= err`` for every f: every entry is an inner product of length ``inner``,
-    off by at most ``gamma_inner (|A| |A|^H)_ij`` (Higham 2002, sec. 3.5; gamma with a factor 4 for
-    complex arithmetic), and ``|| |A| |A|^H ||_2 <= ||A||_F^2``. Both triangles of G carry this bound.
+    ``G[f]`` is fl(A A^H) or fl(A^H A), whichever is smaller, and ``||G[f] - exact Gram||_2 <= err`` for
+    every f. Real matrices: one symmetric rank-k product per matrix (BLAS syrk). Complex ``A = X + iY``:
+    ``Re = [X Y][X Y]^T`` (syrk, inner length 2n) and ``Im = M - M^T`` with ``M = Y X^T`` (one real
+    product), half the flops of a complex product. Every real entry errs by at most
+    ``gamma_{2n+1} (|A| |A|^H)_ij`` (Higham 2002, sec. 3.5; ``|x_ik x_jk| + |y_ik y_jk|`` and
+    ``|y_ik x_jk| + |x_ik y_jk|`` are both at most ``|a_ik| |a_jk|``), so the complex entry by
+    ``sqrt(2)`` times that, and ``|| |A| |A|^H ||_2 <= ||A||_F^2``.
     """
     f, m, n = mats.shape
     is_complex = np.iscomplexobj(mats)
     if m > n:  # work on the side with fewer rows: A^H A has the spectrum of B B^H for B = A^H
         mats = np.conj(np.swapaxes(mats, 1, 2))
         m, n = n, m
-    # Measured: numpy's batched product with the conjugate-transposed view is as fast as any layout.
-    gram = np.matmul(mats, np.conj(np.swapaxes(mats, 1, 2)))
+    gram = np.empty((f, m, m), dtype=np.complex128 if is_complex else np.float64)
+    for i in range(f):  # 2-D products: numpy hands ``x @ x.T`` to syrk (a batched matmul would not)
+        if is_complex:
+            x = np.concatenate([mats[i].real, mats[i].imag], axis=1)
+            cross = mats[i].imag @ mats[i].real.T
+            gram[i].real = x @ x.T
+            gram[i].imag = cross - cross.T
+        else:
+            x = np.ascontiguousarray(mats[i])
+            gram[i] = x @ x.T
     fro2 = float((mats.real**2 + mats.imag**2).sum(axis=(1, 2)).max()) if f else 0.0
     fro2 = _up(fro2 * (1 + (m * n + 2) * EPS64))
-    err = _up(_gamma(n, is_complex) * fro2 + m * m * _TINY)
+    coeff = 1.5 * _gamma(2 * n + 2, False) if is_complex else _gamma(n, False)
+    err = _up(coeff * fro2 + m * m * _TINY)
     return gram, err
 
 
@@ -99,12 +111,13 @@ def lanczos_top(full: np.ndarray, steps: int = LANCZOS_STEPS, seed: int = 0) -> 
     return np.linalg.eigvalsh(tri)[:, -1]
 
 
-def _estimate_top(gram: np.ndarray, candidates: int = 16) -> np.ndarray:
+def _estimate_top(gram: np.ndarray, candidates: int = 4) -> np.ndarray:
     """Lanczos estimates of lambda_max for the few matrices most likely to hold the maximum.
 
     Every matrix gets three power steps (a rough lower estimate); the ``candidates`` highest then get
     the full Lanczos run. If the true maximum is elsewhere, its Cholesky certificate fails and the exact
-    fallback handles it: the choice affects speed only.
+    fallback handles it: the choice affects speed only (measured: 4 candidates instead of 16 cut the
+    Lanczos time of a ResNet by 3x, with the same trial values).
     """
     f, k, _ = gram.shape
     if f <= candidates:
@@ -143,6 +156,37 @@ def cholesky_certifies(gram_upper: np.ndarray, mu: float) -> tuple[bool, float]:
     return True, _up(slack)
 
 
+def _cholesky_stack(gram: np.ndarray, idx: np.ndarray, mu: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`cholesky_certifies` for the matrices ``gram[idx]``, its set-up and slack vectorised.
+
+    Returns (passed mask, slack per matrix; inf where the factorisation failed). One LAPACK ``potrf`` per
+    matrix, in place on the transposed (Fortran-ordered) view of a C-ordered copy, so it reads the lower
+    triangle of H (the upper of its transpose, whose Hermitian completion is conj(H): same eigenvalues).
+    Measured 1.5x-2.5x faster than numpy's ``cholesky`` (which copies each matrix and allocates its
+    factor), and 2x-5x faster than numpy's batched one; a failure names its matrix.
+    """
+    from scipy.linalg import lapack  # scipy.linalg.lapack only (about 0.2 s to import, once)
+
+    k = gram.shape[1]
+    is_complex = np.iscomplexobj(gram)
+    potrf = lapack.zpotrf if is_complex else lapack.dpotrf
+    # A copy (one pass when every matrix is asked for), factorised in place.
+    h = np.negative(gram) if len(idx) == gram.shape[0] else -gram[idx]
+    d = np.arange(k)
+    diag = mu + np.real(h[:, d, d])  # mu - g_ii (the negation above is exact)
+    h[:, d, d] = diag
+    ok = np.zeros(len(idx), dtype=bool)
+    for j in range(len(idx)):
+        _, info = potrf(h[j].T, lower=0, overwrite_a=1, clean=0)
+        ok[j] = info == 0  # info > 0: a leading minor is not positive (or NaN): not certified
+    gamma = _gamma(k + 1, is_complex)
+    absd = np.abs(diag)
+    trace = absd.sum(axis=1) * (1 + (k + 1) * EPS64) * (1 + 4 * EPS64)
+    slack = gamma / (1.0 - gamma) * trace + EPS64 * absd.max(axis=1, initial=0.0) + k * k * _TINY
+    slack = np.nextafter(slack * (1 + 4 * EPS64), np.inf)
+    return ok, np.where(ok, slack, np.inf)
+
+
 def _exact_top_eig(gram_upper: np.ndarray, err: float) -> float:
     """Bound of lambda_max(G) from LAPACK's backward-stable Hermitian eigensolver.
 
@@ -153,13 +197,15 @@ def _exact_top_eig(gram_upper: np.ndarray, err: float) -> float:
     return inflate(max(lam, err), gram_upper.shape[0])
 
 
-def top_sv_stack(mats: np.ndarray, tol: float = CHOLESKY_TOL) -> float:
+def top_sv_stack(mats: np.ndarray, tol: float = CHOLESKY_TOL, floor: float = 0.0) -> float:
     """Sound upper bound of ``max_f sigma_1(mats[f])`` (exact arithmetic on the given float64 matrices).
 
     Small matrices: batched SVD plus the SVD allowance. Otherwise the Gram + Lanczos + Cholesky
     certificate described in the module docstring, with the exact eigensolve as the fallback for the
     frequencies the certificate rejects. Tightness: at most ``sqrt(1 + tol)`` (plus rounding
-    allowances of order ``k^2 u``) above the exact maximum.
+    allowances of order ``k^2 u``) above the exact maximum. ``floor``: a singular value bound already
+    proven for other matrices of the same operator, tried first as the trial value (see
+    :func:`certify_gram_stack`); the result is then a bound of the max over both.
     """
     f, m, n = mats.shape
     if discarded():  # the caller throws the value away (see lipgraph.norms.values_discarded)
@@ -173,19 +219,49 @@ def top_sv_stack(mats: np.ndarray, tol: float = CHOLESKY_TOL) -> float:
         s = float(np.linalg.svd(mats, compute_uv=False)[:, 0].max())
         return inflate(s, max(m, n))
     gram, err = gram_stack(mats)
+    return _sqrt_up(certify_gram_stack(gram, err, tol, floor * floor))
+
+
+def _sqrt_up(sq: float) -> float:
+    return float(np.nextafter(math.sqrt(sq) * (1 + 2 * EPS64), np.inf))
+
+
+def _trial_value(gram: np.ndarray, tol: float) -> float:
+    """A shared trial value slightly above the largest Lanczos estimate (a guess: soundness never rests on it)."""
     mu = float(_estimate_top(gram).max()) * (1.0 + tol)
     if not (mu > 0.0 and math.isfinite(mu)):
         mu = float(np.abs(gram).max()) * gram.shape[1]  # a zero or degenerate stack
-    best_sq = 0.0
-    for i in range(f):
-        # One LAPACK call per matrix: measured 2x-5x faster than numpy's batched Cholesky here, and a
-        # failure names its matrix (numpy raises for the whole batch). numpy, not scipy.linalg, whose
-        # import alone takes a second.
-        ok, slack = cholesky_certifies(gram[i], mu)
-        # A frequency above the trial value gets the exact eigensolve instead.
-        best_sq = max(best_sq, _up(mu + slack) if ok else _exact_top_eig(gram[i], err))
-    sq = _up(best_sq + err)
-    return float(np.nextafter(math.sqrt(sq) * (1 + 2 * EPS64), np.inf))
+    return mu
+
+
+def certify_gram_stack(gram: np.ndarray, err: float, tol: float = CHOLESKY_TOL, floor: float = 0.0) -> float:
+    """Sound upper bound of ``max_f lambda_max(exact Gram_f)`` given computed Hermitian ``gram`` within ``err``.
+
+    Each matrix is certified by a Cholesky factorisation against a shared trial value; those the
+    certificate rejects get the exact eigensolve. ``floor`` (a bound already proven for other
+    frequencies of the same operator, or 0) is tried first as the trial value: frequencies below it cost
+    one factorisation and no Lanczos run, and only the rejected ones pick a new trial value.
+    """
+    f = gram.shape[0]
+    if f == 0:
+        return 0.0
+    todo = np.arange(f)
+    best = 0.0
+    mu = floor if floor > 0.0 and math.isfinite(floor) else _trial_value(gram, tol)
+    for attempt in range(2):
+        ok, slack = _cholesky_stack(gram, todo, mu)
+        if ok.any():
+            best = max(best, _up(mu + float(slack[ok].max())))
+        todo = todo[~ok]
+        if todo.size == 0 or attempt == 1:
+            break
+        new_mu = _trial_value(gram[todo], tol)
+        if new_mu <= mu:  # the estimate sees nothing above the trial value: the eigensolve decides
+            break
+        mu = new_mu
+    for i in todo:  # frequencies above the trial value get the exact eigensolve
+        best = max(best, _exact_top_eig(gram[i], err))
+    return _up(best + err)
 
 
 def gram_iteration_stack(mats: np.ndarray, iterations: int = 6) -> np.ndarray:

@@ -1,0 +1,143 @@
+"""Gram matrices of a conv's symbols at many frequencies, from the kernel's autocorrelation.
+
+The symbol of a stride-1 (phase) kernel ``P`` with taps ``q`` is ``A(w) = sum_q P_q e^{-i <w, q>}``, so its
+Gram matrix is ``A(w) A(w)^H = sum_delta R_delta e^{-i <w, delta>}`` with the autocorrelation
+``R_delta = sum_{q - q' = delta} P_q P_q'^T`` (real, one matrix per tap offset). All ``R_delta`` come from one
+symmetric product of the taps stacked on top of each other (``(T m)^2 n`` flops for T taps), after which
+every frequency costs a small DFT over the ``(2Q - 1)^d`` offsets (``4 D m^2`` flops) instead of a Gram
+product (``4 m^2 n``) and the forming of its symbol. On the smaller side only (``A^H A`` when the kernel
+has fewer input than output channels: the same construction on the transposed taps gives the complex
+conjugate of ``A^H A``, whose eigenvalues are the same). This is the Gram matrix of Sedghi et al. (2019)'s
+per-frequency blocks, computed as the DFT of the kernel's autocorrelation.
+
+Rounding (Higham 2002, sec. 3.1 and 3.5, any summation order). Write ``S = sum_q |P_q|`` (entrywise).
+``fl(R_delta)`` sums at most T products of inner length n: its entries err by at most
+``gamma_{n+T} sum_{q-q'=delta} (|P_q| |P_q'|^T)_ij``. Each real part of ``fl(G(w))`` is a dot product of
+length D of those with twiddles that are within ``(8d + 4) u`` of exact (the symbol's own DFT makes the
+same assumption), so per real part the entry errs by at most ``c (S S^T)_ij`` with
+``c = gamma_{D + n + T + 8d + 8}``, since ``sum_delta sum_{q-q'=delta} |P_q| |P_q'|^T = S S^T``. The complex
+entry errs by ``sqrt(2) c (S S^T)_ij`` and ``||E||_2 <= sqrt(2) c ||S||_F^2``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lipgraph.norms import EPS64
+
+# Largest stacked-tap matrix (T m) x (T m) built at once (entries, float64): 512 MiB.
+_MAX_STACK_ENTRIES = 2**26
+# Complex entries of Gram matrices produced per chunk of frequencies (64 MiB).
+_GRAM_CHUNK_ENTRIES = 4_000_000
+# Relative speeds measured on one thread (OpenBLAS, AVX2): a symmetric rank-k product (syrk) runs at
+# about 0.6x the flop rate of a general one; used only to choose the cheaper of two sound paths.
+_SYRK_SLOWDOWN = 1.6
+
+
+@dataclass(frozen=True)
+class GramKernel:
+    """Autocorrelation of a phase kernel on its smaller side: ``R[g, k]`` is ``R_delta`` for ``deltas[k]``."""
+
+    r: np.ndarray  # (groups, D, m, m) float64
+    deltas: np.ndarray  # (D, d) int, each axis in [-(Q-1), Q-1]
+    s_fro2: float  # upper bound of max over groups of ||sum_q |P_q| ||_F^2
+    inner: int  # n, the inner length of every product
+    taps: int  # T
+
+
+def drop_zero_lines(pk: np.ndarray) -> np.ndarray:
+    """Remove output rows and input columns that are zero at every tap in every group (exact: zero rows
+    and columns do not change the singular values). A 1x1 strided conv's phase kernel is 3/4 zeros."""
+    g, mg, cp = pk.shape[:3]
+    nz = pk.reshape(g, mg, cp, -1) != 0
+    rows = nz.any(axis=(0, 2, 3))
+    cols = nz.any(axis=(0, 1, 3))
+    if rows.all() and cols.all():
+        return pk
+    if not rows.any() or not cols.any():
+        return pk[:, :1, :1] * 0.0  # the zero operator: one zero entry keeps the shapes valid
+    return pk[:, rows][:, :, cols]
+
+
+def gram_kernel_cost(pk_shape: Sequence[int], n_freq: int) -> tuple[float, float]:
+    """Rough cost (flop-equivalents) of (the direct Gram path, the autocorrelation path) for one phase kernel."""
+    g, mg, cp = pk_shape[:3]
+    qs = pk_shape[3:]
+    m, n = min(mg, cp), max(mg, cp)
+    t = math.prod(qs)
+    d_off = math.prod(2 * q - 1 for q in qs)
+    # Direct: forming the symbol (2 real products over T taps) plus a syrk of inner 2n and one m x m product.
+    direct = g * n_freq * (4.0 * t * m * n + _SYRK_SLOWDOWN * 2.0 * m * m * n + 2.0 * m * m * n)
+    auto = g * (_SYRK_SLOWDOWN * (t * m) ** 2 * n + 4.0 * d_off * n_freq * m * m + 2.0 * n_freq * m * m)
+    return direct, auto
+
+
+def gram_kernel_fits(pk_shape: Sequence[int]) -> bool:
+    mg, cp = pk_shape[1:3]
+    return (math.prod(pk_shape[3:]) * min(mg, cp)) ** 2 <= _MAX_STACK_ENTRIES
+
+
+def gram_kernel(pk: np.ndarray) -> GramKernel:
+    """``R_delta`` for every offset, per group, on the smaller side of the phase kernel ``(g, mg, cp, Q...)``."""
+    g, mg, cp = pk.shape[:3]
+    qs = tuple(pk.shape[3:])
+    d = len(qs)
+    taps = np.indices(qs).reshape(d, -1).T  # (T, d)
+    t = taps.shape[0]
+    # X_q: (m, n) with m the smaller side; for A^H A use P_q^T (see the module docstring).
+    x = pk.reshape(g, mg, cp, t)
+    x = np.moveaxis(x, 3, 1)  # (g, T, mg, cp)
+    if cp < mg:
+        x = np.swapaxes(x, 2, 3)  # (g, T, cp, mg)
+    m, n = x.shape[2], x.shape[3]
+    span = tuple(2 * q - 1 for q in qs)
+    deltas = np.indices(span).reshape(d, -1).T - (np.asarray(qs) - 1)  # (D, d)
+    # Position of each delta in the flattened offset grid.
+    index = {tuple(int(v) for v in dl): k for k, dl in enumerate(deltas)}
+    r = np.zeros((g, deltas.shape[0], m, m))
+    s_fro2 = 0.0
+    for gi in range(g):
+        stack = np.ascontiguousarray(x[gi].reshape(t * m, n))
+        z = stack @ stack.T  # syrk: every block (q, q') is X_q X_q'^T
+        for a in range(t):
+            for b in range(t):
+                k = index[tuple(int(v) for v in taps[a] - taps[b])]
+                r[gi, k] += z[a * m : (a + 1) * m, b * m : (b + 1) * m]
+        s = np.abs(x[gi]).sum(axis=0)
+        s_fro2 = max(s_fro2, float((s * s).sum()))
+    s_fro2 *= 1.0 + (m * n + t + 2) * EPS64 / (1.0 - (m * n + t + 2) * EPS64)
+    return GramKernel(r, deltas, float(np.nextafter(s_fro2, np.inf)), n, t)
+
+
+def _offset_twiddles(freqs: np.ndarray, deltas: np.ndarray, grid: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of ``-2 pi sum_d u_d delta_d / N_d``, the integer products reduced mod N_d exactly first."""
+    tw = np.ones((freqs.shape[0], deltas.shape[0]), dtype=np.complex128)
+    for ax, nn in enumerate(grid):
+        k = np.outer(freqs[:, ax], deltas[:, ax]) % nn
+        tw *= np.exp(-2j * np.pi * k / nn)
+    return tw.real.copy(), tw.imag.copy()
+
+
+def gram_kernel_allowance(gk: GramKernel) -> float:
+    """``||fl(G(w)) - A(w) A(w)^H||_2`` bound at every frequency (see the module docstring)."""
+    d = gk.deltas.shape[1]
+    k = gk.deltas.shape[0] + gk.inner + gk.taps + 8 * d + 8
+    gamma = k * EPS64 / (1.0 - k * EPS64)
+    return float(np.nextafter(math.sqrt(2.0) * gamma * gk.s_fro2 * (1 + 8 * EPS64), np.inf))
+
+
+def gram_symbols(gk: GramKernel, freqs: np.ndarray, grid: Sequence[int]) -> Iterator[np.ndarray]:
+    """The Gram matrices ``(chunk * groups, m, m)`` (complex128, Hermitian) at ``freqs``, chunk by chunk."""
+    g, n_off, m = gk.r.shape[:3]
+    flat = np.moveaxis(gk.r, 1, 0).reshape(n_off, g * m * m)  # (D, g*m*m)
+    chunk = max(1, _GRAM_CHUNK_ENTRIES // max(1, g * m * m))
+    for f0 in range(0, freqs.shape[0], chunk):
+        cos, sin = _offset_twiddles(freqs[f0 : f0 + chunk], gk.deltas, grid)
+        out = np.empty((cos.shape[0], g * m * m), dtype=np.complex128)
+        out.real = cos @ flat
+        out.imag = sin @ flat
+        yield np.swapaxes(out.reshape(-1, g, m, m), 0, 1).reshape(-1, m, m)
