@@ -208,11 +208,11 @@ def sandwich(ctx: RuleContext) -> Bound:
     n_norm = spectral_norm(n).value
     m_norm = spectral_norm(m).value + m_err
     generic = _up(m_norm * n_norm)
-    cert, gap = sandwich_certificate(m, n, n_norm, m_err)
+    cert, gap = sandwich_certificate(m, n, n_norm, m_err, worth_below=generic)
     if cert < generic:
         best, method = cert, f"sandwich (LBDN), lambda_max(G) <= {gap:.2e}"
     else:
-        best, method = generic, "sandwich, ||M|| ||N|| (no diagonal Lambda certifies less)"
+        best, method = generic, "sandwich, ||M|| ||N|| (no diagonal Lambda tried certifies less)"
     return Bound(best * lin, method, factor=best)
 
 
