@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-awp-overhead", action="store_true", help="skip the AWP-vs-PGD step timing")
     ap.add_argument("--attack-eval", action="store_true",
                     help="PGD-L2 robust accuracy at every --eps beside the certified one (rows' robust_accuracy)")
+    ap.add_argument("--keep-models", default=None, metavar="DIR",
+                    help="write each model (METHOD-sSEED.onnx) and the test split there, for `lipgraph certify`")
     ap.add_argument("--quick", action="store_true", help="1 epoch, 3000 train / 1000 test images")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "train_mnist.json"))
     args = ap.parse_args(argv)
@@ -90,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     awp_eps = args.awp_eps if args.awp_eps is not None else hinge_eps
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
+    if args.keep_models:
+        os.makedirs(args.keep_models, exist_ok=True)
 
     rows = []
     epochs_by_method: dict[str, int] = {}
@@ -114,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                 epochs_by_method[method] = ep
                 print(f"== {method} ({arch}, {ep} epochs, {len(data.x_train)} train images)", file=sys.stderr)
                 t0 = time.perf_counter()
-                res = run(cfg, args.dataset, os.path.join(tmp, f"{method}.onnx"), threads=args.threads, data=data,
+                model_path = os.path.join(args.keep_models or tmp, f"{method}-s{seed}.onnx")
+                res = run(cfg, args.dataset, model_path, threads=args.threads, data=data,
                           certify_eps=eps_list, attack=AttackConfig(seed=args.seed) if args.attack_eval else None)
                 wall = time.perf_counter() - t0
                 ce = res.certificate or {}
