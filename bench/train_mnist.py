@@ -15,6 +15,20 @@ in training, pre-scaled by a power-iteration estimate; converged in float64 at e
 cross-entropy (tau 4, non-target logits raised by sqrt2*2.0: trained a bit above the 1.58 it is
 evaluated at), Adam lr 5e-3 one-cycle, batch 1024, 20 epochs.
 Large batches matter on a CPU: the Björck iterations cost the same per step whatever the batch.
+Recipes of issue 14 (MNIST, 10,000 test images, eps 1.58; --attack-eval adds PGD-L2 robust accuracy and
+PGD inside every certified radius, which must flip nothing; results/README rows from exactly these):
+    # GroupSort MLP, long run (48 epochs): the best 1-Lipschitz recipe a 2-core CPU trains within the hour
+    python bench/train_mnist.py --methods groupsort --gs-epochs 48 --attack-eval --no-awp-overhead \
+        --json bench/results/train_mnist_gs_long.json
+    # LMT on a ReLU MLP, certified with per-pair bounds (the exported last layer is centred)
+    python bench/train_mnist.py --methods lmt --arch mlp-wide --epochs 15 --c 2.5 --c-ramp-epochs 3 \
+        --batch-size 128 --lr 2e-3 --lr-schedule cosine --attack-eval --no-awp-overhead \
+        --json bench/results/train_mnist_lmt.json
+    # does AWP help LMT? the same recipe shortened to 8 epochs, with and without AWP, seeds 0/1/2
+    python bench/train_mnist.py --methods lmt,lmt+awp --seeds 0,1,2 --arch mlp-wide --epochs 8 --c 2.5 \
+        --c-ramp-epochs 3 --batch-size 128 --lr 2e-3 --lr-schedule cosine --no-awp-overhead \
+        --json bench/results/train_mnist_lmt_awp.json
+`--keep-models DIR` keeps each model and its test split for `lipgraph certify`.
     python bench/train_mnist.py --quick                  # smoke run: 1 epoch on 3000 images
     python bench/train_mnist.py --dataset digits --methods plain,lmt,groupsort,awp,lmt+awp \
         --eps 0.25 --eps 0.5 --eps 1.0 --epochs 30 --c 1.0 --hinge-eps 0.5 --json /tmp/digits.json
