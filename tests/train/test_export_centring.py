@@ -70,5 +70,6 @@ def test_one_lipschitz_last_layers_are_not_centred(digits, arch, method):
     net = plain_model(model)
     from lipgraph.train.export import final_weight
 
-    np.testing.assert_allclose(net[-1].weight.detach().double().numpy(),
-                               final_weight(model.layers[-1]).numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        net[-1].weight.detach().double().numpy(), final_weight(model.layers[-1]).numpy(), atol=1e-6
+    )
