@@ -44,7 +44,8 @@ TORCH_HINT = 'the trainer needs PyTorch: pip install torch==2.13.0 -e ".[torch]"
               help="Test split to write (default <model>.test.npz).")
 @click.option("--attack-eval", is_flag=True,
               help="After training, PGD-L2 robust accuracy on the test split at --eps, printed beside the "
-                   "certified accuracy (the certification gap) and recorded in the model's metadata.")
+                   "certified accuracy (the certification gap) and recorded in the model's metadata; then "
+                   "PGD inside every certified sample's own radius (it must flip none).")
 @click.option("--attack-steps", default=50, show_default=True, type=click.IntRange(1),
               help="--attack-eval: PGD steps per random restart (2 restarts).")
 @click.option("-q", "--quiet", "quiet", is_flag=True, help="No progress bar and no per-epoch lines.")
@@ -98,6 +99,12 @@ def train(dataset: str, arch: str, method: str, epochs: int, c: float, eps: floa
             # PGD's robust accuracy is an upper estimate (an attack may miss), the certified one a lower bound
             lines.append(f"test: PGD-L2 robust@{eps:g} {rob_at:.4f} vs certified@{eps:g} {round_down(cert_at)} "
                          f"(certification gap {max(0.0, rob_at - cert_at):.4f})")
+        if res.radius_check:
+            rc = res.radius_check
+            # a flip inside a certified radius would disprove the certificate: say so loudly
+            verdict = "none flipped" if rc["flipped"] == 0 else "CERTIFICATE CONTRADICTED, please report"
+            lines.append(f"test: PGD-L2 inside each certified radius: {rc['flipped']} of {rc['attacked']} "
+                         f"samples flipped ({verdict})")
     lines.append(f"certify with: lipgraph certify {res.model_path} --data {res.test_path} --eps {eps:g}")
     for ln in lines:
         click.echo(ln, err=True)

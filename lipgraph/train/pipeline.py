@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from lipgraph.errors import LipgraphError
-from lipgraph.train.attack_eval import AttackConfig, robust_accuracy
+from lipgraph.train.attack_eval import AttackConfig, flips_inside_radii, robust_accuracy
 from lipgraph.train.data import Splits, load, write_test_split
 from lipgraph.train.export import check_with_analyzer, export_onnx, exported_bound_estimate, plain_model
 from lipgraph.train.loop import EpochStats, TrainConfig, stderr_log, train
@@ -28,15 +28,21 @@ class TrainResult:
     seconds: float
     certificate: dict[str, Any] | None = None
     robust_accuracy: dict[str, float] | None = None  # PGD-L2 at each certify eps (--attack-eval), eps_key -> fraction
+    radius_check: dict[str, int] | None = None  # PGD inside each certified radius (--attack-eval): attacked, flipped
     warnings: list[str] = field(default_factory=list)
     rank: int = 0  # under torchrun only rank 0 exports and reports
 
 
-def certify_test(model_path: str, x, y, eps: list[float]) -> dict[str, Any]:
-    """``lipgraph.certify`` on the test split: clean and certified accuracy, median radius."""
+def certify_test(model_path: str, x, y, eps: list[float], radii_out: list | None = None) -> dict[str, Any]:
+    """``lipgraph.certify`` on the test split: clean and certified accuracy, median radius.
+
+    ``radii_out``, when given, receives the per-sample radii (0 for misclassified samples).
+    """
     from lipgraph.certify import certify
 
     cert = certify(model_path, x, y, eps=eps)
+    if radii_out is not None:
+        radii_out.append(cert.radii * cert.correct)
     return {"lipschitz_bound": cert.lipschitz_bound, "clean_accuracy": cert.clean_accuracy,
             "certified_accuracy": dict(cert.certified_accuracy), "median_radius": cert.median_radius,
             "radius_method": cert.radius_method}
@@ -89,5 +95,9 @@ def run(cfg: TrainConfig, dataset: str, out: str, test_out: str | None = None, l
         print(f"lipgraph train: warning: {msg}", file=sys.stderr)
         return result
     if certify_eps:
-        result.certificate = certify_test(out, data.x_test, data.y_test, certify_eps)
+        radii: list = []
+        result.certificate = certify_test(out, data.x_test, data.y_test, certify_eps, radii)
+        if attack is not None:
+            # the certificate's own check: PGD inside every certified radius must flip nothing
+            result.radius_check = flips_inside_radii(exported, data.x_test, data.y_test, radii[0], attack)
     return result

@@ -35,6 +35,9 @@ def test_robust_at_least_certified_at_every_eps(digits, tmp_path):
     assert rob["0.1"] <= res.certificate["clean_accuracy"] + 1e-12
     assert rob["0.1"] > 0.5  # not vacuous at a small radius ...
     assert rob["1.2"] < rob["0.1"]  # ... and the attack does flip samples at a large one
+    # PGD inside each certified sample's own radius flips none of them (a flip would disprove the certificate)
+    assert res.radius_check["attacked"] >= round(cert["0.1"] * 120) > 0
+    assert res.radius_check["flipped"] == 0
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
     assert json.loads(meta["lipgraph.pgd_robust_accuracy"]) == rob
 
@@ -77,6 +80,7 @@ def test_cli_reports_robust_beside_certified(tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert "PGD-L2 robust@0.5" in res.output and "certification gap" in res.output
+    assert "inside each certified radius" in res.output and "(none flipped)" in res.output
 
 
 def test_no_attack_without_the_flag(digits, tmp_path):
@@ -84,3 +88,38 @@ def test_no_attack_without_the_flag(digits, tmp_path):
     assert res.robust_accuracy is None
     meta = {p.key for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
     assert "lipgraph.pgd_robust_accuracy" not in meta
+
+
+def _linear_two_class(n: int = 64):
+    """A 2-class linear model and points whose exact L2 distances to its boundary are known (well inside [0, 1])."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    with torch.no_grad():
+        net[1].weight.mul_(20.0)
+        net[1].bias.copy_(-net[1].weight.sum(1) * 0.5)
+    x = (0.4 + 0.2 * torch.rand(n, 1, 2, 2)).numpy()
+    with torch.no_grad():
+        logits = net(torch.from_numpy(x))
+    w = net[1].weight.detach()
+    dist = ((logits[:, 0] - logits[:, 1]).abs() / (w[0] - w[1]).norm()).double().numpy()
+    return net, x, logits.argmax(1).numpy(), dist
+
+
+def test_radius_check_flips_nothing_inside_the_exact_distance():
+    from lipgraph.train.attack_eval import flips_inside_radii
+
+    net, x, y, dist = _linear_two_class()
+    radii = dist * 0.999  # a sound certificate: every ball stays on the right side of the boundary
+    radii[::4] = 0.0  # uncertified samples are not attacked
+    got = flips_inside_radii(net, x, y, radii, AttackConfig(steps=30, restarts=1))
+    assert got == {"attacked": 48, "flipped": 0}
+
+
+def test_radius_check_catches_a_radius_beyond_the_boundary():
+    from lipgraph.train.attack_eval import flips_inside_radii
+
+    net, x, y, dist = _linear_two_class()
+    radii = dist.copy()
+    radii[::2] *= 1.1  # an unsound "certificate" on half of the samples: PGD must find each of them
+    got = flips_inside_radii(net, x, y, radii, AttackConfig(steps=30, restarts=1))
+    assert got == {"attacked": 64, "flipped": 32}
