@@ -211,8 +211,17 @@ def _node_op(graph: Graph, node: Node, per: tuple[int, ...], factor: float) -> _
         if w is None or w.ndim != 2:
             raise NotAChainForFloat(f"MatMul '{node.name}' without a constant 2-D weight")
         aw = np.abs(w)
-        return _Op("dot", node.name, per, factor, lambda x, w=w: x @ w, lambda x, aw=aw: x @ aw, None,
-                   schur(aw, aw.sum(axis=1), aw.sum(axis=0)), int(w.shape[0]))
+        return _Op(
+            "dot",
+            node.name,
+            per,
+            factor,
+            lambda x, w=w: x @ w,
+            lambda x, aw=aw: x @ aw,
+            None,
+            schur(aw, aw.sum(axis=1), aw.sum(axis=0)),
+            int(w.shape[0]),
+        )
     if op == "Conv":
         return _conv(graph, node, per, factor)
     raise NotAChainForFloat(f"{op} '{node.name}' has no per-sample float model here")
@@ -234,8 +243,17 @@ def _gemm(graph: Graph, node: Node, per: tuple[int, ...], factor: float) -> _Op:
     bias = None if c is None else np.array(np.broadcast_to(c, (1, *per)))
     aw = np.abs(w)
     n = int(w.shape[0]) + (1 if c is not None else 0) + 2
-    return _Op("dot", node.name, per, factor, lambda x, w=w: x @ w, lambda x, aw=aw: x @ aw, bias,
-               schur(aw, aw.sum(axis=1), aw.sum(axis=0)), n)
+    return _Op(
+        "dot",
+        node.name,
+        per,
+        factor,
+        lambda x, w=w: x @ w,
+        lambda x, aw=aw: x @ aw,
+        bias,
+        schur(aw, aw.sum(axis=1), aw.sum(axis=0)),
+        n,
+    )
 
 
 def _conv(graph: Graph, node: Node, per: tuple[int, ...], factor: float) -> _Op:

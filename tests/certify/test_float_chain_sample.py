@@ -31,8 +31,7 @@ U32 = 2.0**-24
 def _export(model: nn.Module, sample: torch.Tensor, path: Path, dynamo: bool) -> onnx.ModelProto:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (sample,), str(path), input_names=["x"], output_names=["logits"],
-                          dynamo=dynamo)
+        torch.onnx.export(model.eval(), (sample,), str(path), input_names=["x"], output_names=["logits"], dynamo=dynamo)
     return onnx.load(str(path))
 
 
@@ -40,8 +39,9 @@ def _ort(path: Path, x: np.ndarray) -> np.ndarray:
     """ONNX Runtime's float32 logits, one sample at a time (the exports have batch size 1)."""
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
-    return np.concatenate([np.asarray(sess.run(None, {name: x[i : i + 1]})[0], dtype=np.float64)
-                           for i in range(len(x))])
+    return np.concatenate(
+        [np.asarray(sess.run(None, {name: x[i : i + 1]})[0], dtype=np.float64) for i in range(len(x))]
+    )
 
 
 def _f64(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -95,9 +95,14 @@ def test_bound_covers_onnx_runtime_on_mlps(tmp_path: Path, dynamo: bool, case: s
 def test_bound_covers_onnx_runtime_on_a_conv_chain(tmp_path: Path, dynamo: bool) -> None:
     torch.manual_seed(5)
     model = nn.Sequential(
-        nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(4, 6, 3, padding=(0, 1), dilation=(1, 1)), nn.LeakyReLU(0.1),
-        nn.Flatten(), nn.Linear(6 * 2 * 4, 16), nn.ReLU(), nn.Linear(16, 4),
+        nn.Conv2d(1, 4, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, padding=(0, 1), dilation=(1, 1)),
+        nn.LeakyReLU(0.1),
+        nn.Flatten(),
+        nn.Linear(6 * 2 * 4, 16),
+        nn.ReLU(),
+        nn.Linear(16, 4),
     )
     path = tmp_path / "c.onnx"
     proto = _export(model, torch.zeros(1, 1, 8, 8), path, dynamo)
@@ -139,8 +144,9 @@ def _graph(proto: onnx.ModelProto, d: int):
     return unfused_graph(proto, None, (1, d))
 
 
-def _reference_recursion(layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray, keep_err_term: bool = True,
-                         matmul_add: bool = False) -> np.ndarray:
+def _reference_recursion(
+    layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray, keep_err_term: bool = True, matmul_add: bool = False
+) -> np.ndarray:
     """e and g written out again from the formula: Gemm layers with bias (or MatMul, then Add of the bias),
     ReLU between."""
     h = x.astype(np.float64)
@@ -171,8 +177,11 @@ def test_the_recursion_keeps_every_term(tmp_path: Path) -> None:
     d = 12
     model = _mlp(11, d=d, case="cancel")
     proto = _export(model, torch.zeros(1, d), tmp_path / "m.onnx", False)
-    layers = [(m.weight.detach().double().numpy(), m.bias.detach().double().numpy())
-              for m in model if isinstance(m, nn.Linear)]
+    layers = [
+        (m.weight.detach().double().numpy(), m.bias.detach().double().numpy())
+        for m in model
+        if isinstance(m, nn.Linear)
+    ]
     x = _inputs(model, "large", 50, d, seed=3)
     got = ChainFloatModel(_graph(proto, d), "logits", U32, 0.0).bound(x).e
     want = _reference_recursion(layers, x)
@@ -203,8 +212,9 @@ def test_matmul_then_add_charges_the_add(tmp_path: Path, dynamo: bool) -> None:
     proto = _export(model, torch.zeros(1, d), path, dynamo)
     ops = {n.op_type for n in proto.graph.node}
     assert "MatMul" in ops and "Add" in ops and "Gemm" not in ops, ops
-    layers = [(m.weight.detach().double().numpy(), m.bias.detach().double().numpy())
-              for m in base if isinstance(m, nn.Linear)]
+    layers = [
+        (m.weight.detach().double().numpy(), m.bias.detach().double().numpy()) for m in base if isinstance(m, nn.Linear)
+    ]
     x = _inputs(base, "large", 50, d, seed=5)
     got = ChainFloatModel(_graph(proto, d), "logits", U32, 0.0).bound(x).e
     want = _reference_recursion(layers, x, matmul_add=True)
@@ -219,8 +229,10 @@ def _exact_logits(layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray) ->
     for row in x:
         h = [Fraction(float(v)) for v in row]
         for i, (w, b) in enumerate(layers):
-            h = [sum((Fraction(float(wij)) * hj for wij, hj in zip(wr, h, strict=True)), Fraction(float(bi)))
-                 for wr, bi in zip(w, b, strict=True)]
+            h = [
+                sum((Fraction(float(wij)) * hj for wij, hj in zip(wr, h, strict=True)), Fraction(float(bi)))
+                for wr, bi in zip(w, b, strict=True)
+            ]
             if i < len(layers) - 1:
                 h = [max(v, Fraction(0)) for v in h]
         out.append(h)
@@ -236,8 +248,11 @@ def test_the_float64_pass_is_covered_against_exact_arithmetic(tmp_path: Path) ->
         model[0].bias.fill_(1e9)
         model[2].bias.copy_(-(model[2].weight.double() @ model[0].bias.double()).float())
     proto = _export(model, torch.zeros(1, d), tmp_path / "m.onnx", False)
-    layers = [(m.weight.detach().double().numpy(), m.bias.detach().double().numpy())
-              for m in model if isinstance(m, nn.Linear)]
+    layers = [
+        (m.weight.detach().double().numpy(), m.bias.detach().double().numpy())
+        for m in model
+        if isinstance(m, nn.Linear)
+    ]
     x = np.random.default_rng(0).standard_normal((20, d)).astype(np.float32)
     b = ChainFloatModel(_graph(proto, d), "logits", U32, 0.0).bound(x, keep_logits=True)
     assert b.g is not None and b.logits64 is not None
