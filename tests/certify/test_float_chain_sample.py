@@ -189,6 +189,9 @@ def test_the_recursion_keeps_every_term(tmp_path: Path) -> None:
     assert np.all(without < want * (1 - 1e-8))  # the |err_k| term is visible at this tolerance
     assert np.all(got >= want * (1 - 1e-10))
     assert np.all(got <= want * (1 + 1e-4))  # the same bound, only the rule's spectral norm and roundings above
+    # TF32's operand rounding is a parameter of every dot product's gamma
+    tf32 = ChainFloatModel(_graph(proto, d), "logits", U32, 2.0**-11).bound(x).e
+    assert np.all(tf32 > 100 * got)
 
 
 class _ExplicitAffine(nn.Module):
