@@ -74,7 +74,7 @@ def _round_down(r: np.ndarray) -> np.ndarray:
 def compute_radii(logits: np.ndarray, labels: np.ndarray | None, lipschitz: float,
                   tails: Sequence[Any] = (), float_error: np.ndarray | None = None,
                   float_error_slope: float = 0.0,
-                  extra_float_errors: Sequence[tuple[np.ndarray, float]] = ()) -> Radii:
+                  extra_float_errors: Sequence[tuple[Any, ...]] = ()) -> Radii:
     """Certified radii for ``logits`` (N, K) given the network bound and optional tail candidates.
 
     ``float_error`` (N,): a bound ``e`` on ``||logits - real logits||_2`` per sample, and
@@ -83,32 +83,36 @@ def compute_radii(logits: np.ndarray, labels: np.ndarray | None, lipschitz: floa
     by that at x (so the real network's margin at x is positive) and by the error anywhere within
     the radius r, ``e(s + r) <= e(s) + d r0`` with ``r0 >= r`` the radius with ``2 sqrt(2) e(s)``
     taken off (so ONNX Runtime's float margin is positive there too).
-    ``extra_float_errors``: more sound ``(e per sample, d)`` pairs; each gives its own reduction ``delta_c``
-    and the smallest is used per sample. The radius r computed with ``delta = delta_c`` is at most that
-    candidate's ``r0`` (radii shrink as delta grows, and ``r0`` used ``2 sqrt(2) e_c <= delta_c``), so the
-    argument above holds with the chosen candidate.
+    ``extra_float_errors``: more sound ``(e per sample, d)`` pairs, or ``(e, d, e_x)`` with ``e_x <= e`` a
+    bound valid at x only (``e_x + e`` then replaces ``2 e``: the first term speaks of x, the second of the
+    ball). Each candidate gives its own reduction ``delta_c`` and the smallest is used per sample. The
+    radius r computed with ``delta = delta_c`` is at most that candidate's ``r0`` (radii shrink as delta
+    grows, and ``r0`` used ``sqrt(2) (e_c + e_x_c) <= delta_c``), so the argument above holds with the
+    chosen candidate.
     """
     f = np.asarray(logits, dtype=np.float64)
     floor = MARGIN_REL * np.max(np.abs(f), axis=1) if f.ndim == 2 and f.size else np.zeros(len(f))
     if float_error is None:
         return _radii(f, labels, lipschitz, tails, floor)
     mult = 1.0 if f.ndim == 2 and f.shape[1] == 1 else _SQRT2_UP
-    deltas = np.stack([_float_delta(f, labels, lipschitz, tails, floor, mult, err, slope)
-                       for err, slope in [(float_error, float_error_slope), *extra_float_errors]])
+    deltas = np.stack([_float_delta(f, labels, lipschitz, tails, floor, mult, *cand)
+                       for cand in [(float_error, float_error_slope), *extra_float_errors]])
     radii = _radii(f, labels, lipschitz, tails, np.min(deltas, axis=0))
     radii.float_error_choice = np.argmin(deltas, axis=0)
     return radii
 
 
 def _float_delta(f: np.ndarray, labels: np.ndarray | None, lipschitz: float, tails: Sequence[Any],
-                 floor: np.ndarray, mult: float, float_error: np.ndarray, slope: float) -> np.ndarray:
-    """The margin reduction of one ``(e, d)`` candidate (see :func:`compute_radii`)."""
+                 floor: np.ndarray, mult: float, float_error: np.ndarray, slope: float,
+                 error_at_x: np.ndarray | None = None) -> np.ndarray:
+    """The margin reduction of one ``(e, d[, e_x])`` candidate (see :func:`compute_radii`)."""
     err = np.asarray(float_error, dtype=np.float64)
-    base = np.maximum(2.0 * mult * err, floor)
+    both = 2.0 * err if error_at_x is None else np.nextafter(err + np.asarray(error_at_x, dtype=np.float64), np.inf)
+    base = np.maximum(both * mult, floor)
     if slope <= 0:
         return base
     r0 = _radii(f, labels, lipschitz, tails, base).radius
-    return np.maximum(np.nextafter((2.0 * err + slope * r0) * mult * (1.0 + 4 * _EPS64), np.inf), floor)
+    return np.maximum(np.nextafter((both + slope * r0) * mult * (1.0 + 4 * _EPS64), np.inf), floor)
 
 
 def _radii(f: np.ndarray, labels: np.ndarray | None, lipschitz: float, tails: Sequence[Any],

@@ -53,6 +53,7 @@ class _Op:
     bias: np.ndarray | None = None  # |b| for terms, b for the value (broadcastable per sample)
     abs_norm: float = 0.0  # upper bound of || |W| ||_2 (Schur test)
     n: int = 0  # roundings counted in the accumulator (as the walk counts them)
+    inner: int = 0  # the products among them (each output's dot-product length)
     alpha: float = 0.0  # LeakyRelu slope
 
 
@@ -60,9 +61,10 @@ class _Op:
 class ChainSampleBound:
     """Per-sample bounds ``e`` on ``||logits_float - logits_real||_2`` and the slope ``d`` in the ball."""
 
-    e: np.ndarray
+    e: np.ndarray  # valid at x and, with d, within the ball: e(x') <= e(x) + d ||x' - x||
     d: float
     layers: int
+    e_x: np.ndarray | None = None  # valid at x only (counts only the nonzero terms of x's sums); <= e
     g: np.ndarray | None = None  # bound on ||logits64 - real logits|| (the float64 pass's own error)
     logits64: np.ndarray | None = None  # the float64 pass's logits (kept only when asked, for tests)
 
@@ -80,19 +82,28 @@ class ChainFloatModel:
 
     def bound(self, x: np.ndarray, keep_logits: bool = False) -> ChainSampleBound:
         """``x``: the float32 inputs exactly as fed to ONNX Runtime (batch first)."""
+        e, d, g, h = self._run(x, sparse=False)
+        e_x = np.minimum(self._run(x, sparse=True)[0], e)
+        return ChainSampleBound(e, d, len(self.ops), e_x, g, h if keep_logits else None)
+
+    def _run(self, x: np.ndarray, sparse: bool) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+        """The recursion; ``sparse``: count only the terms that may be nonzero at x (valid at x alone: a
+        point near x may have nonzeros where x has none, so the slope comes from the dense run)."""
         m = len(x)
         h = np.asarray(x, dtype=np.float64).reshape(m, *self.in_shape)
         g = np.zeros(m)  # ||h64 - h_real||
         e = np.zeros(m)  # ||h_float32 - h_real||
         lip, slope = 1.0, 0.0  # Lipschitz bound of the real prefix; d of the error so far
         # terms behind the last affine result: elementwise <= tv + w with ||w|| <= te + ts r (see docs)
-        tv, te, ts, fan = np.abs(h), g + e, lip + slope, 0
+        tv, te, ts, fan = np.abs(h), g + e, lip + slope, np.zeros(m, dtype=np.int64)
+        # entries of the float tensor that may be nonzero (x is the float input itself: its zeros are exact)
+        nz = _count(h != 0) if sparse else np.full(m, h[0].size)
         for op in self.ops:
             if op.kind == "dot":
                 assert op.lin is not None and op.abs_lin is not None
-                n64 = op.n
-                gam, gam64 = dot_gamma(op.n, self.u, self.u_dot), gamma(n64 + 1, U64)
-                tv = _up(op.abs_lin(np.abs(h)), n64)
+                n_eff = op.n - op.inner + np.minimum(op.inner, nz)
+                gam, gam64 = _dot_gam(n_eff, self.u, self.u_dot), gamma(op.n + 1, U64)
+                tv = _up(op.abs_lin(np.abs(h)), op.n)
                 if op.bias is not None:
                     tv = _up(tv + np.abs(op.bias), 1)
                 tn = _norm_up(tv)
@@ -100,20 +111,22 @@ class ChainFloatModel:
                 h = op.lin(h) + (op.bias if op.bias is not None else 0.0)
                 e = op.factor * e + gam * (tn + te)
                 g = op.factor * g + gam64 * tn
-                slope = op.factor * slope + gam * ts
+                slope = op.factor * slope + float(np.max(gam)) * ts
                 lip *= op.factor
-                fan = op.n
+                fan, nz = n_eff, np.full(m, h[0].size)
             elif op.kind == "add":
                 assert op.bias is not None
-                gam = gamma(fan + 3, self.u)
+                gam = _gam(fan + 3, self.u)
                 tv = _up(tv + np.abs(op.bias), 1)
                 e = e + gam * (_norm_up(tv) + te)
                 g = g + gamma(2, U64) * _norm_up(_up(np.abs(h) + np.abs(op.bias), 1))
-                slope = slope + gam * ts
+                slope = slope + float(np.max(gam)) * ts
                 h = h + op.bias
-                fan += 3
+                fan, nz = fan + 3, np.full(m, h[0].size)
             elif op.kind in ("relu", "leaky"):
                 if op.kind == "relu":  # exact in any float format, 1-Lipschitz entrywise
+                    # the float input is h_real + err with |err_j| <= e, h_real_j <= h64_j + g: below 0 -> exact 0
+                    nz = _count(h + (g + e).reshape(-1, *[1] * (h.ndim - 1)) >= 0) if sparse else nz
                     h = np.maximum(h, 0.0)
                 else:  # |fl(f(y)) - f(y)| <= u (|f(y)| + |y| + 1) per entry, as the walk assumes (1 unit)
                     a = np.abs(h)
@@ -121,13 +134,28 @@ class ChainFloatModel:
                     slope = slope + self.u * (1 + 1e-9) * 2.0 * (lip + slope)
                     g = g + U64 * (1 + 1e-9) * _norm_up(a)
                     h = np.where(h >= 0, h, op.alpha * h)
-                tv, te, ts, fan = np.abs(h), g + e, lip + slope, 0
+                tv, te, ts, fan = np.abs(h), g + e, lip + slope, np.zeros(m, dtype=np.int64)
             else:  # a reshape: no arithmetic
                 h = h.reshape(m, *op.out_shape)
-                tv, te, ts, fan = np.abs(h), g + e, lip + slope, 0
+                tv, te, ts, fan = np.abs(h), g + e, lip + slope, np.zeros(m, dtype=np.int64)
         e_out = np.nextafter(e * _SLACK, np.inf)
         d = float(np.nextafter(slope * _SLACK, np.inf))
-        return ChainSampleBound(e_out, d, len(self.ops), g * _SLACK, h.reshape(m, -1) if keep_logits else None)
+        return e_out, d, g * _SLACK, h.reshape(m, -1)
+
+
+def _count(mask: np.ndarray) -> np.ndarray:
+    return np.count_nonzero(mask.reshape(len(mask), -1), axis=1)
+
+
+def _gam(n: np.ndarray, u: float) -> np.ndarray:
+    vals = {int(k): gamma(int(k), u) for k in np.unique(n)}
+    return np.array([vals[int(k)] for k in n])
+
+
+def _dot_gam(n: np.ndarray, u: float, u_dot: float) -> np.ndarray:
+    """``dot_gamma`` (Higham's gamma with operand rounding) per sample, from the scalar definition."""
+    vals = {int(k): dot_gamma(int(k), u, u_dot) for k in np.unique(n)}
+    return np.array([vals[int(k)] for k in n])
 
 
 def _up(v: np.ndarray, n: int) -> np.ndarray:
@@ -221,6 +249,7 @@ def _node_op(graph: Graph, node: Node, per: tuple[int, ...], factor: float) -> _
             None,
             schur(aw, aw.sum(axis=1), aw.sum(axis=0)),
             int(w.shape[0]),
+            int(w.shape[0]),
         )
     if op == "Conv":
         return _conv(graph, node, per, factor)
@@ -253,6 +282,7 @@ def _gemm(graph: Graph, node: Node, per: tuple[int, ...], factor: float) -> _Op:
         bias,
         schur(aw, aw.sum(axis=1), aw.sum(axis=0)),
         n,
+        int(w.shape[0]),
     )
 
 
@@ -281,7 +311,7 @@ def _conv(graph: Graph, node: Node, per: tuple[int, ...], factor: float) -> _Op:
     cols = np.concatenate([aw[j * per_g : (j + 1) * per_g].sum(axis=(0, *spatial)) for j in range(g)])
     bias = None if b is None else np.array(np.broadcast_to(b.reshape(1, -1, 1, 1), (1, *per)))
     n = int(np.prod(w.shape[1:])) + (1 if b is not None else 0)
-    return _Op("dot", node.name, per, factor, lin, abs_lin, bias, schur(aw, rows, cols), n)
+    return _Op("dot", node.name, per, factor, lin, abs_lin, bias, schur(aw, rows, cols), n, int(np.prod(w.shape[1:])))
 
 
 @dataclass
@@ -291,8 +321,9 @@ class ChainFloat:
     bound: ChainSampleBound | None
     reason: str | None = None
 
-    def candidates(self) -> list[tuple[np.ndarray, float]]:
-        return [] if self.bound is None else [(self.bound.e, self.bound.d)]
+    def candidates(self) -> list[tuple[Any, ...]]:
+        """``(e, d, e_x)`` for :func:`lipgraph.certify.compute_radii`."""
+        return [] if self.bound is None else [(self.bound.e, self.bound.d, self.bound.e_x)]
 
     def describe(self, choice: np.ndarray | None) -> dict[str, Any]:
         """JSON for ``meta.float_error.per_sample_chain``; ``choice`` is 1 where this bound was used."""
@@ -303,6 +334,9 @@ class ChainFloat:
             "used": used > 0,
             **self.bound.describe(),
             "max_over_samples": float(np.max(self.bound.e)) if len(self.bound.e) else 0.0,
+            "max_over_samples_at_x": float(np.max(self.bound.e_x))
+            if self.bound.e_x is not None and len(self.bound.e_x)
+            else None,
             "samples_used": used,
         }
 
@@ -340,12 +374,14 @@ def chain_sample_bound(
     except (NotAChainForFloat, NoFloatBound) as exc:
         return None, str(exc)
     n = len(x)
-    e = np.empty(n)
+    e, e_x = np.empty(n), np.empty(n)
     d, layers = 0.0, len(model.ops)
     for start in range(0, n, chunk):
         part = model.bound(np.asarray(x[start : start + chunk]))
+        assert part.e_x is not None
         e[start : start + len(part.e)] = part.e
-        d = part.d
+        e_x[start : start + len(part.e)] = part.e_x
+        d = part.d  # the same for every chunk (it does not depend on the samples)
     if not (np.all(np.isfinite(e)) and math.isfinite(d)):
         return None, "the per-sample bound is not finite"
-    return ChainSampleBound(e, d, layers), None
+    return ChainSampleBound(e, d, layers, e_x), None

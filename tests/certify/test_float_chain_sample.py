@@ -65,6 +65,8 @@ def _inputs(model: nn.Sequential, case: str, n: int, d: int, seed: int) -> np.nd
     x = rng.standard_normal((n, d)).astype(np.float32)
     if case == "large":
         x *= 3e3
+    if case == "sparse":  # mostly exact zeros (like MNIST's background): the bound at x counts fewer terms
+        x[rng.random((n, d)) < 0.8] = 0.0
     if case == "near_zero":  # pre-activations of the first layer within float noise of zero
         x = (0.5 + 1e-6 * rng.standard_normal((n, d))).astype(np.float32)
         x[: n // 2] = 0.5
@@ -72,7 +74,7 @@ def _inputs(model: nn.Sequential, case: str, n: int, d: int, seed: int) -> np.nd
 
 
 @pytest.mark.parametrize("dynamo", [False, True])
-@pytest.mark.parametrize("case", ["random", "large", "cancel", "near_zero"])
+@pytest.mark.parametrize("case", ["random", "large", "cancel", "near_zero", "sparse"])
 def test_bound_covers_onnx_runtime_on_mlps(tmp_path: Path, dynamo: bool, case: str) -> None:
     d = 12
     model = _mlp(3, d=d, case=case)
@@ -83,7 +85,10 @@ def test_bound_covers_onnx_runtime_on_mlps(tmp_path: Path, dynamo: bool, case: s
     assert b is not None, why
     err = np.linalg.norm(_ort(path, x) - _f64(proto, x), axis=1)
     scale = np.max(np.abs(_f64(proto, x)), axis=1)
-    assert np.all(b.e >= err + 1e-13 * scale)  # the float64 reference's own error is below 1e-13 relative
+    assert b.e_x is not None and np.all(b.e_x <= b.e)
+    assert np.all(b.e_x >= err + 1e-13 * scale)  # the float64 reference's own error is below 1e-13 relative
+    if case == "sparse":
+        assert np.mean(b.e_x) < 0.7 * np.mean(b.e)
     assert np.max(err) > 0  # the comparison saw rounding
     if case == "near_zero":
         w1, b1 = model[0].weight.detach().double().numpy(), model[0].bias.detach().double().numpy()
@@ -112,7 +117,7 @@ def test_bound_covers_onnx_runtime_on_a_conv_chain(tmp_path: Path, dynamo: bool)
     assert b is not None, why
     assert b.layers >= 8
     err = np.linalg.norm(_ort(path, x) - _f64(proto, x), axis=1)
-    assert np.all(b.e >= err * (1 + 1e-9) + 1e-12)
+    assert b.e_x is not None and np.all(b.e_x >= err * (1 + 1e-9) + 1e-12)
     assert np.max(err) > 0
 
 
@@ -145,17 +150,24 @@ def _graph(proto: onnx.ModelProto, d: int):
 
 
 def _reference_recursion(
-    layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray, keep_err_term: bool = True, matmul_add: bool = False
+    layers: list[tuple[np.ndarray, np.ndarray]],
+    x: np.ndarray,
+    keep_err_term: bool = True,
+    matmul_add: bool = False,
+    sparse: bool = False,
 ) -> np.ndarray:
     """e and g written out again from the formula: Gemm layers with bias (or MatMul, then Add of the bias),
     ReLU between."""
     h = x.astype(np.float64)
     e = np.zeros(len(x))
     g = np.zeros(len(x))
+    nonzero = np.count_nonzero(h, axis=1) if sparse else np.full(len(x), h.shape[1])
     for i, (w, b) in enumerate(layers):
-        # inner products, the bias, alpha/beta (the graph walk's count); a MatMul has no bias
+        # inner products, the bias, alpha/beta (the graph walk's count); a MatMul has no bias. At x, only the
+        # products with a nonzero float operand can round (a sum with exact zeros rounds as a shorter sum)
+        inner = np.minimum(w.shape[1], nonzero)
         n = w.shape[1] if matmul_add else w.shape[1] + 1 + 2
-        gam = dot_gamma(n, U32, 0.0)
+        gam = np.array([dot_gamma(int(k) if matmul_add else int(k) + 3, U32, 0.0) for k in inner])
         aw = np.abs(w)
         a_norm = schur(aw, aw.sum(axis=1), aw.sum(axis=0))
         f = np.linalg.norm(w, 2)
@@ -169,6 +181,8 @@ def _reference_recursion(
             g = g + gamma(2, 2.0**-53) * np.linalg.norm(np.abs(h @ w.T) + np.abs(b), axis=1)
         h = h @ w.T + b
         if i < len(layers) - 1:
+            # a float pre-activation below zero for sure: real value + g below -e
+            nonzero = np.count_nonzero(h + (g + e)[:, None] >= 0, axis=1) if sparse else np.full(len(x), h.shape[1])
             h = np.maximum(h, 0.0)
     return e
 
@@ -192,6 +206,29 @@ def test_the_recursion_keeps_every_term(tmp_path: Path) -> None:
     # TF32's operand rounding is a parameter of every dot product's gamma
     tf32 = ChainFloatModel(_graph(proto, d), "logits", U32, 2.0**-11).bound(x).e
     assert np.all(tf32 > 100 * got)
+
+
+def test_the_bound_at_x_counts_the_terms_that_can_round(tmp_path: Path) -> None:
+    """Zeros of x and surely-inactive units shorten the sums; units within the error of zero still count."""
+    d = 12
+    model = _mlp(17, d=d, case="near_zero")
+    proto = _export(model, torch.zeros(1, d), tmp_path / "m.onnx", False)
+    layers = [
+        (m.weight.detach().double().numpy(), m.bias.detach().double().numpy())
+        for m in model
+        if isinstance(m, nn.Linear)
+    ]
+    x = _inputs(model, "near_zero", 60, d, seed=8)
+    x[::3, ::2] = 0.0
+    bound = ChainFloatModel(_graph(proto, d), "logits", U32, 0.0).bound(x)
+    want = _reference_recursion(layers, x, sparse=True)
+    dense = _reference_recursion(layers, x)
+    assert bound.e_x is not None
+    assert np.all(bound.e_x >= want * (1 - 1e-10)) and np.all(bound.e_x <= want * (1 + 1e-4))
+    assert np.all(bound.e >= dense * (1 - 1e-10)) and np.mean(bound.e_x) < 0.9 * np.mean(bound.e)
+    # the margin of the activation test matters here: counting only units with a positive real value is less
+    pre = x.astype(np.float64) @ layers[0][0].T + layers[0][1]
+    assert np.any((pre < 0) & (pre > -1e-5))
 
 
 class _ExplicitAffine(nn.Module):
@@ -219,12 +256,13 @@ def test_matmul_then_add_charges_the_add(tmp_path: Path, dynamo: bool) -> None:
         (m.weight.detach().double().numpy(), m.bias.detach().double().numpy()) for m in base if isinstance(m, nn.Linear)
     ]
     x = _inputs(base, "large", 50, d, seed=5)
-    got = ChainFloatModel(_graph(proto, d), "logits", U32, 0.0).bound(x).e
+    bound = ChainFloatModel(_graph(proto, d), "logits", U32, 0.0).bound(x)
+    got = bound.e
     want = _reference_recursion(layers, x, matmul_add=True)
     assert np.all(got >= want * (1 - 1e-10))
     assert np.all(got <= want * (1 + 1e-4))
     err = np.linalg.norm(_ort(path, x) - _f64(proto, x), axis=1)
-    assert np.all(got >= err * (1 + 1e-9))
+    assert bound.e_x is not None and np.all(bound.e_x >= err * (1 + 1e-9))
 
 
 def _exact_logits(layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray) -> list[list[Fraction]]:
@@ -279,6 +317,14 @@ def test_compute_radii_takes_the_better_candidate_per_sample() -> None:
     both = compute_radii(logits, labels, 4.0, (), e1, 0.05, [(e2, 0.2)])
     np.testing.assert_array_equal(both.radius, np.maximum(one.radius, two.radius))
     assert both.float_error_choice is not None and set(np.unique(both.float_error_choice)) == {0, 1}
+    # a bound valid at x only (e_x <= e) replaces one of the two e's: never a smaller radius, and e_x = e
+    # gives exactly the pair's radius
+    e_x = e2 * rng.random(200)
+    split = compute_radii(logits, labels, 4.0, (), e1, 10.0, [(e2, 0.2, e_x)])
+    same = compute_radii(logits, labels, 4.0, (), e1, 10.0, [(e2, 0.2, e2)])
+    assert np.all(split.radius >= same.radius) and np.any(split.radius > same.radius)
+    old = compute_radii(logits, labels, 4.0, (), e1, 10.0)
+    np.testing.assert_allclose(same.radius, np.maximum(old.radius, two.radius), rtol=1e-13)  # e + e: one ulp up
 
 
 def test_certify_uses_it_on_a_chain_and_leaves_other_models_alone(tmp_path: Path) -> None:
