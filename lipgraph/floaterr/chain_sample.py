@@ -1,20 +1,16 @@
 """A per-sample float error bound for chains of (affine op, elementwise activation) layers.
 
-The graph walk (``lipgraph.floaterr.walk``) bounds the float error with norms of the magnitudes, for
-every input of a given norm at once. For a chain (Gemm / MatMul / Conv with constant weights, Add /
-Sub of constants, ReLU / LeakyReLU, reshapes) this module instead evaluates the a-priori dot-product
-bound of Higham (2002, ch. 3) **at the sample**: with ``h_k`` the real network's value entering
-affine layer ``k`` and ``e_k`` the float error so far,
+The graph walk (``lipgraph.floaterr.walk``) bounds the float error through norms, for every input of a
+given norm at once. For a chain (Gemm / MatMul / Conv with constant weights, Add / Sub of constants,
+ReLU / LeakyReLU, reshapes) this module evaluates the a-priori dot-product bound (Higham 2002, ch. 3)
+**at the sample**, with ``h_k`` the real value entering affine layer ``k`` and ``e_k`` the error so far:
 
-    e_{k+1} <= ||W_k||_2 e_k + gamma_n || |W_k| |h_k| + |b_k| || + gamma_n || |W_k| ||_2 e_k,
+    e_{k+1} <= ||W_k||_2 e_k + gamma_n || |W_k| |h_k| + |b_k| || + gamma_n || |W_k| ||_2 e_k.
 
-which is far tighter than the walk because ``|W| |h|`` is computed, not bounded by norms. ``h_k`` comes
-from a float64 forward pass whose own error ``g_k`` is bounded by the same recursion at ``u = 2^-53``.
-For the certificate, a slope ``d`` with ``error(x') <= e(x) + d ||x' - x||`` is carried alongside
-(sample-independent). The rounding counts are the walk's (``lipgraph.floaterr.local``): a Gemm sums
-``inner + 1 + 2`` terms (bias and the alpha/beta scalings), an Add of a constant after an affine op
-costs ``gamma_{fan+3}`` of the terms behind it. The derivation is in docs/floating-point.md
-("A per-sample bound for chains").
+``h_k`` comes from a float64 pass whose own error ``g_k`` follows the same recursion at ``u = 2^-53``; a
+sample-independent slope ``d`` gives ``error(x') <= e(x) + d ||x' - x||``. Rounding counts are the walk's
+(``lipgraph.floaterr.local``). A second bound ``e_x``, valid at x alone, counts only the products whose
+float operand may be nonzero at x. Derivation: docs/floating-point.md ("A per-sample bound for chains").
 """
 
 from __future__ import annotations
@@ -206,7 +202,10 @@ def _extract(graph: Graph, logits: str) -> list[_Op]:
             factor = _factors(graph, node, [State(ZERO, ZERO, ZERO, 0)] + [None] * (len(node.inputs) - 1))[0][0]
         except NoFloatBound as exc:
             raise NotAChainForFloat(str(exc)) from None
-        ops.append(_node_op(graph, node, per, factor))
+        try:
+            ops.append(_node_op(graph, node, per, factor))
+        except ValueError as exc:  # a constant that does not broadcast to the output, an odd Conv
+            raise NotAChainForFloat(f"{node.op_type} '{node.name}': {exc}") from None
         cur = out
     if not any(op.kind == "dot" for op in ops):
         raise NotAChainForFloat("no affine op")
