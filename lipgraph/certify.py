@@ -62,6 +62,7 @@ class Radii:
     target: np.ndarray  # label, or the prediction when there are no labels
     correct: np.ndarray
     method: str  # "pairwise" or "global"
+    float_error_choice: np.ndarray | None = None  # per sample: which (e, d) candidate set the margin reduction
 
 
 def _round_down(r: np.ndarray) -> np.ndarray:
@@ -72,7 +73,8 @@ def _round_down(r: np.ndarray) -> np.ndarray:
 
 def compute_radii(logits: np.ndarray, labels: np.ndarray | None, lipschitz: float,
                   tails: Sequence[Any] = (), float_error: np.ndarray | None = None,
-                  float_error_slope: float = 0.0) -> Radii:
+                  float_error_slope: float = 0.0,
+                  extra_float_errors: Sequence[tuple[Any, ...]] = ()) -> Radii:
     """Certified radii for ``logits`` (N, K) given the network bound and optional tail candidates.
 
     ``float_error`` (N,): a bound ``e`` on ``||logits - real logits||_2`` per sample, and
@@ -81,19 +83,36 @@ def compute_radii(logits: np.ndarray, labels: np.ndarray | None, lipschitz: floa
     by that at x (so the real network's margin at x is positive) and by the error anywhere within
     the radius r, ``e(s + r) <= e(s) + d r0`` with ``r0 >= r`` the radius with ``2 sqrt(2) e(s)``
     taken off (so ONNX Runtime's float margin is positive there too).
+    ``extra_float_errors``: more sound ``(e per sample, d)`` pairs, or ``(e, d, e_x)`` with ``e_x <= e`` a
+    bound valid at x only (``e_x + e`` then replaces ``2 e``: the first term speaks of x, the second of the
+    ball). Each candidate gives its own reduction ``delta_c`` and the smallest is used per sample. The
+    radius r computed with ``delta = delta_c`` is at most that candidate's ``r0`` (radii shrink as delta
+    grows, and ``r0`` used ``sqrt(2) (e_c + e_x_c) <= delta_c``), so the argument above holds with the
+    chosen candidate.
     """
     f = np.asarray(logits, dtype=np.float64)
     floor = MARGIN_REL * np.max(np.abs(f), axis=1) if f.ndim == 2 and f.size else np.zeros(len(f))
     if float_error is None:
         return _radii(f, labels, lipschitz, tails, floor)
     mult = 1.0 if f.ndim == 2 and f.shape[1] == 1 else _SQRT2_UP
+    deltas = np.stack([_float_delta(f, labels, lipschitz, tails, floor, mult, *cand)
+                       for cand in [(float_error, float_error_slope), *extra_float_errors]])
+    radii = _radii(f, labels, lipschitz, tails, np.min(deltas, axis=0))
+    radii.float_error_choice = np.argmin(deltas, axis=0)
+    return radii
+
+
+def _float_delta(f: np.ndarray, labels: np.ndarray | None, lipschitz: float, tails: Sequence[Any],
+                 floor: np.ndarray, mult: float, float_error: np.ndarray, slope: float,
+                 error_at_x: np.ndarray | None = None) -> np.ndarray:
+    """The margin reduction of one ``(e, d[, e_x])`` candidate (see :func:`compute_radii`)."""
     err = np.asarray(float_error, dtype=np.float64)
-    base = np.maximum(2.0 * mult * err, floor)
-    if float_error_slope <= 0:
-        return _radii(f, labels, lipschitz, tails, base)
+    both = 2.0 * err if error_at_x is None else np.nextafter(err + np.asarray(error_at_x, dtype=np.float64), np.inf)
+    base = np.maximum(both * mult, floor)
+    if slope <= 0:
+        return base
     r0 = _radii(f, labels, lipschitz, tails, base).radius
-    delta = np.maximum(np.nextafter((2.0 * err + float_error_slope * r0) * mult * (1.0 + 4 * _EPS64), np.inf), floor)
-    return _radii(f, labels, lipschitz, tails, delta)
+    return np.maximum(np.nextafter((both + slope * r0) * mult * (1.0 + 4 * _EPS64), np.inf), floor)
 
 
 def _radii(f: np.ndarray, labels: np.ndarray | None, lipschitz: float, tails: Sequence[Any],
@@ -342,6 +361,7 @@ def certify(
     from lipgraph.chain import unfused_graph
     from lipgraph.data import fit_inputs, fit_labels
     from lipgraph.floaterr import FLOAT32_UNIT_ROUNDOFF, float_error_model
+    from lipgraph.floaterr.chain_sample import chain_float
     from lipgraph.graph_build import build_graph
     from lipgraph.inference import DEFAULT_BATCH_SIZE, Runner, logits_model, model_input, resolve_providers
     from lipgraph.loader import load_model
@@ -399,10 +419,11 @@ def certify(
         load_rules()  # imports happen here, not concurrently in the worker
         # Bound at the data's own size: symbolic dimensions become concrete (sound for these
         # inputs, and tighter: conv bounds on the exact grid instead of the LMT overlap bound).
-        def bound_and_error() -> tuple[Any, Any, np.ndarray]:
+        def bound_and_error() -> tuple[Any, Any, np.ndarray, Any]:
             an = analyze(proto, input_name=graph.input_name, input_shape=sample_shape)
             em = float_error_model(proto, graph.input_name, sample_shape, logits_name, u, dot_operand_roundoff, an)
-            return an, em, _input_norms(xf)
+            return an, em, _input_norms(xf), chain_float(proto, graph.input_name, sample_shape, logits_name, xf, u,
+                                                         dot_operand_roundoff)
 
         background = _Background(bound_and_error)
 
@@ -419,12 +440,13 @@ def certify(
     labels = fit_labels(y, n, max(k, 2), source)
     t_wait = time.perf_counter()
     if background is not None:
-        analysis, error_model, input_norms = background.result()
+        analysis, error_model, input_norms, per_sample_err = background.result()
         analysis.meta.update(file_meta)
     else:
         error_model = float_error_model(proto, graph.input_name, sample_shape, logits_name, u, dot_operand_roundoff,
                                         analysis)
         input_norms = _input_norms(xf)
+        per_sample_err = chain_float(proto, graph.input_name, sample_shape, logits_name, xf, u, dot_operand_roundoff)
     t_wait = time.perf_counter() - t_wait
     if analysis.logits_name != graph.output_name:
         raise LipgraphError(f"internal: the analysis certifies '{analysis.logits_name}' but "
@@ -443,7 +465,8 @@ def certify(
         pair_candidates(graph, logits_name, logits, labels, lipschitz, tails, tight_pairs,
                         unfused_graph=lambda: unfused_graph(proto, graph.input_name, sample_shape),
                         margin_rel=MARGIN_REL)
-    radii = compute_radii(logits, labels, lipschitz, list(tails) + extra, error_model.at(input_norms), error_model.d)
+    radii = compute_radii(logits, labels, lipschitz, list(tails) + extra, error_model.at(input_norms), error_model.d,
+                          per_sample_err.candidates())
     t_radii = time.perf_counter() - t_radii
 
     # at eps = 0 a correct sample counts even with radius 0: certified accuracy at 0 == clean accuracy
@@ -473,7 +496,7 @@ def certify(
             f"(floor {MARGIN_REL:g} * max|logit|); radii rounded down"
         ),
         "float_error": {**error_model.describe(), "max_over_samples": float(np.max(error_model.at(input_norms)))
-                        if n else 0.0},
+                        if n else 0.0, "per_sample_chain": per_sample_err.describe(radii.float_error_choice)},
         "time_inference_s": round(t_inf, 4),
         "time_bound_wait_s": round(t_wait, 4),  # the bound runs beside inference; this is what it added
         "time_radii_s": round(t_radii, 4),

@@ -1,0 +1,397 @@
+"""A per-sample float error bound for chains of (affine op, elementwise activation) layers.
+
+The graph walk (``lipgraph.floaterr.walk``) bounds the float error through norms, for every input of a
+given norm at once. For a chain (Gemm / MatMul / Conv with constant weights, Add / Sub of constants,
+ReLU / LeakyReLU, reshapes) this module evaluates the a-priori dot-product bound (Higham 2002, ch. 3)
+**at the sample**, with ``h_k`` the real value entering affine layer ``k`` and ``e_k`` the error so far:
+
+    e_{k+1} <= ||W_k||_2 e_k + gamma_n || |W_k| |h_k| + |b_k| || + gamma_n || |W_k| ||_2 e_k.
+
+``h_k`` comes from a float64 pass whose own error ``g_k`` follows the same recursion at ``u = 2^-53``; a
+sample-independent slope ``d`` gives ``error(x') <= e(x) + d ||x' - x||``. Rounding counts are the walk's
+(``lipgraph.floaterr.local``). A second bound ``e_x``, valid at x alone, counts only the products whose
+float operand may be nonzero at x. Derivation: docs/floating-point.md ("A per-sample bound for chains").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+
+from lipgraph.conv_dense import ConvNotSupported, conv2d_linear
+from lipgraph.floaterr.state import ZERO, NoFloatBound, State, dot_gamma, gamma, schur
+from lipgraph.graph import Graph, Node
+
+U64 = 2.0**-53
+_SHAPE_OPS = {"Flatten", "Reshape", "Identity", "Dropout", "Squeeze", "Unsqueeze"}
+_SLACK = 1.0 + 1e-9  # the O(layers) float64 roundings of the recursion itself (nonnegative sums)
+# float64 multiply-adds the bound may spend on a whole data set (two passes of each affine op, numpy on the
+# bound's thread beside ONNX Runtime): an MNIST MLP on 10,000 images needs ~2.4e9; large conv nets keep the walk
+MAX_WORK = 2e10
+
+
+class NotAChainForFloat(Exception):
+    """The model is not a chain this module handles; the message says why (the walk's bound stays)."""
+
+
+@dataclass
+class _Op:
+    """One node of the chain. ``kind``: "dot", "add", "relu", "leaky", "shape"."""
+
+    kind: str
+    name: str
+    out_shape: tuple[int, ...]  # per sample
+    factor: float = 1.0  # the real node's Lipschitz factor (the bound rule's, rounding included)
+    lin: Callable[[np.ndarray], np.ndarray] | None = None  # x -> W x (batched, float64)
+    abs_lin: Callable[[np.ndarray], np.ndarray] | None = None  # x -> |W| x
+    bias: np.ndarray | None = None  # |b| for terms, b for the value (broadcastable per sample)
+    abs_norm: float = 0.0  # upper bound of || |W| ||_2 (Schur test)
+    n: int = 0  # roundings counted in the accumulator (as the walk counts them)
+    inner: int = 0  # the products among them (each output's dot-product length)
+    alpha: float = 0.0  # LeakyRelu slope
+
+
+@dataclass
+class ChainSampleBound:
+    """Per-sample bounds ``e`` on ``||logits_float - logits_real||_2`` and the slope ``d`` in the ball."""
+
+    e: np.ndarray  # valid at x and, with d, within the ball: e(x') <= e(x) + d ||x' - x||
+    d: float
+    layers: int
+    e_x: np.ndarray | None = None  # valid at x only (counts only the nonzero terms of x's sums); <= e
+    g: np.ndarray | None = None  # bound on ||logits64 - real logits|| (the float64 pass's own error)
+    logits64: np.ndarray | None = None  # the float64 pass's logits (kept only when asked, for tests)
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": "per-sample running error bound along the chain", "d": self.d, "chain_ops": self.layers}
+
+
+class ChainFloatModel:
+    """The chain's ops, read once from the unfused graph; :meth:`bound` evaluates them per batch."""
+
+    def __init__(self, graph: Graph, logits: str, u: float, u_dot: float):
+        self.u, self.u_dot = u, u_dot
+        self.ops = _extract(graph, logits)
+        self.in_shape = tuple(int(d) for d in graph.shape_of(graph.input_name)[1:])  # type: ignore[index, arg-type]
+
+    def bound(self, x: np.ndarray, keep_logits: bool = False) -> ChainSampleBound:
+        """``x``: the float32 inputs exactly as fed to ONNX Runtime (batch first).
+
+        One float64 pass carries two float32 error bounds: ``e`` counts every term of each sum (valid in the
+        ball, with the slope ``d``), ``e_x`` only the terms that can be nonzero at x (valid at x alone: a point
+        near x may have nonzeros where x has none)."""
+        m = len(x)
+        h = np.asarray(x, dtype=np.float64).reshape(m, *self.in_shape)
+        g = np.zeros(m)  # ||h64 - h_real||
+        e, e_x = np.zeros(m), np.zeros(m)  # ||h_float32 - h_real||: dense count, count at x
+        lip, slope = 1.0, 0.0  # Lipschitz bound of the real prefix; d of the error so far
+        # terms behind the last affine result: elementwise <= tv + w with ||w|| <= te + ts r (see docs)
+        tv, te, te_x, ts = np.abs(h), g + e, g + e_x, lip + slope
+        fan, fan_x = 0, np.zeros(m, dtype=np.int64)
+        nz = _count(h != 0)  # entries of the float tensor that may be nonzero at x (x's own zeros are exact)
+        for op in self.ops:
+            if op.kind == "dot":
+                assert op.lin is not None and op.abs_lin is not None
+                n_x = op.n - op.inner + np.minimum(op.inner, nz)
+                gam, gam_x = dot_gamma(op.n, self.u, self.u_dot), _dot_gam(n_x, self.u, self.u_dot)
+                tv = _up(op.abs_lin(np.abs(h)), op.n)
+                if op.bias is not None:
+                    tv = _up(tv + np.abs(op.bias), 1)
+                tn = _norm_up(tv)
+                te, te_x, ts = op.abs_norm * (g + e), op.abs_norm * (g + e_x), op.abs_norm * (lip + slope)
+                h = op.lin(h) + (op.bias if op.bias is not None else 0.0)
+                e = op.factor * e + gam * (tn + te)
+                e_x = op.factor * e_x + gam_x * (tn + te_x)
+                g = op.factor * g + gamma(op.n + 1, U64) * tn
+                slope = op.factor * slope + gam * ts
+                lip *= op.factor
+                fan, fan_x, nz = op.n, n_x, np.full(m, h[0].size)
+            elif op.kind == "add":
+                assert op.bias is not None
+                gam, gam_x = gamma(fan + 3, self.u), _gam(fan_x + 3, self.u)
+                tv = _up(tv + np.abs(op.bias), 1)
+                tn = _norm_up(tv)
+                e, e_x = e + gam * (tn + te), e_x + gam_x * (tn + te_x)
+                g = g + gamma(2, U64) * _norm_up(_up(np.abs(h) + np.abs(op.bias), 1))
+                slope = slope + gam * ts
+                h = h + op.bias
+                fan, fan_x, nz = fan + 3, fan_x + 3, np.full(m, h[0].size)
+            elif op.kind in ("relu", "leaky"):
+                if op.kind == "relu":  # exact in any float format, 1-Lipschitz entrywise
+                    # the float input is h_real + err with |err_j| <= e_x, h_real_j <= h64_j + g: below 0 -> exact 0
+                    nz = _count(h + (g + e_x).reshape(-1, *[1] * (h.ndim - 1)) >= 0)
+                    h = np.maximum(h, 0.0)
+                else:  # |fl(f(y)) - f(y)| <= u (|f(y)| + |y| + 1) per entry, as the walk assumes (1 unit)
+                    a = np.abs(h)
+                    base = _norm_up(_up(2.0 * a + 1.0, 1))
+                    e = e + self.u * (1 + 1e-9) * (base + 2.0 * (g + e))
+                    e_x = e_x + self.u * (1 + 1e-9) * (base + 2.0 * (g + e_x))
+                    slope = slope + self.u * (1 + 1e-9) * 2.0 * (lip + slope)
+                    g = g + U64 * (1 + 1e-9) * _norm_up(a)
+                    h = np.where(h >= 0, h, op.alpha * h)
+                    nz = np.full(m, h[0].size)
+                tv, te, te_x, ts = np.abs(h), g + e, g + e_x, lip + slope
+                fan, fan_x = 0, np.zeros(m, dtype=np.int64)
+            else:  # a reshape: no arithmetic
+                h = h.reshape(m, *op.out_shape)
+                tv, te, te_x, ts = np.abs(h), g + e, g + e_x, lip + slope
+                fan, fan_x = 0, np.zeros(m, dtype=np.int64)
+        e = np.nextafter(e * _SLACK, np.inf)
+        e_x = np.minimum(np.nextafter(e_x * _SLACK, np.inf), e)
+        d = float(np.nextafter(slope * _SLACK, np.inf))
+        return ChainSampleBound(e, d, len(self.ops), e_x, g * _SLACK, h.reshape(m, -1) if keep_logits else None)
+
+
+def _count(mask: np.ndarray) -> np.ndarray:
+    return np.count_nonzero(mask.reshape(len(mask), -1), axis=1)
+
+
+def _gam(n: np.ndarray, u: float) -> np.ndarray:
+    vals = {int(k): gamma(int(k), u) for k in np.unique(n)}
+    return np.array([vals[int(k)] for k in n])
+
+
+def _dot_gam(n: np.ndarray, u: float, u_dot: float) -> np.ndarray:
+    """``dot_gamma`` (Higham's gamma with operand rounding) per sample, from the scalar definition."""
+    vals = {int(k): dot_gamma(int(k), u, u_dot) for k in np.unique(n)}
+    return np.array([vals[int(k)] for k in n])
+
+
+def _up(v: np.ndarray, n: int) -> np.ndarray:
+    """Cover the float64 rounding of a sum of ``n + 1`` nonnegative terms computed entrywise."""
+    return v * (1.0 + 2.0 * gamma(n + 2, U64))
+
+
+def _norm_up(v: np.ndarray) -> np.ndarray:
+    """Per-sample L2 norms of nonnegative rows, rounded up (a sum of squares and a square root)."""
+    flat = v.reshape(len(v), -1)
+    k = flat.shape[1]
+    return np.sqrt(np.einsum("ij,ij->i", flat, flat)) * (1.0 + gamma(k + 4, U64))
+
+
+def _extract(graph: Graph, logits: str) -> list[_Op]:
+    from lipgraph.floaterr.walk import _factors
+
+    cur = graph.input_name
+    shape = graph.shape_of(cur)
+    if shape is None or any(d is None for d in shape) or shape[0] != 1:
+        raise NotAChainForFloat(f"the input '{cur}' has no fixed per-sample shape")
+    ops: list[_Op] = []
+    while cur != logits:
+        users = graph.consumers(cur)
+        if len(users) != 1:
+            raise NotAChainForFloat(f"'{cur}' feeds {len(users)} nodes")
+        node = users[0]
+        var = [k for k, i in enumerate(node.inputs) if i and graph.is_variable(i)]
+        if node.domain != "ai.onnx" or var != [0] or len(node.outputs) != 1:
+            raise NotAChainForFloat(f"{node.op_type} '{node.name}' is not an op of a chain")
+        out = node.outputs[0]
+        t = graph.tensors.get(out)
+        if t is None or t.elem_type != onnx.TensorProto.FLOAT:
+            raise NotAChainForFloat(f"'{out}' is not a float32 tensor")
+        out_shape = graph.shape_of(out)
+        if out_shape is None or any(d is None for d in out_shape):
+            raise NotAChainForFloat(f"no fixed shape for '{out}'")
+        per = tuple(int(d) for d in out_shape[1:])  # type: ignore[arg-type]
+        try:
+            factor = _factors(graph, node, [State(ZERO, ZERO, ZERO, 0)] + [None] * (len(node.inputs) - 1))[0][0]
+        except NoFloatBound as exc:
+            raise NotAChainForFloat(str(exc)) from None
+        try:
+            ops.append(_node_op(graph, node, per, factor))
+        except ValueError as exc:  # a constant that does not broadcast to the output, an odd Conv
+            raise NotAChainForFloat(f"{node.op_type} '{node.name}': {exc}") from None
+        cur = out
+    if not any(op.kind == "dot" for op in ops):
+        raise NotAChainForFloat("no affine op")
+    return ops
+
+
+def _const(graph: Graph, node: Node, i: int) -> np.ndarray | None:
+    if i >= len(node.inputs) or not node.inputs[i]:
+        return None
+    t = graph.tensors.get(node.inputs[i])
+    if t is None or t.variable or t.value is None:
+        raise NotAChainForFloat(f"{node.op_type} '{node.name}' has a non-constant operand")
+    return np.asarray(t.value, dtype=np.float64)
+
+
+def _node_op(graph: Graph, node: Node, per: tuple[int, ...], factor: float) -> _Op:
+    op, attrs = node.op_type, node.attrs
+    if op in _SHAPE_OPS:
+        return _Op("shape", node.name, per)
+    if op == "Relu":
+        return _Op("relu", node.name, per)
+    if op == "LeakyRelu":
+        alpha = float(attrs.get("alpha", 0.01))
+        if not 0.0 <= alpha <= 1.0:
+            raise NotAChainForFloat(f"LeakyRelu '{node.name}' with alpha {alpha} outside [0, 1]")
+        return _Op("leaky", node.name, per, alpha=alpha)
+    if op in ("Add", "Sub"):
+        c = _const(graph, node, 1)
+        assert c is not None
+        b = np.broadcast_to(c if op == "Add" else -c, (1, *per)) if c.ndim <= len(per) + 1 else None
+        if b is None or b.shape != (1, *per):
+            raise NotAChainForFloat(f"{op} '{node.name}': the constant does not broadcast to the output")
+        return _Op("add", node.name, per, bias=np.array(b))
+    if op == "Gemm":
+        return _gemm(graph, node, per, factor)
+    if op == "MatMul":
+        w = _const(graph, node, 1)
+        if w is None or w.ndim != 2:
+            raise NotAChainForFloat(f"MatMul '{node.name}' without a constant 2-D weight")
+        aw = np.abs(w)
+        return _Op(
+            "dot",
+            node.name,
+            per,
+            factor,
+            lambda x, w=w: x @ w,
+            lambda x, aw=aw: x @ aw,
+            None,
+            schur(aw, aw.sum(axis=1), aw.sum(axis=0)),
+            int(w.shape[0]),
+            int(w.shape[0]),
+        )
+    if op == "Conv":
+        return _conv(graph, node, per, factor)
+    raise NotAChainForFloat(f"{op} '{node.name}' has no per-sample float model here")
+
+
+def _gemm(graph: Graph, node: Node, per: tuple[int, ...], factor: float) -> _Op:
+    attrs = node.attrs
+    if int(attrs.get("transA", 0)):
+        raise NotAChainForFloat(f"Gemm '{node.name}' with transA")
+    w = _const(graph, node, 1)
+    if w is None or w.ndim != 2:
+        raise NotAChainForFloat(f"Gemm '{node.name}' without a constant matrix")
+    if int(attrs.get("transB", 0)):
+        w = w.T
+    alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+    if alpha != 1.0 or beta != 1.0:  # a scaled Gemm would add float64 roundings to the reference values
+        raise NotAChainForFloat(f"Gemm '{node.name}' with alpha {alpha}, beta {beta}")
+    c = _const(graph, node, 2)
+    bias = None if c is None else np.array(np.broadcast_to(c, (1, *per)))
+    aw = np.abs(w)
+    n = int(w.shape[0]) + (1 if c is not None else 0) + 2
+    return _Op(
+        "dot",
+        node.name,
+        per,
+        factor,
+        lambda x, w=w: x @ w,
+        lambda x, aw=aw: x @ aw,
+        bias,
+        schur(aw, aw.sum(axis=1), aw.sum(axis=0)),
+        n,
+        int(w.shape[0]),
+    )
+
+
+def _conv(graph: Graph, node: Node, per: tuple[int, ...], factor: float) -> _Op:
+    w = _const(graph, node, 1)
+    if w is None or w.ndim != 4:
+        raise NotAChainForFloat(f"Conv '{node.name}' is not a 2-D Conv with a constant kernel")
+    b = _const(graph, node, 2)
+    attrs = dict(node.attrs)
+    aw = np.abs(w)
+
+    def lin(x: np.ndarray, k: np.ndarray = w) -> np.ndarray:
+        return conv2d_linear(x, k, attrs)[0]
+
+    def abs_lin(x: np.ndarray, k: np.ndarray = aw) -> np.ndarray:
+        return conv2d_linear(x, k, attrs)[0]
+
+    try:
+        lin(np.zeros((1, *[int(d) for d in graph.shape_of(node.inputs[0])[1:]])))  # type: ignore[index, union-attr]
+    except (ConvNotSupported, TypeError) as exc:
+        raise NotAChainForFloat(f"Conv '{node.name}': {exc}") from None
+    g = int(attrs.get("group", 1))
+    spatial = (2, 3)
+    rows = aw.sum(axis=(1, *spatial))
+    per_g = aw.shape[0] // g
+    cols = np.concatenate([aw[j * per_g : (j + 1) * per_g].sum(axis=(0, *spatial)) for j in range(g)])
+    bias = None if b is None else np.array(np.broadcast_to(b.reshape(1, -1, 1, 1), (1, *per)))
+    n = int(np.prod(w.shape[1:])) + (1 if b is not None else 0)
+    return _Op("dot", node.name, per, factor, lin, abs_lin, bias, schur(aw, rows, cols), n, int(np.prod(w.shape[1:])))
+
+
+@dataclass
+class ChainFloat:
+    """The per-sample chain bound for certify, or the reason there is none (the walk's bound then stands)."""
+
+    bound: ChainSampleBound | None
+    reason: str | None = None
+
+    def candidates(self) -> list[tuple[Any, ...]]:
+        """``(e, d, e_x)`` for :func:`lipgraph.certify.compute_radii`."""
+        return [] if self.bound is None else [(self.bound.e, self.bound.d, self.bound.e_x)]
+
+    def describe(self, choice: np.ndarray | None) -> dict[str, Any]:
+        """JSON for ``meta.float_error.per_sample_chain``; ``choice`` is 1 where this bound was used."""
+        if self.bound is None:
+            return {"used": False, "reason": self.reason}
+        used = int(np.sum(choice == 1)) if choice is not None else 0
+        return {
+            "used": used > 0,
+            **self.bound.describe(),
+            "max_over_samples": float(np.max(self.bound.e)) if len(self.bound.e) else 0.0,
+            "max_over_samples_at_x": float(np.max(self.bound.e_x))
+            if self.bound.e_x is not None and len(self.bound.e_x)
+            else None,
+            "samples_used": used,
+        }
+
+
+def chain_float(
+    proto: onnx.ModelProto,
+    input_name: str | None,
+    sample_shape: tuple[int, ...],
+    logits: str,
+    x: Any,
+    u: float,
+    u_dot: float,
+) -> ChainFloat:
+    """:func:`chain_sample_bound` at float32's unit roundoff or above, wrapped for certify."""
+    bound, why = chain_sample_bound(proto, input_name, sample_shape, logits, x, max(u, 2.0**-24), u_dot)
+    return ChainFloat(bound, why)
+
+
+def chain_sample_bound(
+    proto: onnx.ModelProto,
+    input_name: str | None,
+    sample_shape: tuple[int, ...],
+    logits: str,
+    x: Any,
+    u: float,
+    u_dot: float,
+    chunk: int = 2048,
+) -> tuple[ChainSampleBound | None, str | None]:
+    """The per-sample bound over ``x`` (read in chunks: a stream view is never loaded whole), or
+    ``(None, reason)`` when the model is not a chain handled here."""
+    from lipgraph.chain import unfused_graph
+
+    try:
+        model = ChainFloatModel(unfused_graph(proto, input_name, sample_shape), logits, u, u_dot)
+    except (NotAChainForFloat, NoFloatBound) as exc:
+        return None, str(exc)
+    n = len(x)
+    work = 2.0 * n * sum(float(np.prod(op.out_shape)) * op.inner for op in model.ops if op.kind == "dot")
+    if work > MAX_WORK:
+        return None, f"the per-sample bound would take {work:.2g} multiply-adds (limit {MAX_WORK:.2g})"
+    e, e_x = np.empty(n), np.empty(n)
+    d, layers = 0.0, len(model.ops)
+    for start in range(0, n, chunk):
+        part = model.bound(np.asarray(x[start : start + chunk]))
+        assert part.e_x is not None
+        e[start : start + len(part.e)] = part.e
+        e_x[start : start + len(part.e)] = part.e_x
+        d = part.d  # the same for every chunk (it does not depend on the samples)
+    if not (np.all(np.isfinite(e)) and math.isfinite(d)):
+        return None, "the per-sample bound is not finite"
+    return ChainSampleBound(e, d, layers, e_x), None
