@@ -206,9 +206,10 @@ def sandwich(ctx: RuleContext) -> Bound:
     n = np.asarray(attrs["q"], dtype=np.float64)
     m, m_err = _second_operator(attrs, factor)
     n_norm = spectral_norm(n).value
-    m_norm = spectral_norm(m).value + m_err
+    m_computed_norm = spectral_norm(m).value  # >= ||m||_2, the float64 matrix at hand
+    m_norm = m_computed_norm + m_err
     generic = _up(m_norm * n_norm)
-    cert, gap = sandwich_certificate(m, n, n_norm, m_err, worth_below=generic)
+    cert, gap = sandwich_certificate(m, n, n_norm, m_err, worth_below=generic, m_norm=m_computed_norm)
     if cert < generic:
         best, method = cert, f"sandwich (LBDN), lambda_max(G) <= {gap:.2e}"
     else:
