@@ -245,19 +245,7 @@ def _node_op(graph: Graph, node: Node, per: tuple[int, ...], factor: float) -> _
         w = _const(graph, node, 1)
         if w is None or w.ndim != 2:
             raise NotAChainForFloat(f"MatMul '{node.name}' without a constant 2-D weight")
-        aw = np.abs(w)
-        return _Op(
-            "dot",
-            node.name,
-            per,
-            factor,
-            lambda x, w=w: x @ w,
-            lambda x, aw=aw: x @ aw,
-            None,
-            schur(aw, aw.sum(axis=1), aw.sum(axis=0)),
-            int(w.shape[0]),
-            int(w.shape[0]),
-        )
+        return _dense_op(node.name, per, factor, w, None, int(w.shape[0]))
     if op == "Conv":
         return _conv(graph, node, per, factor)
     raise NotAChainForFloat(f"{op} '{node.name}' has no per-sample float model here")
@@ -277,18 +265,23 @@ def _gemm(graph: Graph, node: Node, per: tuple[int, ...], factor: float) -> _Op:
         raise NotAChainForFloat(f"Gemm '{node.name}' with alpha {alpha}, beta {beta}")
     c = _const(graph, node, 2)
     bias = None if c is None else np.array(np.broadcast_to(c, (1, *per)))
+    return _dense_op(node.name, per, factor, w, bias, int(w.shape[0]) + (1 if c is not None else 0) + 2)
+
+
+def _dense_op(name: str, per: tuple[int, ...], factor: float, w: np.ndarray, bias: np.ndarray | None,
+              roundings: int) -> _Op:
+    """``x @ w (+ bias)`` with ``roundings`` float operations per output (the walk's count for the op)."""
     aw = np.abs(w)
-    n = int(w.shape[0]) + (1 if c is not None else 0) + 2
     return _Op(
         "dot",
-        node.name,
+        name,
         per,
         factor,
         lambda x, w=w: x @ w,
         lambda x, aw=aw: x @ aw,
         bias,
         schur(aw, aw.sum(axis=1), aw.sum(axis=0)),
-        n,
+        roundings,
         int(w.shape[0]),
     )
 
