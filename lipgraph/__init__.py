@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-__version__ = "0.1.0"
+from lipgraph.version import __version__
 
 # BLAS threads. The bound is many small dense problems (per-frequency conv symbols); OpenBLAS's
 # threads busy-wait, and on a machine whose cores are already busy (CI runners, ONNX Runtime's

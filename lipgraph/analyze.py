@@ -89,7 +89,7 @@ def versions() -> dict[str, str]:
     import networkx
     import scipy
 
-    from lipgraph import __version__
+    from lipgraph.version import __version__
 
     out = {
         "lipgraph": __version__,
