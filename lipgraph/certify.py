@@ -281,11 +281,13 @@ def certify(
         load_rules()  # imports happen here, not concurrently in the worker
         # Bound at the data's own size: symbolic dimensions become concrete (sound for these
         # inputs, and tighter: conv bounds on the exact grid instead of the LMT overlap bound).
-        def bound_and_error() -> tuple[Any, Any, np.ndarray, Any]:
+        def bound_and_error() -> tuple[Any, Any, np.ndarray, Any, Any]:
             an = analyze(proto, input_name=graph.input_name, input_shape=sample_shape)
-            em = float_error_model(proto, graph.input_name, sample_shape, logits_name, u, dot_operand_roundoff, an)
+            ug = unfused_graph(proto, graph.input_name, sample_shape)  # read by the float bounds and the pairs
+            em = float_error_model(proto, graph.input_name, sample_shape, logits_name, u, dot_operand_roundoff, an,
+                                   graph=ug)
             return an, em, _input_norms(xf), chain_float(proto, graph.input_name, sample_shape, logits_name, xf, u,
-                                                         dot_operand_roundoff)
+                                                         dot_operand_roundoff, graph=ug), ug
 
         background = _Background(bound_and_error)
 
@@ -302,13 +304,15 @@ def certify(
     labels = fit_labels(y, n, max(k, 2), source)
     t_wait = time.perf_counter()
     if background is not None:
-        analysis, error_model, input_norms, per_sample_err = background.result()
+        analysis, error_model, input_norms, per_sample_err, unfused = background.result()
         analysis.meta.update(file_meta)
     else:
+        unfused = unfused_graph(proto, graph.input_name, sample_shape)
         error_model = float_error_model(proto, graph.input_name, sample_shape, logits_name, u, dot_operand_roundoff,
-                                        analysis)
+                                        analysis, graph=unfused)
         input_norms = _input_norms(xf)
-        per_sample_err = chain_float(proto, graph.input_name, sample_shape, logits_name, xf, u, dot_operand_roundoff)
+        per_sample_err = chain_float(proto, graph.input_name, sample_shape, logits_name, xf, u, dot_operand_roundoff,
+                                     graph=unfused)
     t_wait = time.perf_counter() - t_wait
     if analysis.logits_name != graph.output_name:
         raise LipgraphError(f"internal: the analysis certifies '{analysis.logits_name}' but "
@@ -325,7 +329,7 @@ def certify(
     tails = find_tail(graph, logits_name, analysis.tensor_bounds)
     extra, pair_meta = ([], {"used": False, "reason": "single logit"}) if sigmoid_logit is not None else \
         pair_candidates(graph, logits_name, logits, labels, lipschitz, tails, tight_pairs,
-                        unfused_graph=lambda: unfused_graph(proto, graph.input_name, sample_shape),
+                        unfused_graph=lambda: unfused,
                         margin_rel=MARGIN_REL)
     radii = compute_radii(logits, labels, lipschitz, list(tails) + extra, error_model.at(input_norms), error_model.d,
                           per_sample_err.candidates())

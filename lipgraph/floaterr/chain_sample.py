@@ -349,9 +349,10 @@ def chain_float(
     x: Any,
     u: float,
     u_dot: float,
+    graph: Graph | None = None,
 ) -> ChainFloat:
     """:func:`chain_sample_bound` at float32's unit roundoff or above, wrapped for certify."""
-    bound, why = chain_sample_bound(proto, input_name, sample_shape, logits, x, max(u, 2.0**-24), u_dot)
+    bound, why = chain_sample_bound(proto, input_name, sample_shape, logits, x, max(u, 2.0**-24), u_dot, graph=graph)
     return ChainFloat(bound, why)
 
 
@@ -364,13 +365,17 @@ def chain_sample_bound(
     u: float,
     u_dot: float,
     chunk: int = 2048,
+    graph: Graph | None = None,
 ) -> tuple[ChainSampleBound | None, str | None]:
     """The per-sample bound over ``x`` (read in chunks: a stream view is never loaded whole), or
-    ``(None, reason)`` when the model is not a chain handled here."""
+    ``(None, reason)`` when the model is not a chain handled here. ``graph``: the model's
+    :func:`lipgraph.chain.unfused_graph` when the caller has built it already."""
     from lipgraph.chain import unfused_graph
 
     try:
-        model = ChainFloatModel(unfused_graph(proto, input_name, sample_shape), logits, u, u_dot)
+        if graph is None:
+            graph = unfused_graph(proto, input_name, sample_shape)
+        model = ChainFloatModel(graph, logits, u, u_dot)
     except (NotAChainForFloat, NoFloatBound) as exc:
         return None, str(exc)
     n = len(x)

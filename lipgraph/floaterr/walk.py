@@ -70,6 +70,7 @@ def float_error_model(
     unit_roundoff: float = FLOAT32_UNIT_ROUNDOFF,
     dot_operand_roundoff: float = 0.0,
     analysis: Any = None,
+    graph: Graph | None = None,
 ) -> ErrorModel:
     """The error bound of ``tensor`` (default: the logits lipgraph certifies) of ``model``.
 
@@ -85,11 +86,12 @@ def float_error_model(
     from lipgraph.rules import load_rules
 
     load_rules()
-    graph = build_graph(model, input_name, input_shape)
-    # Only the passes without which the graph could not be bounded: scale folding would change intermediate
-    # values (magnitudes are what matter here), and fused linear or residual structures stand for several
-    # ops that ONNX Runtime rounds one by one; their generic rules propagate earlier errors soundly.
-    run_passes(graph, default_passes(tightening=False))
+    if graph is None:  # ``graph``: the same construction, already made by the caller (lipgraph.chain.unfused_graph)
+        graph = build_graph(model, input_name, input_shape)
+        # Only the passes without which the graph could not be bounded: scale folding would change intermediate
+        # values (magnitudes are what matter here), and fused linear or residual structures stand for several
+        # ops that ONNX Runtime rounds one by one; their generic rules propagate earlier errors soundly.
+        run_passes(graph, default_passes(tightening=False))
     target = tensor or graph.output_name
     known = _known_factors(analysis)
     regions = _fused_regions(analysis, graph)
