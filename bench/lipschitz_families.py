@@ -42,11 +42,11 @@ NEW_PASSES = {"circular_conv", "linear_maps", "sorting_variants", "power_series"
 def _analyze(proto, old: bool) -> tuple[float | None, float, str]:
     from lipgraph import analyze
     from lipgraph.errors import LipgraphError
-    from lipgraph.passes import _OPTIONAL
+    from lipgraph.passes import PASS_ORDER
 
-    saved = list(_OPTIONAL)
+    saved = list(PASS_ORDER)
     if old:
-        _OPTIONAL[:] = [(m, f) for m, f in _OPTIONAL if m not in NEW_PASSES]
+        PASS_ORDER[:] = [p for p in PASS_ORDER if p.module not in NEW_PASSES]
     try:
         t0 = time.perf_counter()
         bound = analyze(proto).bound
@@ -54,7 +54,7 @@ def _analyze(proto, old: bool) -> tuple[float | None, float, str]:
     except LipgraphError as exc:
         return None, 0.0, str(exc).splitlines()[0][:120]
     finally:
-        _OPTIONAL[:] = saved
+        PASS_ORDER[:] = saved
 
 
 def markdown_table(results: dict) -> str:

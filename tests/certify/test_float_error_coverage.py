@@ -43,8 +43,8 @@ def _emitting_modules(op: str) -> set[str]:
 def _only_tightening_modules() -> set[str]:
     """Modules all of whose registered passes only tighten (left out of the float error walk)."""
     mods: dict[str, set[bool]] = {}
-    for mod, fn in passes_pkg._OPTIONAL:
-        mods.setdefault(mod, set()).add((mod, fn) in passes_pkg._TIGHTENING)
+    for entry in passes_pkg.PASS_ORDER:
+        mods.setdefault(entry.module, set()).add(entry.tightening)
     return {m for m, kinds in mods.items() if kinds == {True}}
 
 

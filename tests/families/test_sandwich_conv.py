@@ -309,7 +309,7 @@ def _without_pass(proto, monkeypatch) -> float:
     from lipgraph import passes
 
     with monkeypatch.context() as mp:
-        mp.setattr(passes, "_OPTIONAL", [p for p in passes._OPTIONAL if p[0] != "conv_sandwiches"])
+        mp.setattr(passes, "PASS_ORDER", [p for p in passes.PASS_ORDER if p.module != "conv_sandwiches"])
         return analyze(proto).bound
 
 
