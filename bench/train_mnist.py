@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-models", default=None, metavar="DIR",
                     help="write each model (METHOD-sSEED.onnx) and the test split there, for `lipgraph certify`")
     ap.add_argument("--quick", action="store_true", help="1 epoch, 3000 train / 1000 test images")
+    ap.add_argument("--fail-on-miss", action="store_true",
+                    help="exit 1 when a full-size run meets neither target (for a scheduled check); by default the "
+                         "table and JSON say which targets were met and the exit status is 0")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "train_mnist.json"))
     args = ap.parse_args(argv)
 
@@ -192,7 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2))
     print(f"wrote {args.json}", file=sys.stderr)
-    return 0 if (not full or met) else 1
+    met14 = summary["target_issue14_met_by"]
+    if full:
+        print(f"targets: issue 4 (45% @1.58, 95% clean, 30 min) met by {summary['target_met_by'] or 'none'}; "
+              f"issue 14 (70% @1.58, 98% clean, 60 min) met by {met14 or 'none'}")
+    return 1 if (args.fail_on_miss and full and not met and not met14) else 0
 
 
 def awp_overhead(in_shape: tuple[int, ...], n_classes: int, steps: int = 8, rounds: int = 3) -> dict:
