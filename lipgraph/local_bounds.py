@@ -77,8 +77,11 @@ def read_chain(graph: Any, logits: str) -> CrownL2:
         b = np.zeros(w.shape[0])
         for v in biases:
             b = b + v.reshape(-1)
-        b_err = np.zeros(w.shape[0]) if len(biases) < 2 else \
-            gamma(len(biases) + 1, _EPS64) * sum(np.abs(v.reshape(-1)) for v in biases) * (1 + 1e-6)
+        b_err = (
+            np.zeros(w.shape[0])
+            if len(biases) < 2
+            else gamma(len(biases) + 1, _EPS64) * sum(np.abs(v.reshape(-1)) for v in biases) * (1 + 1e-6)
+        )
         layers.append(Affine(w, b, b_err))
         w, biases = None, []
 
@@ -117,8 +120,9 @@ class LocalRadii:
     meta: dict[str, Any]
 
 
-def allowance(float_errors: Sequence[tuple[np.ndarray, float]], logits: np.ndarray, r: float,
-              margin_rel: float) -> np.ndarray:
+def allowance(
+    float_errors: Sequence[tuple[np.ndarray, float]], logits: np.ndarray, r: float, margin_rel: float
+) -> np.ndarray:
     """Per sample: what a logit difference of ONNX Runtime's may lose against the real network within ``r``,
     plus the certificate's floor (module docstring)."""
     best = None
@@ -131,9 +135,17 @@ def allowance(float_errors: Sequence[tuple[np.ndarray, float]], logits: np.ndarr
     return np.nextafter((base + floor) * (1.0 + 8 * _EPS64), np.inf)
 
 
-def local_radii(crown: CrownL2, x: Any, logits: np.ndarray, target: np.ndarray, correct: np.ndarray,
-                radius: np.ndarray, eps_list: Sequence[float],
-                float_errors: Sequence[tuple[np.ndarray, float]], margin_rel: float) -> LocalRadii:
+def local_radii(
+    crown: CrownL2,
+    x: Any,
+    logits: np.ndarray,
+    target: np.ndarray,
+    correct: np.ndarray,
+    radius: np.ndarray,
+    eps_list: Sequence[float],
+    float_errors: Sequence[tuple[np.ndarray, float]],
+    margin_rel: float,
+) -> LocalRadii:
     """Try the grid's eps values per sample (module docstring). ``x``: the inputs exactly as ONNX Runtime ran
     them (an array or a stream view read by contiguous slices)."""
     t0 = time.perf_counter()
@@ -146,8 +158,8 @@ def local_radii(crown: CrownL2, x: Any, logits: np.ndarray, target: np.ndarray, 
     todo = np.flatnonzero(correct & pred_ok & (out < (grid[-1] if grid else -1.0)))
     work = 0.0
     for start in range(0, len(todo), CHUNK):
-        idx = todo[start:start + CHUNK]
-        xs = np.asarray(x[int(idx[0]):int(idx[-1]) + 1])[idx - idx[0]]
+        idx = todo[start : start + CHUNK]
+        xs = np.asarray(x[int(idx[0]) : int(idx[-1]) + 1])[idx - idx[0]]
         first = crown.first_layer(xs)
         alive = np.ones(len(idx), dtype=bool)
         for e in grid:
@@ -155,29 +167,44 @@ def local_radii(crown: CrownL2, x: Any, logits: np.ndarray, target: np.ndarray, 
             if not len(sel):
                 continue
             lb = crown.margin_lower_bounds(xs[sel], target[idx[sel]], e, (first[0][sel], first[1][sel]))
-            ok = np.min(lb, axis=1) > allowance([(np.asarray(a)[idx[sel]], d) for a, d in float_errors],
-                                                logits[idx[sel]], e, margin_rel)
+            ok = np.min(lb, axis=1) > allowance(
+                [(np.asarray(a)[idx[sel]], d) for a, d in float_errors], logits[idx[sel]], e, margin_rel
+            )
             work += len(sel) * crown.work_per_sample()
             checked[e] += len(sel)
             improved[e] += int(ok.sum())
             out[idx[sel[ok]]] = e
             from_local[idx[sel[ok]]] = True
             alive[sel[~ok]] = False
-    return LocalRadii(out, from_local, {
-        "used": True,
-        "method": f"{METHOD}: linear bound propagation over the L2 ball (CROWN), float64 with rounding charged",
-        "hidden": crown.sizes[:-1],
-        "work_per_sample_and_eps": crown.work_per_sample(),
-        "samples_checked": {str(e): checked[e] for e in grid},
-        "samples_improved": {str(e): improved[e] for e in grid},
-        "samples_from_local": int(from_local.sum()),
-        "time_s": round(time.perf_counter() - t0, 4),
-    })
+    return LocalRadii(
+        out,
+        from_local,
+        {
+            "used": True,
+            "method": f"{METHOD}: linear bound propagation over the L2 ball (CROWN), float64 with rounding charged",
+            "hidden": crown.sizes[:-1],
+            "work_per_sample_and_eps": crown.work_per_sample(),
+            "samples_checked": {str(e): checked[e] for e in grid},
+            "samples_improved": {str(e): improved[e] for e in grid},
+            "samples_from_local": int(from_local.sum()),
+            "time_s": round(time.perf_counter() - t0, 4),
+        },
+    )
 
 
-def local_candidates(mode: str, graph_fn: Any, logits_name: str, x: Any, logits: np.ndarray,
-                     target: np.ndarray, correct: np.ndarray, radius: np.ndarray, eps_list: Sequence[float],
-                     float_errors: Sequence[tuple[np.ndarray, float]], margin_rel: float) -> LocalRadii:
+def local_candidates(
+    mode: str,
+    graph_fn: Any,
+    logits_name: str,
+    x: Any,
+    logits: np.ndarray,
+    target: np.ndarray,
+    correct: np.ndarray,
+    radius: np.ndarray,
+    eps_list: Sequence[float],
+    float_errors: Sequence[tuple[np.ndarray, float]],
+    margin_rel: float,
+) -> LocalRadii:
     """certify's entry point: ``graph_fn()`` gives the unfused graph; off or not applicable leaves the radii."""
     unchanged = LocalRadii(np.asarray(radius), np.zeros(len(radius), dtype=bool), {})
     if mode == "off":
@@ -189,15 +216,22 @@ def local_candidates(mode: str, graph_fn: Any, logits_name: str, x: Any, logits:
     try:
         crown = read_chain(graph_fn(), logits_name)
     except NotLocal as exc:
-        unchanged.meta = {"used": False, "mode": mode,
-                          "reason": f"not a chain of affine layers and ReLU / LeakyReLU: {exc}"}
+        unchanged.meta = {
+            "used": False,
+            "mode": mode,
+            "reason": f"not a chain of affine layers and ReLU / LeakyReLU: {exc}",
+        }
         return unchanged
     if crown.sizes[-1] != logits.shape[1]:
         unchanged.meta = {"used": False, "mode": mode, "reason": "the chain's output does not match the logits"}
         return unchanged
     if crown.work_per_sample() > AUTO_MAX_WORK:
-        unchanged.meta = {"used": False, "mode": mode, "reason": f"{crown.work_per_sample():.3g} multiply-adds per "
-                          f"sample and eps (auto's limit {AUTO_MAX_WORK:.3g})"}
+        unchanged.meta = {
+            "used": False,
+            "mode": mode,
+            "reason": f"{crown.work_per_sample():.3g} multiply-adds per "
+            f"sample and eps (auto's limit {AUTO_MAX_WORK:.3g})",
+        }
         return unchanged
     res = local_radii(crown, x, logits, target, correct, radius, eps_list, float_errors, margin_rel)
     res.meta["mode"] = mode

@@ -123,8 +123,17 @@ class CrownL2:
         h = np.maximum(np.abs(np.where(lo >= 0, lo, a * lo)), np.abs(np.where(hi >= 0, hi, a * hi)))
         return z, _up(h)
 
-    def _backward(self, mu: np.ndarray, c: np.ndarray, err: np.ndarray, top: int, bounds: list[tuple],
-                  z0: np.ndarray, z0_err: np.ndarray, r: float) -> np.ndarray:
+    def _backward(
+        self,
+        mu: np.ndarray,
+        c: np.ndarray,
+        err: np.ndarray,
+        top: int,
+        bounds: list[tuple],
+        z0: np.ndarray,
+        z0_err: np.ndarray,
+        r: float,
+    ) -> np.ndarray:
         """Lower bounds of ``mu . h_top + c`` over the ball, ``mu`` (N, R, n_top); ``err`` (N, R) is rounding
         charged so far. ``bounds[k] = (lo, hi, a, A, B, |z|, |h|)`` for layers ``k <= top``."""
         for k in range(top, -1, -1):
@@ -135,8 +144,7 @@ class CrownL2:
             terms = np.abs(c) + np.abs(shift)
             c = c + shift
             # the products mu * slope round (2u |nu| |z|); the sum into c rounds (gamma |terms|)
-            err = err + _up(2.0 * U64 * np.einsum("nrk,nk->nr", np.abs(nu), zmag)
-                            + gamma(nu.shape[2] + 2, U64) * terms)
+            err = err + _up(2.0 * U64 * np.einsum("nrk,nk->nr", np.abs(nu), zmag) + gamma(nu.shape[2] + 2, U64) * terms)
             if k == 0:
                 break
             lay = self.layers[k]
@@ -144,15 +152,20 @@ class CrownL2:
             hprev = bounds[k - 1][6]
             cb = nu @ lay.b
             abs_nu = np.abs(nu)
-            err = err + _up(gamma(n_in + 2, U64) * (np.abs(c) + abs_nu @ np.abs(lay.b)) + abs_nu @ lay.b_err
-                            + gamma(n_in, U64) * np.einsum("nrk,nk->nr", abs_nu, hprev @ self.abs_w[k].T))
+            err = err + _up(
+                gamma(n_in + 2, U64) * (np.abs(c) + abs_nu @ np.abs(lay.b))
+                + abs_nu @ lay.b_err
+                + gamma(n_in, U64) * np.einsum("nrk,nk->nr", abs_nu, hprev @ self.abs_w[k].T)
+            )
             c = c + cb
             mu = nu @ lay.w
         # at z_0 = W_0 x' + b_0: min over the ball of nu . z_0 is nu . z_0(x) - r ||W_0^T nu||_2
         value = np.einsum("nrk,nk->nr", nu, z0)
         abs_nu = np.abs(nu)
-        err = err + _up(np.einsum("nrk,nk->nr", abs_nu, z0_err)
-                        + gamma(nu.shape[2] + 1, U64) * np.einsum("nrk,nk->nr", abs_nu, np.abs(z0)))
+        err = err + _up(
+            np.einsum("nrk,nk->nr", abs_nu, z0_err)
+            + gamma(nu.shape[2] + 1, U64) * np.einsum("nrk,nk->nr", abs_nu, np.abs(z0))
+        )
         q = np.einsum("nrk,nrk->nr", nu @ self.gram, nu) + _up(self.gram_err * np.einsum("nrk,nrk->nr", nu, nu))
         norm = np.nextafter(np.sqrt(np.maximum(q, 0.0)), np.inf)
         radius_term = r * norm
@@ -179,8 +192,9 @@ class CrownL2:
             bounds.append((lo, hi, *self._relax(k, lo, hi), *self._magnitudes(k, lo, hi)))
         return bounds
 
-    def margin_lower_bounds(self, x: np.ndarray, target: np.ndarray, r: float,
-                            first: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    def margin_lower_bounds(
+        self, x: np.ndarray, target: np.ndarray, r: float, first: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> np.ndarray:
         """(N, K): below ``(F_t - F_j)(x')`` for every ``x'`` within ``r`` of ``x`` (+inf at ``j = t``)."""
         z0, z0_err = self.first_layer(x) if first is None else first
         bounds = self.layer_bounds(z0, z0_err, r)
@@ -189,8 +203,12 @@ class CrownL2:
         mu = last.w[t][:, None, :] - last.w[None]  # (N, K, n): one rounding each
         c = last.b[t][:, None] - last.b[None]
         hmag = bounds[-1][6]
-        err = _up(U64 * np.einsum("nrk,nk->nr", np.abs(mu), hmag) * 2.0 + 2.0 * U64 * np.abs(c)
-                  + last.b_err[t][:, None] + last.b_err[None])
+        err = _up(
+            U64 * np.einsum("nrk,nk->nr", np.abs(mu), hmag) * 2.0
+            + 2.0 * U64 * np.abs(c)
+            + last.b_err[t][:, None]
+            + last.b_err[None]
+        )
         lb = self._backward(mu, c, err, len(self.alphas) - 1, bounds, z0, z0_err, r)
         lb[np.arange(len(t)), t] = np.inf
         return lb
