@@ -45,7 +45,8 @@ class Affine:
 
 
 def _up(v: np.ndarray | float) -> np.ndarray:
-    """Round a nonnegative quantity up by the relative slack (its own evaluation's roundings)."""
+    """Round a nonnegative *error term* up by the relative slack (its own evaluation's roundings); never used on
+    the bound's main terms, which it would loosen by ~1e-6."""
     return np.asarray(v) * (1.0 + SLACK) + ABS_TINY
 
 
@@ -63,12 +64,14 @@ class CrownL2:
         self.abs_b = [np.abs(lay.b) + lay.b_err for lay in layers]
         w0 = layers[0].w
         n0, d = w0.shape
-        self.row_norm0 = _up(np.sqrt(np.einsum("ij,ij->i", w0, w0)) * (1.0 + gamma(d + 2, U64)))
+        self.row_norm0 = np.nextafter(np.sqrt(np.einsum("ij,ij->i", w0, w0)) * (1.0 + gamma(d + 2, U64)), np.inf)
         # ||W_0^T nu||^2 = nu^T G nu with G = W_0 W_0^T; the float64 Gram and the quadratic form's evaluation
         # differ from it by at most nu^T M nu <= ||M||_F ||nu||^2 (Higham 2002, sec. 3.1)
         self.gram = w0 @ w0.T
         m = gamma(2 * n0 + 2, U64) * np.abs(self.gram) + gamma(d, U64) * (self.abs_w[0] @ self.abs_w[0].T)
         self.gram_err = float(_up(math.sqrt(float(np.sum(m * m))) * (1.0 + gamma(m.size + 2, U64))))
+        # || |W_0| ||_2 <= its Frobenius norm: turns the entrywise error of fl(nu W_0) into a norm
+        self.abs_w0_norm = float(_up(math.sqrt(float(np.sum(w0 * w0))) * (1.0 + gamma(w0.size + 2, U64))))
 
     @property
     def sizes(self) -> list[int]:
@@ -80,7 +83,8 @@ class CrownL2:
         total = 0.0
         for k in range(1, len(n)):  # the first layer's bounds are closed-form
             rows = 2 * n[k] if k < len(n) - 1 else n[-1]
-            total += rows * (sum(n[j] * n[j - 1] for j in range(1, k)) + n[0] * n[0] + n[0])
+            first = n[0] * n[0] if k < len(n) - 1 else n[0] * self.layers[0].w.shape[1]  # Gram, or W_0 itself
+            total += rows * (sum(n[j] * n[j - 1] for j in range(1, k)) + first + n[0])
         return total
 
     # -- the pieces ---------------------------------------------------------------------------------------
@@ -133,9 +137,12 @@ class CrownL2:
         z0: np.ndarray,
         z0_err: np.ndarray,
         r: float,
+        direct: bool = False,
     ) -> np.ndarray:
         """Lower bounds of ``mu . h_top + c`` over the ball, ``mu`` (N, R, n_top); ``err`` (N, R) is rounding
-        charged so far. ``bounds[k] = (lo, hi, a, A, B, |z|, |h|)`` for layers ``k <= top``."""
+        charged so far. ``bounds[k] = (lo, hi, a, A, B, |z|, |h|)`` for layers ``k <= top``. ``direct``: take
+        ``||W_0^T nu||`` from the vector itself (tight to ~1e-15) instead of the Gram matrix (cheaper for many
+        rows, but its rounding term enters under a square root: ~1e-7 absolute)."""
         for k in range(top, -1, -1):
             lo, hi, low, upp, icpt, zmag, hmag = bounds[k]
             neg = mu < 0
@@ -166,15 +173,23 @@ class CrownL2:
             np.einsum("nrk,nk->nr", abs_nu, z0_err)
             + gamma(nu.shape[2] + 1, U64) * np.einsum("nrk,nk->nr", abs_nu, np.abs(z0))
         )
-        q = np.einsum("nrk,nrk->nr", nu @ self.gram, nu) + _up(self.gram_err * np.einsum("nrk,nrk->nr", nu, nu))
-        norm = np.nextafter(np.sqrt(np.maximum(q, 0.0)), np.inf)
+        if direct:  # ||a_real|| <= ||fl(nu W_0)|| + gamma_n || |nu| |W_0| || <= ... + gamma_n ||nu|| || |W_0| ||
+            a = nu @ self.layers[0].w
+            grow = 1.0 + gamma(a.shape[2] + 2, U64)
+            norm = np.sqrt(np.einsum("nrk,nrk->nr", a, a)) * grow + _up(
+                gamma(nu.shape[2], U64) * self.abs_w0_norm * np.sqrt(np.einsum("nrk,nrk->nr", nu, nu)) * grow
+            )
+            norm = np.nextafter(norm, np.inf)
+        else:
+            q = np.einsum("nrk,nrk->nr", nu @ self.gram, nu) + _up(self.gram_err * np.einsum("nrk,nrk->nr", nu, nu))
+            norm = np.nextafter(np.sqrt(np.maximum(q, 0.0)), np.inf)
         radius_term = r * norm
         lb = c + value - radius_term - err
         return lb - (TINY * (np.abs(c) + np.abs(value) + radius_term + err) + ABS_TINY)
 
     def layer_bounds(self, z0: np.ndarray, z0_err: np.ndarray, r: float) -> list[tuple]:
         """Pre-activation bounds of every hidden layer over the ball of radius ``r``, with their relaxations."""
-        rad = _up(r * self.row_norm0)
+        rad = np.nextafter(r * self.row_norm0, np.inf)
         spread = z0_err + rad
         slack = TINY * (np.abs(z0) + spread) + ABS_TINY
         lo, hi = z0 - spread - slack, z0 + spread + slack
@@ -209,6 +224,6 @@ class CrownL2:
             + last.b_err[t][:, None]
             + last.b_err[None]
         )
-        lb = self._backward(mu, c, err, len(self.alphas) - 1, bounds, z0, z0_err, r)
+        lb = self._backward(mu, c, err, len(self.alphas) - 1, bounds, z0, z0_err, r, direct=True)
         lb[np.arange(len(t)), t] = np.inf
         return lb
