@@ -31,7 +31,7 @@ import numpy as np
 
 from lipgraph.norms.crown_l2 import Affine, CrownL2
 
-AUTO_MAX_WORK = 1e8  # multiply-adds per sample and radius that "auto" accepts (MNIST 784-128-128-10: 4.5e6)
+AUTO_MAX_WORK = 5e7  # multiply-adds per sample and radius that "auto" accepts (MNIST 784-128-128-10: 5.4e6)
 MAX_DENSE = 2**23  # entries of one layer's dense matrix (a conv layer is expanded to one)
 CHUNK = 64  # samples per batch of the propagation (its arrays are samples x 2 units x units)
 METHOD = "crown-l2"

@@ -189,3 +189,13 @@ def test_a_radius_needs_the_bound_above_the_float_allowance() -> None:
     res = local_radii(crown, x, logits, target, correct, np.array([0.9]), grid, [(np.array([0.0]), 0.0)], 1e-5)
     assert float(res.radius[0]) == 0.9 and not res.from_local[0]
     assert allowance([(np.array([1.0]), 0.5)], logits, 2.0, 0.0)[0] >= np.sqrt(2.0) * 2.0
+
+
+def test_auto_stays_off_above_its_work_cap(digits_mlp, off_auto, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lipgraph import local_bounds
+
+    monkeypatch.setattr(local_bounds, "AUTO_MAX_WORK", 1000.0)  # the digits MLP needs ~2e4 per sample and eps
+    capped = certify(digits_mlp.onnx_path, digits_mlp.x, digits_mlp.y, eps=EPS, tight_pairs="off")
+    lb = capped.meta["local_bounds"]
+    assert not lb["used"] and "multiply-adds" in lb["reason"]
+    np.testing.assert_array_equal(capped.radii, off_auto[0].radii)
