@@ -199,3 +199,56 @@ def test_auto_stays_off_above_its_work_cap(digits_mlp, off_auto, monkeypatch: py
     lb = capped.meta["local_bounds"]
     assert not lb["used"] and "multiply-adds" in lb["reason"]
     np.testing.assert_array_equal(capped.radii, off_auto[0].radii)
+
+
+def test_certify_with_a_bound_file_gives_the_same_local_radii(digits_mlp, tmp_path, capsys) -> None:
+    bound, a, b = tmp_path / "b.json", tmp_path / "a.json", tmp_path / "c.json"
+    assert main(["bound", str(digits_mlp.onnx_path), "--format", "json", "-o", str(bound)]) == 0
+    common = [str(digits_mlp.onnx_path), "--data", str(digits_mlp.npz_path), "--eps", "0.2", "--tight-pairs", "off",
+              "--per-sample", "--format", "json", "-q"]
+    assert main(["certify", *common, "-o", str(a)]) == 0
+    assert main(["certify", *common, "--bound", str(bound), "-o", str(b)]) == 0, capsys.readouterr().err
+    ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+    assert rb["meta"]["local_bounds"]["used"]
+    assert ra["per_sample"] == rb["per_sample"]
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_random_mlp_bound_holds_for_onnx_runtime_in_the_ball(dynamo: bool, tmp_path: Path) -> None:
+    """The bound read from a real export lies below ONNX Runtime's own margins at points of the ball."""
+    import onnxruntime as ort
+
+    torch.manual_seed(3 + dynamo)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 12), torch.nn.ReLU(), torch.nn.Linear(12, 9), torch.nn.ReLU(),
+                                torch.nn.Linear(9, 4)).eval()
+    x = torch.rand(16, 5)
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x[:1],), str(path), dynamo=dynamo, input_names=["x"],
+                          dynamic_axes=None if dynamo else {"x": {0: "N"}})
+    proto = onnx.load(str(path))
+    g = unfused_graph(proto, None, (1, 5))
+    crown = read_chain(g, g.output_name)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    batch_ok = sess.get_inputs()[0].shape[0] != 1
+
+    def run(pts: np.ndarray) -> np.ndarray:
+        pts = pts.astype(np.float32)
+        if batch_ok:
+            return sess.run(None, {name: pts})[0]
+        return np.concatenate([sess.run(None, {name: p[None]})[0] for p in pts])
+
+    xs = x.numpy()
+    t = np.argmax(run(xs), axis=1)
+    rng = np.random.default_rng(0)
+    for r in (0.05, 0.3):
+        lb = crown.margin_lower_bounds(xs, t, r)
+        for i in range(len(xs)):
+            d = rng.standard_normal((200, 5))
+            pts = xs[i] + r * d / np.linalg.norm(d, axis=1, keepdims=True) * rng.uniform(0.5, 1, (200, 1)) ** 0.2
+            f = run(pts).astype(np.float64)
+            margins = f[:, t[i]][:, None] - f
+            margins[:, t[i]] = np.inf  # the bound is +inf there
+            assert np.all(lb[i][None] <= margins + 1e-5), (r, i)  # ORT's float32 error is far below 1e-5 here
