@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from lipgraph.norms.crown_l2 import Affine, CrownL2
+from lipgraph.norms.crown_l2 import Affine, CrownL2, chain_work
 
 AUTO_MAX_WORK = 5e7  # multiply-adds per sample and radius that "auto" accepts (MNIST 784-128-128-10: 5.4e6)
 MAX_DENSE = 2**23  # entries of one layer's dense matrix (a conv layer is expanded to one)
@@ -50,13 +50,14 @@ def parse_local_mode(value: str | None) -> str:
     return text
 
 
-def read_chain(graph: Any, logits: str) -> CrownL2:
+def read_chain(graph: Any, logits: str, max_work: float = math.inf) -> CrownL2:
     """The chain from ``graph.input_name`` to ``logits`` as (affine, activation) layers, or :class:`NotLocal`.
 
     Reads the per-sample float model's ops (``lipgraph.floaterr.chain_sample``), so the network bounded here
     is the one whose float error is bounded there. Each segment between activations must be reshapes, one
     Gemm / MatMul / Conv, then constant additions; its matrix is the op applied to the standard basis (exact:
-    every output then holds a single product with 1)."""
+    every output then holds a single product with 1). A chain needing more than ``max_work`` multiply-adds per
+    sample and radius is refused before any matrix is built."""
     from lipgraph.floaterr.chain_sample import ChainFloatModel, NotAChainForFloat
     from lipgraph.floaterr.state import NoFloatBound, gamma
 
@@ -64,6 +65,10 @@ def read_chain(graph: Any, logits: str) -> CrownL2:
         model = ChainFloatModel(graph, logits, 2.0**-24, 0.0)
     except (NotAChainForFloat, NoFloatBound) as exc:
         raise NotLocal(str(exc)) from None
+    sizes = [int(np.prod(op.out_shape)) for op in model.ops if op.kind == "dot"]
+    work = chain_work(sizes, int(np.prod(model.in_shape)))
+    if work > max_work:
+        raise NotLocal(f"{work:.3g} multiply-adds per sample and eps (auto's limit {max_work:.3g})")
     layers: list[Affine] = []
     alphas: list[float] = []
     shape: tuple[int, ...] = model.in_shape
@@ -214,24 +219,17 @@ def local_candidates(
         unchanged.meta = {"used": False, "mode": mode, "reason": "a single logit: no class pairs"}
         return unchanged
     try:
-        crown = read_chain(graph_fn(), logits_name)
+        crown = read_chain(graph_fn(), logits_name, AUTO_MAX_WORK)
     except NotLocal as exc:
+        why = str(exc)
         unchanged.meta = {
             "used": False,
             "mode": mode,
-            "reason": f"not a chain of affine layers and ReLU / LeakyReLU: {exc}",
+            "reason": why if "multiply-adds" in why else f"not a chain of affine layers and ReLU / LeakyReLU: {why}",
         }
         return unchanged
     if crown.sizes[-1] != logits.shape[1]:
         unchanged.meta = {"used": False, "mode": mode, "reason": "the chain's output does not match the logits"}
-        return unchanged
-    if crown.work_per_sample() > AUTO_MAX_WORK:
-        unchanged.meta = {
-            "used": False,
-            "mode": mode,
-            "reason": f"{crown.work_per_sample():.3g} multiply-adds per "
-            f"sample and eps (auto's limit {AUTO_MAX_WORK:.3g})",
-        }
         return unchanged
     res = local_radii(crown, x, logits, target, correct, radius, eps_list, float_errors, margin_rel)
     res.meta["mode"] = mode

@@ -50,6 +50,19 @@ def _up(v: np.ndarray | float) -> np.ndarray:
     return np.asarray(v) * (1.0 + SLACK) + ABS_TINY
 
 
+def chain_work(sizes: list[int], input_dim: int) -> float:
+    """Multiply-adds per sample and radius for layers of ``sizes`` (outputs, logits last) on ``input_dim`` inputs:
+    2 rows per unit of each hidden layer after the first (its bounds; the first layer's are closed-form) and one
+    per logit, each pushed back to the first layer, then through the Gram matrix (bounds) or W_0 (margins)."""
+    n = sizes
+    total = 0.0
+    for k in range(1, len(n)):
+        rows = 2 * n[k] if k < len(n) - 1 else n[-1]
+        first = n[0] * n[0] if k < len(n) - 1 else n[0] * input_dim
+        total += rows * (sum(n[j] * n[j - 1] for j in range(1, k)) + first + n[0])
+    return float(total)
+
+
 class CrownL2:
     """CROWN over L2 balls for one chain; the pair-independent quantities are computed once."""
 
@@ -79,13 +92,7 @@ class CrownL2:
 
     def work_per_sample(self) -> float:
         """Multiply-adds per sample and radius (the pre-activation passes and the margins)."""
-        n = self.sizes
-        total = 0.0
-        for k in range(1, len(n)):  # the first layer's bounds are closed-form
-            rows = 2 * n[k] if k < len(n) - 1 else n[-1]
-            first = n[0] * n[0] if k < len(n) - 1 else n[0] * self.layers[0].w.shape[1]  # Gram, or W_0 itself
-            total += rows * (sum(n[j] * n[j - 1] for j in range(1, k)) + first + n[0])
-        return total
+        return chain_work(self.sizes, int(self.layers[0].w.shape[1]))
 
     # -- the pieces ---------------------------------------------------------------------------------------
 
