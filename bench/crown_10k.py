@@ -133,6 +133,7 @@ def run_lipgraph(path: Path, x: np.ndarray, y: np.ndarray, eps: list[float], mod
         "local_bounds_time_s": lb.get("time_s"),
         "local_samples_checked": lb.get("samples_checked"),
         "local_samples_from_local": lb.get("samples_from_local"),
+        "local_samples_refuted_by_attack": lb.get("samples_refuted_by_attack"),
         "total_s": round(wall, 2),
         "certified": acc,
         "pair_bounds_time_s": pb.get("time_s"),
