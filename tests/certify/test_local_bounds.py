@@ -252,3 +252,14 @@ def test_random_mlp_bound_holds_for_onnx_runtime_in_the_ball(dynamo: bool, tmp_p
             margins = f[:, t[i]][:, None] - f
             margins[:, t[i]] = np.inf  # the bound is +inf there
             assert np.all(lb[i][None] <= margins + 1e-5), (r, i)  # ORT's float32 error is far below 1e-5 here
+
+
+def test_the_attack_filter_only_saves_work(digits_mlp, off_auto, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lipgraph import local_bounds
+
+    _, auto = off_auto
+    assert sum(auto.meta["local_bounds"]["samples_refuted_by_attack"].values()) > 0
+    monkeypatch.setattr(local_bounds, "refuted", lambda crown, x, *a: np.zeros(len(x), dtype=bool))
+    unfiltered = certify(digits_mlp.onnx_path, digits_mlp.x, digits_mlp.y, eps=EPS, tight_pairs="off")
+    np.testing.assert_array_equal(unfiltered.radii, auto.radii)
+    assert sum(unfiltered.meta["local_bounds"]["samples_refuted_by_attack"].values()) == 0
