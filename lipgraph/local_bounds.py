@@ -34,6 +34,7 @@ from lipgraph.norms.crown_l2 import Affine, CrownL2, chain_work
 AUTO_MAX_WORK = 5e7  # multiply-adds per sample and radius that "auto" accepts (MNIST 784-128-128-10: 5.4e6)
 MAX_DENSE = 2**23  # entries of one layer's dense matrix (a conv layer is expanded to one)
 CHUNK = 64  # samples per batch of the propagation (its arrays are samples x 2 units x units)
+SPAN = 4096  # rows of the data read at once for one batch (a stream view is read by contiguous slices)
 METHOD = "crown-l2"
 _SQRT2_UP = float(np.nextafter(math.sqrt(2.0), math.inf))
 _EPS64 = 2.0**-53
@@ -178,6 +179,18 @@ def allowance(
     return np.nextafter((base + floor) * (1.0 + 8 * _EPS64), np.inf)
 
 
+def _chunks(todo: np.ndarray) -> list[np.ndarray]:
+    """``todo`` (ascending) in batches of at most CHUNK samples spanning at most SPAN rows of the data."""
+    out: list[np.ndarray] = []
+    start = 0
+    while start < len(todo):
+        stop = min(start + CHUNK, len(todo))
+        stop = start + int(np.searchsorted(todo[start:stop], todo[start] + SPAN))  # rows todo[start] + SPAN and on
+        out.append(todo[start:stop])
+        start = stop
+    return out
+
+
 def local_radii(
     crown: CrownL2,
     x: Any,
@@ -200,8 +213,7 @@ def local_radii(
     refuted_count = {e: 0 for e in grid}
     pred_ok = np.argmax(logits, axis=1) == target if logits.shape[1] > 1 else np.zeros(len(out), bool)
     todo = np.flatnonzero(correct & pred_ok & (out < (grid[-1] if grid else -1.0)))
-    for start in range(0, len(todo), CHUNK):
-        idx = todo[start : start + CHUNK]
+    for idx in _chunks(todo):
         xs = np.asarray(x[int(idx[0]) : int(idx[-1]) + 1])[idx - idx[0]]
         first = crown.first_layer(xs)
         alive = np.ones(len(idx), dtype=bool)

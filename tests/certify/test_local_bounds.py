@@ -263,3 +263,13 @@ def test_the_attack_filter_only_saves_work(digits_mlp, off_auto, monkeypatch: py
     unfiltered = certify(digits_mlp.onnx_path, digits_mlp.x, digits_mlp.y, eps=EPS, tight_pairs="off")
     np.testing.assert_array_equal(unfiltered.radii, auto.radii)
     assert sum(unfiltered.meta["local_bounds"]["samples_refuted_by_attack"].values()) == 0
+
+
+def test_batches_of_a_sparse_selection_read_bounded_slices() -> None:
+    from lipgraph.local_bounds import CHUNK, SPAN, _chunks
+
+    todo = np.array([0, 1, 2, 50_000, 50_001, 90_000, *range(90_001, 90_300)])
+    parts = _chunks(todo)
+    np.testing.assert_array_equal(np.concatenate(parts), todo)
+    assert all(len(p) <= CHUNK and p[-1] - p[0] < SPAN for p in parts)
+    assert _chunks(np.array([], dtype=np.int64)) == []
