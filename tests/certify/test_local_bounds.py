@@ -213,22 +213,28 @@ def test_certify_with_a_bound_file_gives_the_same_local_radii(digits_mlp, tmp_pa
     assert ra["per_sample"] == rb["per_sample"]
 
 
-@pytest.mark.parametrize("dynamo", [False, True])
-def test_random_mlp_bound_holds_for_onnx_runtime_in_the_ball(dynamo: bool, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("arch", "dynamo"), [("mlp", False), ("mlp", True), ("cnn", False), ("cnn", True)])
+def test_random_net_bound_holds_for_onnx_runtime_in_the_ball(arch: str, dynamo: bool, tmp_path: Path) -> None:
     """The bound read from a real export lies below ONNX Runtime's own margins at points of the ball."""
     import onnxruntime as ort
 
+    nn = torch.nn
     torch.manual_seed(3 + dynamo)
-    model = torch.nn.Sequential(torch.nn.Linear(5, 12), torch.nn.ReLU(), torch.nn.Linear(12, 9), torch.nn.ReLU(),
-                                torch.nn.Linear(9, 4)).eval()
-    x = torch.rand(16, 5)
+    if arch == "mlp":
+        model = nn.Sequential(nn.Linear(5, 12), nn.ReLU(), nn.Linear(12, 9), nn.ReLU(), nn.Linear(9, 4)).eval()
+        shape = (5,)
+    else:  # conv layers become dense matrices (the basis pushed through them)
+        model = nn.Sequential(nn.Conv2d(1, 3, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(3, 4, 3, padding=1),
+                              nn.ReLU(), nn.Flatten(), nn.Linear(4 * 3 * 3, 4)).eval()
+        shape = (1, 6, 6)
+    x = torch.rand(16, *shape)
     path = tmp_path / "m.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (x[:1],), str(path), dynamo=dynamo, input_names=["x"],
                           dynamic_axes=None if dynamo else {"x": {0: "N"}})
     proto = onnx.load(str(path))
-    g = unfused_graph(proto, None, (1, 5))
+    g = unfused_graph(proto, None, (1, *shape))
     crown = read_chain(g, g.output_name)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
@@ -242,13 +248,15 @@ def test_random_mlp_bound_holds_for_onnx_runtime_in_the_ball(dynamo: bool, tmp_p
 
     xs = x.numpy()
     t = np.argmax(run(xs), axis=1)
+    dim = int(np.prod(shape))
     rng = np.random.default_rng(0)
+    assert np.mean(np.min(crown.margin_lower_bounds(xs, t, 0.01), axis=1) > 0) > 0.5, "a vacuous bound tests nothing"
     for r in (0.05, 0.3):
         lb = crown.margin_lower_bounds(xs, t, r)
         for i in range(len(xs)):
-            d = rng.standard_normal((200, 5))
-            pts = xs[i] + r * d / np.linalg.norm(d, axis=1, keepdims=True) * rng.uniform(0.5, 1, (200, 1)) ** 0.2
-            f = run(pts).astype(np.float64)
+            d = rng.standard_normal((200, dim))
+            d = r * d / np.linalg.norm(d, axis=1, keepdims=True) * rng.uniform(0.5, 1, (200, 1)) ** 0.2
+            f = run(xs[i][None] + d.reshape(200, *shape)).astype(np.float64)
             margins = f[:, t[i]][:, None] - f
             margins[:, t[i]] = np.inf  # the bound is +inf there
             assert np.all(lb[i][None] <= margins + 1e-5), (r, i)  # ORT's float32 error is far below 1e-5 here
