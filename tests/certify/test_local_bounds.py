@@ -90,8 +90,13 @@ def test_leaky_relu_chain_exported_by_dynamo_is_bounded_soundly(tmp_path: Path) 
     from tests.certify.test_attack import l2_pgd
 
     torch.manual_seed(1)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.LeakyReLU(0.1), torch.nn.Linear(16, 12),
-                                torch.nn.LeakyReLU(0.1), torch.nn.Linear(12, 3)).eval()
+    model = torch.nn.Sequential(
+        torch.nn.Linear(6, 16),
+        torch.nn.LeakyReLU(0.1),
+        torch.nn.Linear(16, 12),
+        torch.nn.LeakyReLU(0.1),
+        torch.nn.Linear(12, 3),
+    ).eval()
     x = torch.rand(64, 6)
     with torch.no_grad():
         y = model(x).argmax(1)
@@ -121,8 +126,24 @@ def test_groupsort_and_other_non_chains_are_left_alone() -> None:
 
 def test_cli_reports_local_bounds_in_json_text_and_per_sample(digits_mlp, tmp_path, capsys) -> None:
     out, text = tmp_path / "r.json", tmp_path / "r.txt"
-    rc = main(["certify", str(digits_mlp.onnx_path), "--data", str(digits_mlp.npz_path), "--eps", "0.2",
-               "--tight-pairs", "off", "--per-sample", "-o", f"json={out}", "-o", f"text={text}", "-q"])
+    rc = main(
+        [
+            "certify",
+            str(digits_mlp.onnx_path),
+            "--data",
+            str(digits_mlp.npz_path),
+            "--eps",
+            "0.2",
+            "--tight-pairs",
+            "off",
+            "--per-sample",
+            "-o",
+            f"json={out}",
+            "-o",
+            f"text={text}",
+            "-q",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     rep = json.loads(out.read_text())
     lb = rep["meta"]["local_bounds"]
@@ -130,14 +151,26 @@ def test_cli_reports_local_bounds_in_json_text_and_per_sample(digits_mlp, tmp_pa
     methods = {p["radius_method"] for p in rep["per_sample"]}
     assert methods == {"crown-l2", rep["radius_method"]}
     assert "local bounds" in text.read_text()
-    rc = main(["certify", str(digits_mlp.onnx_path), "--data", str(digits_mlp.npz_path), "--local-bounds", "sideways",
-               "-q"])
+    rc = main(
+        ["certify", str(digits_mlp.onnx_path), "--data", str(digits_mlp.npz_path), "--local-bounds", "sideways", "-q"]
+    )
     assert rc == 2
 
 
 def test_shards_with_local_bounds_merge_into_the_single_run(digits_mlp, tmp_path, capsys) -> None:
-    common = ["--data", str(digits_mlp.npz_path), "--eps", "0.2", "--eps", "0.3", "--batch-size", "64",
-              "--tight-pairs", "off", "-q"]
+    common = [
+        "--data",
+        str(digits_mlp.npz_path),
+        "--eps",
+        "0.2",
+        "--eps",
+        "0.3",
+        "--batch-size",
+        "64",
+        "--tight-pairs",
+        "off",
+        "-q",
+    ]
     single = tmp_path / "single.json"
     assert main(["certify", str(digits_mlp.onnx_path), *common, "--per-sample", "-o", f"json={single}"]) == 0
     parts = []
@@ -146,8 +179,7 @@ def test_shards_with_local_bounds_merge_into_the_single_run(digits_mlp, tmp_path
         assert main(["certify", str(digits_mlp.onnx_path), *common, "--shard", f"{k}/3", "-o", str(part)]) == 0
         parts.append(str(part))
     merged = tmp_path / "merged.json"
-    assert main(["merge", *parts, "--format", "json", "-o", str(merged), "--per-sample"]) == 0, \
-        capsys.readouterr().err
+    assert main(["merge", *parts, "--format", "json", "-o", str(merged), "--per-sample"]) == 0, capsys.readouterr().err
     a, b = json.loads(single.read_text()), json.loads(merged.read_text())
     for key in ("certified_accuracy", "median_radius", "mean_radius", "per_sample"):
         assert a[key] == b[key], key
@@ -163,8 +195,10 @@ def test_a_radius_needs_the_bound_above_the_float_allowance() -> None:
     from lipgraph.norms.crown_l2 import Affine, CrownL2
 
     w0 = np.array([[1.0, 0.0], [0.0, 1.0]])
-    layers = [Affine(w0, np.array([10.0, 10.0]), np.zeros(2)),
-              Affine(np.array([[1.0, 0.0], [0.0, 0.0]]), np.array([-10.0, 0.0]), np.zeros(2))]
+    layers = [
+        Affine(w0, np.array([10.0, 10.0]), np.zeros(2)),
+        Affine(np.array([[1.0, 0.0], [0.0, 0.0]]), np.array([-10.0, 0.0]), np.zeros(2)),
+    ]
     crown = CrownL2(layers, [0.0])
     x = np.array([[1.0, 0.0]])  # F = (1, 0): margin 1, a = (1, 0), bound at r: 1 - r
     logits = np.array([[1.0, 0.0]])
@@ -204,8 +238,19 @@ def test_auto_stays_off_above_its_work_cap(digits_mlp, off_auto, monkeypatch: py
 def test_certify_with_a_bound_file_gives_the_same_local_radii(digits_mlp, tmp_path, capsys) -> None:
     bound, a, b = tmp_path / "b.json", tmp_path / "a.json", tmp_path / "c.json"
     assert main(["bound", str(digits_mlp.onnx_path), "--format", "json", "-o", str(bound)]) == 0
-    common = [str(digits_mlp.onnx_path), "--data", str(digits_mlp.npz_path), "--eps", "0.2", "--tight-pairs", "off",
-              "--per-sample", "--format", "json", "-q"]
+    common = [
+        str(digits_mlp.onnx_path),
+        "--data",
+        str(digits_mlp.npz_path),
+        "--eps",
+        "0.2",
+        "--tight-pairs",
+        "off",
+        "--per-sample",
+        "--format",
+        "json",
+        "-q",
+    ]
     assert main(["certify", *common, "-o", str(a)]) == 0
     assert main(["certify", *common, "--bound", str(bound), "-o", str(b)]) == 0, capsys.readouterr().err
     ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
@@ -224,15 +269,27 @@ def test_random_net_bound_holds_for_onnx_runtime_in_the_ball(arch: str, dynamo: 
         model = nn.Sequential(nn.Linear(5, 12), nn.ReLU(), nn.Linear(12, 9), nn.ReLU(), nn.Linear(9, 4)).eval()
         shape = (5,)
     else:  # conv layers become dense matrices (the basis pushed through them)
-        model = nn.Sequential(nn.Conv2d(1, 3, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(3, 4, 3, padding=1),
-                              nn.ReLU(), nn.Flatten(), nn.Linear(4 * 3 * 3, 4)).eval()
+        model = nn.Sequential(
+            nn.Conv2d(1, 3, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(4 * 3 * 3, 4),
+        ).eval()
         shape = (1, 6, 6)
     x = torch.rand(16, *shape)
     path = tmp_path / "m.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x[:1],), str(path), dynamo=dynamo, input_names=["x"],
-                          dynamic_axes=None if dynamo else {"x": {0: "N"}})
+        torch.onnx.export(
+            model,
+            (x[:1],),
+            str(path),
+            dynamo=dynamo,
+            input_names=["x"],
+            dynamic_axes=None if dynamo else {"x": {0: "N"}},
+        )
     proto = onnx.load(str(path))
     g = unfused_graph(proto, None, (1, *shape))
     crown = read_chain(g, g.output_name)

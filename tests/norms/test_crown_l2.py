@@ -115,6 +115,7 @@ def test_exact_where_every_unit_is_stable_and_the_margin_at_radius_zero() -> Non
 
 def _reference_crown(layers: list[Affine], x: np.ndarray, t: int, r: float) -> np.ndarray:
     """Plain float64 CROWN for ReLU chains (Zhang et al. 2018), no rounding terms, input norms taken directly."""
+
     def backward(spec_w: np.ndarray, spec_b: np.ndarray, top: int, bounds) -> np.ndarray:
         lam, const = spec_w, spec_b.copy()
         for k in range(top, -1, -1):
@@ -161,15 +162,18 @@ def test_agrees_with_an_independent_float64_crown() -> None:
             assert np.all(lb[i][fin] <= ref[fin])  # the rounding terms only lower it
 
 
-def _exact_min_below(w0: np.ndarray, b0: np.ndarray, nu: np.ndarray, c: float, x: np.ndarray, r: float,
-                     value: float) -> bool:
+def _exact_min_below(
+    w0: np.ndarray, b0: np.ndarray, nu: np.ndarray, c: float, x: np.ndarray, r: float, value: float
+) -> bool:
     """True when ``value`` is at most the exact minimum over the ball of ``nu . relu(W_0 x' + b_0) + c``, in
     rational arithmetic; every unit is checked to be active on the whole ball (the map is affine there)."""
     w = [[Fraction(v) for v in row] for row in w0]
     xs = [Fraction(v) for v in x]
     rr = Fraction(r)
-    z = [sum((wi * xi for wi, xi in zip(row, xs, strict=True)), Fraction(0)) + Fraction(b)
-         for row, b in zip(w, b0, strict=True)]
+    z = [
+        sum((wi * xi for wi, xi in zip(row, xs, strict=True)), Fraction(0)) + Fraction(b)
+        for row, b in zip(w, b0, strict=True)
+    ]
     for zi, row in zip(z, w, strict=True):
         assert zi > 0 and zi * zi > rr * rr * sum(v * v for v in row), "crafted units must stay active"
     n = [Fraction(v) for v in nu]
