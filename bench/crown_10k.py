@@ -3,8 +3,8 @@
 CROWN bounds each sample's logit differences for one eps per pass (one ``compute_bounds`` per chunk and
 eps); lipgraph computes one radius per sample, which answers every eps at once. Both run on one thread
 (``torch.set_num_threads(1)``, one BLAS thread). For each model: wall seconds per eps and in total for
-CROWN, lipgraph's total certify time (``--tight-pairs auto`` and ``off``), and the certified accuracy of
-each at each eps.
+CROWN, lipgraph's total certify time (``--tight-pairs auto`` and ``off``; ``auto`` with and without
+``--local-bounds``), and the certified accuracy of each at each eps.
 
     nice -n 10 python bench/crown_10k.py --model /tmp/pairs_mnist/plain.onnx /tmp/pairs_mnist/plain.test.npz \
         [--model M D ...] [--eps 0.25 0.5 1.0 1.58] [--limit N] [--skip crown|lipgraph] --out crown_10k.json
@@ -117,16 +117,23 @@ def run_crown(path: Path, x: np.ndarray, y: np.ndarray, eps: list[float], args: 
     return res
 
 
-def run_lipgraph(path: Path, x: np.ndarray, y: np.ndarray, eps: list[float], mode: str) -> dict:
+def run_lipgraph(path: Path, x: np.ndarray, y: np.ndarray, eps: list[float], mode: str, local: str = "auto") -> dict:
+    from lipgraph import pairs
     from lipgraph.certify import certify
 
+    pairs._CACHE.clear()  # each run pays for its own per-pair refinement (the cache would favour later runs)
     with threadpool_limits(1):
         t0 = time.perf_counter()
-        cert = certify(path, x, y, eps=eps, tight_pairs=mode)
+        cert = certify(path, x, y, eps=eps, tight_pairs=mode, local_bounds=local)
         wall = time.perf_counter() - t0
     acc = {str(e): float(np.mean(cert.correct & (cert.radii >= e))) for e in eps}
     pb = cert.meta.get("pair_bounds", {})
+    lb = cert.meta.get("local_bounds", {})
     return {
+        "local_bounds_time_s": lb.get("time_s"),
+        "local_samples_checked": lb.get("samples_checked"),
+        "local_samples_from_local": lb.get("samples_from_local"),
+        "local_samples_refuted_by_attack": lb.get("samples_refuted_by_attack"),
         "total_s": round(wall, 2),
         "certified": acc,
         "pair_bounds_time_s": pb.get("time_s"),
@@ -151,6 +158,7 @@ def main() -> None:
         row: dict = {"model": m, "samples": len(x), "eps": args.eps}
         if args.skip != "lipgraph":
             row["lipgraph-off"] = run_lipgraph(Path(m), x, y, args.eps, "off")
+            row["lipgraph-auto-nolocal"] = run_lipgraph(Path(m), x, y, args.eps, "auto", "off")
             row["lipgraph-auto"] = run_lipgraph(Path(m), x, y, args.eps, "auto")
         if args.skip != "crown":
             row["crown"] = run_crown(Path(m), x, y, args.eps, args)
@@ -158,7 +166,7 @@ def main() -> None:
         print(f"\n{Path(m).name}, {len(x)} samples, 1 thread")
         print("| method | total s | " + " | ".join(f"cert@{e:g}" for e in args.eps) + " |")
         print("|---" * (len(args.eps) + 2) + "|")
-        for key in ("lipgraph-off", "lipgraph-auto", "crown"):
+        for key in ("lipgraph-off", "lipgraph-auto-nolocal", "lipgraph-auto", "crown"):
             if key not in row:
                 continue
             r = row[key]
@@ -166,6 +174,13 @@ def main() -> None:
                 r["certified"][str(e)] if "certified" in r else r["per_eps"][str(e)]["certified"] for e in args.eps
             ]
             print(f"| {key} | {r['total_s']} | " + " | ".join(f"{100 * c:.2f}%" for c in cells) + " |")
+        if "lipgraph-auto" in row:
+            la, before = row["lipgraph-auto"], row["lipgraph-auto-nolocal"]
+            checks = sum((la["local_samples_checked"] or {}).values())
+            if checks:
+                print(f"local bounds: {la['local_bounds_time_s']} s for {checks} sample-eps checks "
+                      f"({1e3 * la['local_bounds_time_s'] / checks:.2f} ms each); certify time with / without local "
+                      f"bounds: {la['total_s'] / before['total_s']:.2f}")
         if "crown" in row and "lipgraph-auto" in row:
             print(f"time ratio crown / lipgraph-auto: {row['crown']['total_s'] / row['lipgraph-auto']['total_s']:.2f}")
         sys.stdout.flush()

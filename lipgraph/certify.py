@@ -65,6 +65,7 @@ class Certificate:
     passed: bool = True
     per_sample: bool = False
     baseline: dict[str, Any] | None = None
+    sample_methods: np.ndarray | None = None  # per sample: the method that gave the radius (None: radius_method)
 
     def certified_at(self, eps: float) -> float:
         """Fraction of samples correctly classified with a radius of at least ``eps``."""
@@ -95,6 +96,7 @@ class Certificate:
                     "label": int(labels[i]) if labels is not None else None,
                     "prediction": int(self.predictions[i]),
                     "radius": float(self.radii[i]),
+                    **({"radius_method": str(self.sample_methods[i])} if self.sample_methods is not None else {}),
                 }
                 for i in range(self.samples)
             ]
@@ -205,6 +207,7 @@ def certify(
     unit_roundoff: float | None = None,
     dot_operand_roundoff: float = 0.0,
     tight_pairs: str | float | None = "auto",
+    local_bounds: str = "auto",
 ) -> Certificate:
     """Certify ``model`` on inputs ``x`` (N, ...) with optional labels ``y`` (N,).
 
@@ -217,7 +220,8 @@ def certify(
     ``unit_roundoff`` (default float32's 2^-24) and ``dot_operand_roundoff`` (2^-11 for TF32 products)
     set the float error model.
     ``tight_pairs`` (``"auto"``, ``"off"`` or seconds) selects per-class-pair network bounds
-    (``lipgraph.pairs``).
+    (``lipgraph.pairs``). ``local_bounds`` (``"auto"`` or ``"off"``) checks the eps grid per sample with
+    linear bound propagation on chains of affine layers and ReLU-like activations (``lipgraph.local_bounds``).
     """
     from lipgraph.analyze import analyze
     from lipgraph.chain import unfused_graph
@@ -227,6 +231,7 @@ def certify(
     from lipgraph.graph_build import build_graph
     from lipgraph.inference import DEFAULT_BATCH_SIZE, Runner, logits_model, model_input, resolve_providers
     from lipgraph.loader import load_model
+    from lipgraph.local_bounds import local_candidates, parse_local_mode
     from lipgraph.pairs import pair_candidates, parse_mode
     from lipgraph.passes import run_passes
     from lipgraph.providers import check_precision, ensure_precision_covered, parse_providers, tf32_operand_roundoff
@@ -237,6 +242,7 @@ def certify(
     eps_list = _check_eps(eps)
     try:
         parse_mode(tight_pairs)
+        local_mode = parse_local_mode(local_bounds)
     except ValueError as exc:
         raise LipgraphError(str(exc)) from None
     prov = resolve_providers(providers)
@@ -333,6 +339,10 @@ def certify(
                         margin_rel=MARGIN_REL)
     radii = compute_radii(logits, labels, lipschitz, list(tails) + extra, error_model.at(input_norms), error_model.d,
                           per_sample_err.candidates())
+    float_errors = [(error_model.at(input_norms), error_model.d), *[c[:2] for c in per_sample_err.candidates()]]
+    local = local_candidates(local_mode, lambda: unfused, logits_name, xf, logits, radii.target, radii.correct,
+                             radii.radius, eps_list, float_errors, MARGIN_REL)
+    radii.radius = local.radius
     t_radii = time.perf_counter() - t_radii
 
     # at eps = 0 a correct sample counts even with radius 0: certified accuracy at 0 == clean accuracy
@@ -357,6 +367,7 @@ def certify(
             if tails else None
         ),
         "pair_bounds": pair_meta,
+        "local_bounds": local.meta,
         "float_allowance": (
             "margins reduced by twice a proven bound e(||x||) on the float32 logits' error "
             f"(floor {MARGIN_REL:g} * max|logit|); radii rounded down"
@@ -398,4 +409,6 @@ def certify(
         correct=radii.correct,
         warnings=list(analysis.warnings) + warns,
         per_sample=per_sample,
+        sample_methods=np.where(local.from_local, local.meta.get("method", "").split(":")[0], radii.method)
+        if local.meta.get("used") else None,
     )

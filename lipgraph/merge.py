@@ -43,6 +43,7 @@ def partial_report(
         "prediction": [int(v) for v in cert.predictions],
         "correct": [bool(v) for v in cert.correct],
         "radius": [float(v) for v in cert.radii],
+        **({"radius_by": [str(v) for v in cert.sample_methods]} if cert.sample_methods is not None else {}),
         "nodes": cert.nodes,
         "warnings": cert.warnings,
         "meta": cert.meta,
@@ -116,6 +117,8 @@ def merge_partials(docs: list[dict[str, Any]], extra_eps: list[float] = ()) -> C
     maxs = [d["meta"].get("data", {}).get("input_max") for d in docs]
     if all(isinstance(v, (int, float)) for v in mins + maxs):
         meta["data"]["input_min"], meta["data"]["input_max"] = min(mins), max(maxs)
+    _sum_local_counts(meta, docs)
+    methods = cat("radius_by", object) if all(len(d.get("radius_by") or []) == len(d["index"]) for d in docs) else None
     warnings = list(dict.fromkeys(w for d in docs for w in d.get("warnings", [])))
     return Certificate(
         lipschitz_bound=float(first["lipschitz_bound"]),
@@ -133,4 +136,18 @@ def merge_partials(docs: list[dict[str, Any]], extra_eps: list[float] = ()) -> C
         labels=labels,
         correct=correct,
         warnings=warnings,
+        sample_methods=methods,
     )
+
+
+def _sum_local_counts(meta: dict[str, Any], docs: list[dict[str, Any]]) -> None:
+    """The per-sample local bounds' counts (lipgraph.local_bounds) over every part, not the first part's."""
+    parts = [d["meta"].get("local_bounds") or {} for d in docs]
+    if not all(p.get("used") for p in parts):
+        return
+    merged = dict(parts[0])
+    for key in ("samples_checked", "samples_improved"):
+        merged[key] = {e: sum(int(p.get(key, {}).get(e, 0)) for p in parts) for e in parts[0].get(key, {})}
+    merged["samples_from_local"] = sum(int(p.get("samples_from_local", 0)) for p in parts)
+    merged["time_s"] = round(sum(float(p.get("time_s", 0.0)) for p in parts), 4)
+    meta["local_bounds"] = merged

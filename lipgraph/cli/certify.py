@@ -62,6 +62,10 @@ def _tight_pairs_cb(value: str) -> str:
               help="Per-class-pair whole-network bounds for chains of affine layers and ReLU-like activations "
                    "(verified LipSDP-neuron multipliers): auto tightens the pairs that decide some sample, all "
                    "every pair (what --shard uses, so parts merge exactly); SECONDS bounds the time spent.")
+@click.option("--local-bounds", "local_bounds", default="auto", show_default=True,
+              type=click.Choice(["auto", "off"], case_sensitive=False),
+              help="Per-sample bounds for chains of affine layers and ReLU / LeakyReLU: check the eps grid sample "
+                   "by sample with linear bound propagation over the L2 ball (CROWN); off keeps the Lipschitz radii.")
 @click.option("--per-sample", "per_sample", is_flag=True, help="Add per-sample radii to the JSON report.")
 @click.option("--bound", "bound_file", type=click.Path(path_type=str), metavar="BOUND.json",
               help="Reuse `lipgraph bound -o BOUND.json` (checked against the model's sha256 and the data's shape).")
@@ -74,7 +78,7 @@ def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, 
             output: tuple[str, ...], config: str | None, no_config: bool, batch_size: int, providers: str | None,
             allow_tf32: bool, limit: int | None, input_name: str | None, tight_pairs: str,
             per_sample: bool, exit_zero: bool, quiet: bool, bound_file: str | None = None,
-            shard: str | None = None) -> int:
+            shard: str | None = None, local_bounds: str = "auto") -> int:
     """Certify MODEL on DATA: radii, certified accuracy at each --eps, and CI gates.
 
     Exit code 0 when every gate passes, 1 when a gate fails, 2 on an error; the verdict is always
@@ -132,7 +136,7 @@ def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, 
         cert = run_certify(model, dataset.x, dataset.y, eps_grid, input_name=input_name, batch_size=batch_size,
                            providers=providers, precision=precision, per_sample=per_sample,
                            progress=inference_progress(quiet), source=dataset.source, tight_pairs=tight_pairs,
-                           analysis=analysis)
+                           analysis=analysis, local_bounds=local_bounds)
     except UnsupportedModelError as exc:
         # the formats that carry findings report each refused node (the others stay unwritten)
         from lipgraph.report.findings import refusal_report

@@ -24,6 +24,7 @@ def _summary_rows(d: dict[str, Any]) -> list[list[str]]:
         ["median radius", fmt_lower(d["median_radius"])],
         ["mean radius", fmt_lower(d["mean_radius"])],
         ["radius method", d["radius_method"] + _pair_note(m.get("pair_bounds"))],
+        *_local_row(m.get("local_bounds")),
         ["provider", str(m.get("provider"))],
         ["config", str(m.get("config") or "none (no [tool.lipgraph] found)")],
         ["time", f"bound {m.get('time_bound_s', 0):.3f}s (beside inference), inference "
@@ -39,6 +40,15 @@ def _pair_note(pb: Any) -> str:
     by = pb.get("pairs_by_method") or {}
     tight = sum(v for k, v in by.items() if k != "last-layer")
     return f" (network bounds for {tight} of {pb.get('pairs_total')} class pairs, --tight-pairs {pb.get('mode')})"
+
+
+def _local_row(lb: Any) -> list[list[str]]:
+    """One line on the per-sample local bounds (lipgraph.local_bounds) when they ran."""
+    if not isinstance(lb, dict) or not lb.get("used"):
+        return []
+    method = str(lb.get("method", "")).split(":")[0]
+    return [["local bounds", f"{lb.get('samples_from_local', 0)} radii raised by {method} "
+             f"(--local-bounds {lb.get('mode')}, {lb.get('time_s', 0):.2f}s)"]]
 
 
 def _eps_rows(d: dict[str, Any]) -> list[list[str]]:

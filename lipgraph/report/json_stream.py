@@ -36,10 +36,15 @@ def _rows(cert: Any, start: int, stop: int) -> list[dict[str, Any]]:
     preds = cert.predictions[start:stop].tolist()
     radii = cert.radii[start:stop].tolist()
     labs = labels[start:stop].tolist() if labels is not None else [None] * (stop - start)
-    return [
+    rows = [
         {"index": i, "label": int(lab) if lab is not None else None, "prediction": int(p), "radius": float(r)}
         for i, lab, p, r in zip(range(start, stop), labs, preds, radii, strict=True)
     ]
+    methods = getattr(cert, "sample_methods", None)  # which method gave each radius (lipgraph.local_bounds)
+    if methods is not None:
+        for row, m in zip(rows, methods[start:stop], strict=True):
+            row["radius_method"] = str(m)
+    return rows
 
 
 def json_chunks(cert: Any, rows_per_chunk: int | None = None) -> Iterator[str]:

@@ -1,0 +1,293 @@
+"""Per-sample local bounds in the certificate (``--local-bounds auto|off``).
+
+A global or per-pair Lipschitz constant cannot see that most ReLUs keep their state inside a small ball
+around a sample. For chains of (affine, ReLU / LeakyReLU) layers, certify therefore also checks the radii of
+its eps grid per sample with linear bound propagation over the L2 ball (:mod:`lipgraph.norms.crown_l2`,
+CROWN: Zhang et al., NeurIPS 2018). For a correctly classified sample with target ``t`` whose radius is
+below some grid eps, the grid's eps values above its radius are tried in ascending order until one fails;
+the sample's radius becomes ``max(radius, largest verified eps)``.
+
+A class ``j`` is verified at ``r`` when the lower bound ``lb_j`` of the real network's ``F_t - F_j`` over the
+ball exceeds the deployed model's float allowance: ONNX Runtime's float32 logits at any ``x'`` of the ball
+are within ``e + d r`` (L2) of the real network's (``lipgraph.floaterr``: the graph walk's ``e(||x||), d``
+and the per-sample chain bound; the smaller is used), so a difference of two logits moves by at most
+``sqrt(2) (e + d r)``; the ``MARGIN_REL * max|F(x)|`` floor of the certificate is added on top. ONNX
+Runtime's prediction at x must be ``t``. Derivation: docs/local-bounds.md.
+
+Everything is per sample (nothing depends on which other samples are certified), so the parts of
+``certify --shard`` merge into exactly one run's result. ``auto`` runs it on chains whose cost per sample and
+radius is under :data:`AUTO_MAX_WORK` multiply-adds (a cap on work, not on time: reproducible).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lipgraph.norms.crown_l2 import Affine, CrownL2, chain_work
+
+AUTO_MAX_WORK = 5e7  # multiply-adds per sample and radius that "auto" accepts (MNIST 784-128-128-10: 5.4e6)
+MAX_DENSE = 2**23  # entries of one layer's dense matrix (a conv layer is expanded to one)
+CHUNK = 64  # samples per batch of the propagation (its arrays are samples x 2 units x units)
+SPAN = 4096  # rows of the data read at once for one batch (a stream view is read by contiguous slices)
+METHOD = "crown-l2"
+_SQRT2_UP = float(np.nextafter(math.sqrt(2.0), math.inf))
+_EPS64 = 2.0**-53
+
+
+class NotLocal(Exception):
+    """The model is not a chain the local bounds handle; the message says why."""
+
+
+def parse_local_mode(value: str | None) -> str:
+    text = "auto" if value is None else str(value).strip().lower()
+    if text not in ("auto", "off"):
+        raise ValueError(f"--local-bounds must be auto or off, got '{value}'")
+    return text
+
+
+def read_chain(graph: Any, logits: str, max_work: float = math.inf) -> CrownL2:
+    """The chain from ``graph.input_name`` to ``logits`` as (affine, activation) layers, or :class:`NotLocal`.
+
+    Reads the per-sample float model's ops (``lipgraph.floaterr.chain_sample``), so the network bounded here
+    is the one whose float error is bounded there. Each segment between activations must be reshapes, one
+    Gemm / MatMul / Conv, then constant additions; its matrix is the op applied to the standard basis (exact:
+    every output then holds a single product with 1). A chain needing more than ``max_work`` multiply-adds per
+    sample and radius is refused before any matrix is built."""
+    from lipgraph.floaterr.chain_sample import ChainFloatModel, NotAChainForFloat
+    from lipgraph.floaterr.state import NoFloatBound, gamma
+
+    try:
+        model = ChainFloatModel(graph, logits, 2.0**-24, 0.0)
+    except (NotAChainForFloat, NoFloatBound) as exc:
+        raise NotLocal(str(exc)) from None
+    sizes = [int(np.prod(op.out_shape)) for op in model.ops if op.kind == "dot"]
+    work = chain_work(sizes, int(np.prod(model.in_shape)))
+    if work > max_work:
+        raise NotLocal(f"{work:.3g} multiply-adds per sample and eps (auto's limit {max_work:.3g})")
+    layers: list[Affine] = []
+    alphas: list[float] = []
+    shape: tuple[int, ...] = model.in_shape
+    w: np.ndarray | None = None
+    biases: list[np.ndarray] = []
+
+    def close(where: str) -> None:
+        nonlocal w, biases
+        if w is None:
+            raise NotLocal(f"no affine op before {where}")
+        b = np.zeros(w.shape[0])
+        for v in biases:
+            b = b + v.reshape(-1)
+        b_err = (
+            np.zeros(w.shape[0])
+            if len(biases) < 2
+            else gamma(len(biases) + 1, _EPS64) * sum(np.abs(v.reshape(-1)) for v in biases) * (1 + 1e-6)
+        )
+        layers.append(Affine(w, b, b_err))
+        w, biases = None, []
+
+    for op in model.ops:
+        if op.kind == "dot":
+            if w is not None or biases:
+                raise NotLocal(f"'{op.name}' follows another affine op without an activation between them")
+            d_in, d_out = int(np.prod(shape)), int(np.prod(op.out_shape))
+            if d_in * d_out > MAX_DENSE:
+                raise NotLocal(f"'{op.name}' would be a {d_out} x {d_in} matrix (limit {MAX_DENSE} entries)")
+            assert op.lin is not None
+            w = np.asarray(op.lin(np.eye(d_in).reshape(d_in, *shape))).reshape(d_in, d_out).T.copy()
+            if op.bias is not None:
+                biases.append(np.asarray(op.bias, dtype=np.float64))
+        elif op.kind == "add":
+            if w is None:
+                raise NotLocal(f"'{op.name}' adds a constant before any affine op of its layer")
+            assert op.bias is not None
+            biases.append(np.asarray(op.bias, dtype=np.float64))
+        elif op.kind in ("relu", "leaky"):
+            close(f"the activation '{op.name}'")
+            alphas.append(0.0 if op.kind == "relu" else float(op.alpha))
+        shape = op.out_shape
+    close("the logits")
+    if not alphas:
+        raise NotLocal("no activation")
+    if not all(np.all(np.isfinite(lay.w)) and np.all(np.isfinite(lay.b)) for lay in layers):
+        raise NotLocal("non-finite constants")
+    return CrownL2(layers, alphas)
+
+
+ATTACK_STEPS = 3  # gradient steps of the cheap attack that spares the bound on samples it cannot verify
+
+
+def refuted(crown: CrownL2, x: np.ndarray, target: np.ndarray, r: float, allow: np.ndarray) -> np.ndarray:
+    """Per sample: a point within ``r`` of ``x`` where some ``F_t - F_j`` of the real network is clearly at most
+    ``allow`` (a few L2 gradient steps against the runner-up class, evaluated in float64 with a wide margin for
+    its rounding). The local bound is below ``F_t - F_j`` everywhere in the ball, so it cannot verify such a
+    sample at ``r``; this only saves work and never raises a radius."""
+    n = len(x)
+    rows = np.arange(n)
+    x0 = np.asarray(x, dtype=np.float64).reshape(n, -1)
+    xa = x0.copy()
+    hit = np.zeros(n, dtype=bool)
+    for step in range(ATTACK_STEPS + 1):
+        h, masks = xa, []
+        for k, lay in enumerate(crown.layers):
+            h = h @ lay.w.T + lay.b
+            if k < len(crown.alphas):
+                masks.append(np.where(h >= 0, 1.0, crown.alphas[k]))
+                h = h * masks[-1]
+        margins = h[rows, target][:, None] - h
+        margins[rows, target] = np.inf
+        scale = 1.0 + np.max(np.abs(h), axis=1)
+        hit |= np.min(margins, axis=1) < allow - 1e-7 * scale  # float64 rounding here is ~1e-13 of the scale
+        if step == ATTACK_STEPS:
+            break
+        j = np.argmin(margins, axis=1)
+        g = crown.layers[-1].w[target] - crown.layers[-1].w[j]  # d(F_t - F_j)/dh, then back to the input
+        for k in range(len(crown.alphas) - 1, -1, -1):
+            g = (g * masks[k]) @ crown.layers[k].w
+        g /= np.linalg.norm(g, axis=1, keepdims=True) + 1e-300
+        xa = xa - (r / 2.0**step) * g
+        d = xa - x0
+        norm = np.linalg.norm(d, axis=1, keepdims=True)
+        xa = x0 + d * np.minimum(1.0, r * (1.0 - 1e-9) / np.maximum(norm, 1e-300))  # stay inside the ball
+    return hit
+
+
+@dataclass
+class LocalRadii:
+    radius: np.ndarray  # the improved radii (never below the ones given)
+    from_local: np.ndarray  # per sample: True where the local bound gave the radius
+    meta: dict[str, Any]
+
+
+def allowance(
+    float_errors: Sequence[tuple[np.ndarray, float]], logits: np.ndarray, r: float, margin_rel: float
+) -> np.ndarray:
+    """Per sample: what a logit difference of ONNX Runtime's may lose against the real network within ``r``,
+    plus the certificate's floor (module docstring)."""
+    best = None
+    for e, d in float_errors:
+        v = np.asarray(e, dtype=np.float64) + float(d) * r
+        best = v if best is None else np.minimum(best, v)
+    f = np.asarray(logits, dtype=np.float64)
+    floor = margin_rel * np.max(np.abs(f), axis=1)
+    base = np.zeros(len(f)) if best is None else best * _SQRT2_UP
+    return np.nextafter((base + floor) * (1.0 + 8 * _EPS64), np.inf)
+
+
+def _chunks(todo: np.ndarray) -> list[np.ndarray]:
+    """``todo`` (ascending) in batches of at most CHUNK samples spanning at most SPAN rows of the data."""
+    out: list[np.ndarray] = []
+    start = 0
+    while start < len(todo):
+        stop = min(start + CHUNK, len(todo))
+        stop = start + int(np.searchsorted(todo[start:stop], todo[start] + SPAN))  # rows todo[start] + SPAN and on
+        out.append(todo[start:stop])
+        start = stop
+    return out
+
+
+def local_radii(
+    crown: CrownL2,
+    x: Any,
+    logits: np.ndarray,
+    target: np.ndarray,
+    correct: np.ndarray,
+    radius: np.ndarray,
+    eps_list: Sequence[float],
+    float_errors: Sequence[tuple[np.ndarray, float]],
+    margin_rel: float,
+) -> LocalRadii:
+    """Try the grid's eps values per sample (module docstring). ``x``: the inputs exactly as ONNX Runtime ran
+    them (an array or a stream view read by contiguous slices)."""
+    t0 = time.perf_counter()
+    grid = sorted(float(e) for e in eps_list if e > 0)
+    out = np.array(radius, dtype=np.float64, copy=True)
+    from_local = np.zeros(len(out), dtype=bool)
+    checked = {e: 0 for e in grid}
+    improved = {e: 0 for e in grid}
+    refuted_count = {e: 0 for e in grid}
+    pred_ok = np.argmax(logits, axis=1) == target if logits.shape[1] > 1 else np.zeros(len(out), bool)
+    todo = np.flatnonzero(correct & pred_ok & (out < (grid[-1] if grid else -1.0)))
+    for idx in _chunks(todo):
+        xs = np.asarray(x[int(idx[0]) : int(idx[-1]) + 1])[idx - idx[0]]
+        first = crown.first_layer(xs)
+        alive = np.ones(len(idx), dtype=bool)
+        for e in grid:
+            sel = np.flatnonzero(alive & (out[idx] < e))
+            if not len(sel):
+                continue
+            allow = allowance([(np.asarray(a)[idx[sel]], d) for a, d in float_errors], logits[idx[sel]], e, margin_rel)
+            # a point of the ball where the margin is already below the allowance: the bound (below the margin
+            # everywhere in the ball) cannot pass there, so skip its cost; skipping never certifies anything
+            hopeless = refuted(crown, xs[sel], target[idx[sel]], e, allow)
+            refuted_count[e] += int(hopeless.sum())
+            ok = np.zeros(len(sel), dtype=bool)
+            try_ = np.flatnonzero(~hopeless)
+            if len(try_):
+                s2 = sel[try_]
+                lb = crown.margin_lower_bounds(xs[s2], target[idx[s2]], e, (first[0][s2], first[1][s2]))
+                ok[try_] = np.min(lb, axis=1) > allow[try_]
+            checked[e] += len(sel)
+            improved[e] += int(ok.sum())
+            out[idx[sel[ok]]] = e
+            from_local[idx[sel[ok]]] = True
+            alive[sel[~ok]] = False
+    return LocalRadii(
+        out,
+        from_local,
+        {
+            "used": True,
+            "method": f"{METHOD}: linear bound propagation over the L2 ball (CROWN), float64 with rounding charged",
+            "hidden": crown.sizes[:-1],
+            "work_per_sample_and_eps": crown.work_per_sample(),
+            "samples_checked": {str(e): checked[e] for e in grid},
+            "samples_improved": {str(e): improved[e] for e in grid},
+            "samples_refuted_by_attack": {str(e): refuted_count[e] for e in grid},
+            "samples_from_local": int(from_local.sum()),
+            "time_s": round(time.perf_counter() - t0, 4),
+        },
+    )
+
+
+def local_candidates(
+    mode: str,
+    graph_fn: Any,
+    logits_name: str,
+    x: Any,
+    logits: np.ndarray,
+    target: np.ndarray,
+    correct: np.ndarray,
+    radius: np.ndarray,
+    eps_list: Sequence[float],
+    float_errors: Sequence[tuple[np.ndarray, float]],
+    margin_rel: float,
+) -> LocalRadii:
+    """certify's entry point: ``graph_fn()`` gives the unfused graph; off or not applicable leaves the radii."""
+    unchanged = LocalRadii(np.asarray(radius), np.zeros(len(radius), dtype=bool), {})
+    if mode == "off":
+        unchanged.meta = {"used": False, "mode": "off"}
+        return unchanged
+    if logits.ndim != 2 or logits.shape[1] < 2:
+        unchanged.meta = {"used": False, "mode": mode, "reason": "a single logit: no class pairs"}
+        return unchanged
+    try:
+        crown = read_chain(graph_fn(), logits_name, AUTO_MAX_WORK)
+    except NotLocal as exc:
+        why = str(exc)
+        unchanged.meta = {
+            "used": False,
+            "mode": mode,
+            "reason": why if "multiply-adds" in why else f"not a chain of affine layers and ReLU / LeakyReLU: {why}",
+        }
+        return unchanged
+    if crown.sizes[-1] != logits.shape[1]:
+        unchanged.meta = {"used": False, "mode": mode, "reason": "the chain's output does not match the logits"}
+        return unchanged
+    res = local_radii(crown, x, logits, target, correct, radius, eps_list, float_errors, margin_rel)
+    res.meta["mode"] = mode
+    return res
