@@ -177,3 +177,18 @@ def test_a_misranked_maximum_fails_in_float32_and_is_covered_in_float64(monkeypa
     assert counts["float64"] >= 2  # the first-ranked one and at least the true maximum
     assert circ <= tiered.value <= circ * TIGHT
     assert abs(tiered.value / plain.value - 1) <= stack_sv.CHOLESKY_TOL
+
+
+def test_gram_kernel_path_in_many_small_chunks_still_bounds_the_maximum(monkeypatch):
+    """Chunks of three frequencies (the bound so far is each next chunk's trial value): the maximum over all
+    chunks is still covered, within the tolerance of the exact circulant value."""
+    from lipgraph.norms import conv_gram
+
+    rng = np.random.default_rng(8)
+    w = (rng.standard_normal((30, 30, 3, 3)) / 10).astype(np.float32)
+    monkeypatch.setattr(conv_fft, "gram_kernel_cost", lambda shape, f: (1.0, 0.0))  # the autocorrelation path
+    monkeypatch.setattr(conv_gram, "_GRAM_CHUNK_ENTRIES", 3 * 30 * 30)
+    nb = conv_circulant_bound(w, 1, (1, 1), (1, 1), (1, 1), (1, 1), (9, 9))
+    assert nb.method.endswith("Gram kernel")
+    circ = _circulant_exact(w, 1, 9, 1)
+    assert circ <= nb.value <= circ * TIGHT
