@@ -42,23 +42,23 @@ _MAX_BYTES32 = 2**28
 _CHUNK_ENTRIES = 4_000_000
 
 
-def symbols_at(pk: np.ndarray, freqs: np.ndarray, grid: Sequence[int], idx: np.ndarray) -> np.ndarray:
-    """The float64 symbols ``(len(idx), mg, cp)`` of the stack entries ``idx`` (group-major: ``g * F + f``)."""
+def symbol_parts(pk: np.ndarray, freqs: np.ndarray, grid: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Real and imaginary parts ``(g * F, mg, cp)`` (float64, group-major) of the symbols at every frequency.
+
+    One product per group with the cosines and sines stacked (no complex array is assembled: the float32
+    tier reads the parts, the float64 tier joins the few it needs)."""
     g, mg, cp = pk.shape[:3]
     qs = pk.shape[3:]
     n_freq = freqs.shape[0]
     taps = np.indices(qs).reshape(len(qs), -1).T  # (T, d)
-    flat = pk.reshape(g, mg * cp, -1)  # (g, mg*cp, T)
-    out = np.empty((idx.size, mg * cp), dtype=np.complex128)
-    gi, fi = np.divmod(idx, n_freq)
-    for grp in np.unique(gi):
-        sel = np.flatnonzero(gi == grp)
-        cos, sin = _offset_twiddles(freqs[fi[sel]], taps, grid)
-        block = np.empty((sel.size, mg * cp), dtype=np.complex128)
-        block.real = cos @ flat[grp].T
-        block.imag = sin @ flat[grp].T
-        out[sel] = block
-    return out.reshape(-1, mg, cp)
+    cos, sin = _offset_twiddles(freqs, taps, grid)
+    tw = np.concatenate([cos, sin])  # (2F, T)
+    parts = np.empty((g, 2 * n_freq, mg * cp))
+    for grp in range(g):
+        parts[grp] = tw @ pk[grp].reshape(mg * cp, -1).T
+    re = parts[:, :n_freq].reshape(g * n_freq, mg, cp)
+    im = parts[:, n_freq:].reshape(g * n_freq, mg, cp)
+    return re, im
 
 
 def tiered_fits(pk_shape: Sequence[int], n_freq: int) -> bool:
@@ -75,9 +75,8 @@ def tiered_gram_bound(pk: np.ndarray, freqs: np.ndarray, grid: Sequence[int]) ->
     The caller adds the float64 symbols' DFT allowance to the singular value. Returns (bound, how many
     frequencies each precision certified).
     """
-    g = pk.shape[0]
-    sym = symbols_at(pk, freqs, grid, np.arange(g * freqs.shape[0]))
-    gram, err = gram32(sym)
+    re, im = symbol_parts(pk, freqs, grid)
+    gram, err = gram32(re, im)
     k = gram.shape[1]
 
     # Estimates (not bounds) rank the frequencies: those within the float32 allowances of the top one
@@ -89,12 +88,13 @@ def tiered_gram_bound(pk: np.ndarray, freqs: np.ndarray, grid: Sequence[int]) ->
     near = est[order] >= top * (1.0 - band)
     near[:TOP_CANDIDATES] = True
     hi, rest = order[near], order[~near]
-    g64, err64 = gram_stack(sym[hi])
+    g64, err64 = gram_stack(re[hi] + 1j * im[hi])
     sq = certify_gram_stack(g64, err64)
     ok, _ = cholesky32_below(gram[rest], err[rest], sq)
     fail = rest[~ok]
     chunk = max(1, _CHUNK_ENTRIES // max(1, pk.shape[1] * pk.shape[2]))
     for s0 in range(0, fail.size, chunk):
-        g64, err64 = gram_stack(sym[fail[s0 : s0 + chunk]])
+        sel = fail[s0 : s0 + chunk]
+        g64, err64 = gram_stack(re[sel] + 1j * im[sel])
         sq = max(sq, certify_gram_stack(g64, err64, floor=sq))
     return sq, {"float64": int(hi.size + fail.size), "float32": int(ok.sum())}

@@ -56,18 +56,18 @@ def _up(x: np.ndarray | float, rel: float = 8e-16) -> np.ndarray:
     return np.nextafter(np.asarray(x, dtype=np.float64) * (1.0 + rel), np.inf)
 
 
-def abs_gram_bound(mats: np.ndarray) -> np.ndarray:
-    """Per matrix, an upper bound of ``rho(|A| |A|^H)`` (the componentwise Gram error's 2-norm factor).
+def abs_gram_bound(re: np.ndarray, im: np.ndarray) -> float:
+    """An upper bound of ``rho(|A| |A|^T)`` for ``A = re + i im`` (the componentwise Gram error's factor).
 
     The smaller of ``||A||_F^2`` and ``max_i (|A| (|A|^T 1))_i`` (Collatz-Wielandt with the ones vector);
-    evaluated in float64 on nonnegative terms, so a relative ``gamma_{m+n+4}`` (float64) covers it.
+    evaluated in float64 on nonnegative terms, so a relative ``gamma_{m+n+8}`` (float64) covers it.
     """
-    f, m, n = mats.shape
-    mod = np.abs(mats)  # float64 moduli (a few ulps: in the slack below)
-    fro2 = np.einsum("fij,fij->f", mod, mod)
-    rows = np.matmul(mod, mod.sum(axis=1)[:, :, None])[:, :, 0].max(axis=1)
+    m, n = re.shape
+    mod = np.sqrt(re * re + im * im)  # float64 moduli (a few ulps: in the slack below)
+    fro2 = float(np.vdot(mod, mod))
+    rows = float((mod @ mod.sum(axis=0)).max())
     slack = (m + n + 8) * 2.0**-53 * 4
-    return _up(np.minimum(fro2, rows), slack)
+    return float(_up(min(fro2, rows), slack))
 
 
 # Inner length of each float32 product: longer inner dimensions are split into blocks of this length whose
@@ -96,34 +96,39 @@ def blocked_product32(a: np.ndarray, b: np.ndarray | None = None) -> tuple[np.nd
     return acc, min(n, INNER_BLOCK) + blocks
 
 
-def gram32(mats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Float32 Gram matrices of the smaller side of float64 matrices and their allowances: ``(G, err)``.
+def gram32(re: np.ndarray, im: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Float32 Gram matrices of the smaller side of the float64 matrices ``re + i im`` and their
+    allowances: ``(G, err)``.
 
-    ``G[f]`` (complex64, exactly Hermitian) is within ``err[f]`` (2-norm) of the exact Gram of ``mats[f]``.
+    ``G[f]`` (complex64, exactly Hermitian) is within ``err[f]`` (2-norm) of the exact Gram of matrix f.
     Real-split products as in :func:`lipgraph.norms.stack_sv.gram_stack` (``Re = [X Y][X Y]^T``, one
     symmetric product; ``Im = M - M^T``, ``M = Y X^T``), in single precision with blocked inner sums.
     Per real entry: the operands' rounding to float32 (``gamma_2``), the blocked sum (``gamma_depth``) and
-    the subtraction of the imaginary part (``u``).
+    the subtraction of the imaginary part (``u``). For the other side, ``A^H = re^T - i im^T``.
     """
-    f, m, n = mats.shape
-    if m > n:
-        mats = np.conj(np.swapaxes(mats, 1, 2))
+    f, m, n = re.shape
+    side = m > n
+    if side:
         m, n = n, m
     gram = np.empty((f, m, m), dtype=np.complex64)
     split = np.empty((m, 2 * n), dtype=np.float32)
+    bound = np.empty(f)
+    amax = np.empty(f)
     depth = 0
     for i in range(f):
-        split[:, :n] = mats[i].real
-        split[:, n:] = mats[i].imag
-        re, d_re = blocked_product32(split)  # symmetric product (syrk): both triangles the same numbers
+        x, y = (re[i].T, -im[i].T) if side else (re[i], im[i])
+        split[:, :n] = x
+        split[:, n:] = y
+        sym, d_re = blocked_product32(split)  # symmetric product (syrk): both triangles the same numbers
         cross, d_im = blocked_product32(split[:, n:], split[:, :n])
-        gram[i].real = re
+        gram[i].real = sym
         gram[i].imag = cross - cross.T  # exactly skew: fl(a - b) = -fl(b - a)
         depth = max(d_re, d_im + 1)
-    err = math.sqrt(2.0) * gamma32(depth + 2) * abs_gram_bound(mats)
+        bound[i] = abs_gram_bound(x, y)
+        amax[i] = max(float(np.abs(x).max(initial=0.0)), float(np.abs(y).max(initial=0.0)))
+    err = math.sqrt(2.0) * gamma32(depth + 2) * bound
     # Gradual underflow: a rounding below float32's normal range errs by at most 2^-150 absolutely; an
     # entry goes through at most 4n + depth + 4 of them, each scaled by at most 1 + 2 max|a| (its operands).
-    amax = np.abs(mats).max(axis=(1, 2))
     err = err + math.sqrt(2.0) * m * (4 * n + depth + 4) * 2.0**-149 * (1.0 + 2.0 * amax)
     return gram, _up(err)
 
