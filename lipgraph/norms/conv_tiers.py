@@ -55,7 +55,7 @@ def symbol_parts(pk: np.ndarray, freqs: np.ndarray, grid: Sequence[int]) -> tupl
     tw = np.concatenate([cos, sin])  # (2F, T)
     parts = np.empty((g, 2 * n_freq, mg * cp))
     for grp in range(g):
-        parts[grp] = tw @ pk[grp].reshape(mg * cp, -1).T
+        np.matmul(tw, pk[grp].reshape(mg * cp, -1).T, out=parts[grp])
     re = parts[:, :n_freq].reshape(g * n_freq, mg, cp)
     im = parts[:, n_freq:].reshape(g * n_freq, mg, cp)
     return re, im
