@@ -1,9 +1,9 @@
 """Float32 certificates that a Hermitian Gram matrix stays below a given value, with rigorous allowances.
 
 Used by :mod:`lipgraph.norms.conv_tiers` for the frequencies of a conv that are clearly below the layer's
-maximum: those only need ``lambda_max(A A^H) <= target``, and single precision (about twice the speed of
-double on one core, for both the products and the factorisation) proves it whenever the frequency lies
-below the target by more than the float32 allowances (about 1e-3 relative on a 512-channel layer). The
+maximum: those only need ``lambda_max(A A^H) <= target``, and single precision (measured on one core:
+products 1.5-1.9x, factorisations 1.1-1.6x the speed of double) proves it whenever the frequency lies
+below the target by more than the float32 allowances (about 5e-3 relative on a 512-channel layer). The
 frequencies near the maximum keep the float64 certificate of :mod:`lipgraph.norms.stack_sv`, so the
 bound itself is as tight as before.
 
@@ -11,9 +11,10 @@ The allowances (unit roundoff ``u = 2^-24``; ``gamma_k = k u / (1 - k u)``; High
 Stability of Numerical Algorithms*, 2002, sec. 3.1, 3.5-3.6 and Thm 10.3):
 
 * Gram product of float64 matrices ``A = X + iY`` rounded to float32: each real entry of the computed
-  ``A A^H`` errs by at most ``gamma_{2n+2} (|A| |A|^H)_ij`` (the inner products of length ``2n``, the
+  ``A A^H`` errs by at most ``gamma_{depth+3} (|A| |A|^H)_ij`` (the inner sums, cut into blocks so that a
+  term goes through at most ``depth = block + blocks`` additions (:func:`blocked_product32`), the
   rounding of the operands to float32 and the subtraction forming the imaginary part), so the spectral
-  error is at most ``sqrt(2) gamma_{2n+2} rho(|A| |A|^H)``, and ``rho(|A| |A|^H) <= min(||A||_F^2,
+  error is at most ``sqrt(2) gamma_{depth+3} rho(|A| |A|^H)``, and ``rho(|A| |A|^H) <= min(||A||_F^2,
   max_i (|A| |A|^T 1)_i)`` (the second: Collatz-Wielandt with the all-ones vector).
 * Cholesky factorisation of ``H = fl(mu I - G)`` in complex float32: when it completes,
   ``R^H R = H + dH`` with ``|dH| <= gamma_c |R^H| |R|`` (Higham 2002, Thm 10.3; ``gamma_c`` with the
