@@ -192,3 +192,18 @@ def test_gram_kernel_path_in_many_small_chunks_still_bounds_the_maximum(monkeypa
     assert nb.method.endswith("Gram kernel")
     circ = _circulant_exact(w, 1, 9, 1)
     assert circ <= nb.value <= circ * TIGHT
+
+
+def test_grouped_conv_on_the_float32_tier(monkeypatch):
+    """Two groups (the stack is group-major): the bound covers the larger group's exact circulant value."""
+    rng = np.random.default_rng(11)
+    w = (rng.standard_normal((80, 40, 3, 3)) / 10).astype(np.float32)
+    w[40:] *= 1.3  # the second group holds the maximum
+    monkeypatch.setattr(conv_fft, "gram_kernel_cost", lambda shape, f: (0.0, 1.0))
+    monkeypatch.setattr(conv_tiers, "TIER_MIN_SIDE", 32)
+    nb = conv_circulant_bound(w, 2, (1, 1), (1, 1), (1, 1), (1, 1), (4, 4))
+    assert nb.method.endswith("float32 tier")
+    per_group = max(_circulant_exact(w[40 * i : 40 * (i + 1)], 1, 4, 1) for i in range(2))
+    assert per_group <= nb.value <= per_group * TIGHT
+    exact = exact_norm("Conv", w, (1, 80, 4, 4), pads=[1, 1, 1, 1], group=2)
+    assert exact * (1 - 1e-9) <= nb.value
