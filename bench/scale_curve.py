@@ -100,6 +100,22 @@ def _count_work(flops: list[float]) -> None:
     from lipgraph.norms import conv_fft
 
     conv_fft.gram_kernel, conv_fft.gram_symbols = kernel, symbols
+    try:  # the float32 tier (this round): its products and factorisations count too, float32 or not
+        from lipgraph.norms import conv_tiers, stack_sv32
+    except ImportError:
+        return
+    orig_g32, orig_f32 = conv_tiers.gram32, stack_sv32._factor32
+
+    def g32(re: Any, im: Any) -> Any:
+        f, m, n = re.shape
+        flops[0] += 4.0 * f * min(m, n) ** 2 * max(m, n)
+        return orig_g32(re, im)
+
+    def f32(g: Any, err: Any, mu: Any, scale: float) -> Any:
+        flops[0] += 4.0 / 3.0 * g.shape[1] ** 3 * int((mu > 0).sum())
+        return orig_f32(g, err, mu, scale)
+
+    conv_tiers.gram32, stack_sv32._factor32, conv_tiers.gram_stack = g32, f32, gram
 
 
 def _child(model: str, old_root: str | None, out: str) -> None:

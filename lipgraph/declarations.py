@@ -91,7 +91,7 @@ def check_declarations(model: onnx.ModelProto) -> None:
     if not declared:
         return
     try:
-        m = _light_copy(model)
+        m = light_copy(model)
         strip_declarations(m)
         with _warnings.catch_warnings():
             _warnings.simplefilter("ignore")
@@ -130,7 +130,7 @@ def check_declarations(model: onnx.ModelProto) -> None:
 _SMALL = 4096  # initializers up to this many elements keep their values (shape arithmetic needs them)
 
 
-def _light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+def light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy for shape inference without the large weights' payloads: a large initializer becomes a
     graph input of the same type and shape (all inference needs), so a 100 MB model is not copied."""
     src = model.graph
@@ -151,6 +151,7 @@ def _light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     m = onnx.ModelProto()
     m.ir_version = model.ir_version
     m.opset_import.extend(model.opset_import)
+    m.functions.extend(model.functions)
     m.graph.CopyFrom(g)
     return m
 

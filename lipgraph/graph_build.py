@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
-from lipgraph.declarations import check_declarations, strip_declarations, topologically_sorted
+from lipgraph.declarations import check_declarations, light_copy, strip_declarations, topologically_sorted
 from lipgraph.domains import normalize_domain
 from lipgraph.errors import ModelLoadError
 from lipgraph.graph import FLOAT_TYPES, Graph, Node, Tensor
@@ -224,8 +224,8 @@ def _concrete_model(
     A symbolic batch becomes 1 (the bound is per sample); with ``input_shape``, every other
     symbolic dimension takes its value too, and a fixed dimension must agree with it.
     """
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    # Without the large weights' payloads (they become typed graph inputs): only shape inference reads it.
+    m = light_copy(model)
     for inp in m.graph.input:
         if inp.name != g.input_name:
             continue
@@ -258,10 +258,9 @@ def _concrete_model(
 
 def _infer_shapes(g: Graph, base: onnx.ModelProto) -> None:
     """Record inferred shapes of every tensor, with folded constants given as initializers."""
-    m = onnx.ModelProto()
-    m.CopyFrom(base)
+    m = light_copy(base)  # (base is already light: this copy is small)
     strip_declarations(m)  # shapes and types from the nodes, never from what the file declares
-    known_inits = {i.name for i in m.graph.initializer}
+    known_inits = {i.name for i in m.graph.initializer} | {i.name for i in m.graph.input}
     remove = {t.name for t in g.tensors.values() if t.value is not None and t.name not in known_inits}
     # Nodes whose outputs are all folded become initializers, so Reshape etc. see real shapes.
     keep_nodes = [n for n in m.graph.node if not (set(n.output) and set(n.output) <= remove)]

@@ -29,6 +29,7 @@ from lipgraph.norms.conv_gram import (
     gram_kernel_fits,
     gram_symbols,
 )
+from lipgraph.norms.conv_tiers import tiered_fits, tiered_gram_bound
 from lipgraph.norms.stack_sv import SVD_MAX_SIDE, certify_gram_stack, top_sv_stack
 
 # Symbol arrays larger than this many complex entries are processed in frequency chunks.
@@ -207,7 +208,14 @@ def conv_circulant_bound(
     else:
         freqs = _half_frequencies(grid)
         direct_cost, auto_cost = gram_kernel_cost(pk.shape, freqs.shape[0])
-        if min(mg, cp) > SVD_MAX_SIDE and auto_cost < direct_cost and gram_kernel_fits(pk.shape):
+        use_kernel = auto_cost < direct_cost and gram_kernel_fits(pk.shape)
+        if min(mg, cp) > SVD_MAX_SIDE and not use_kernel and tiered_fits(pk.shape, freqs.shape[0]):
+            # float32 for the frequencies below the maximum, float64 at it (module conv_tiers).
+            sq, _ = tiered_gram_bound(pk, freqs, grid)
+            value = float(np.nextafter(math.sqrt(sq) * (1 + 2 * EPS64), np.inf))
+            path = ", float32 tier"
+            dft_err = _dft_allowance(pk)
+        elif min(mg, cp) > SVD_MAX_SIDE and use_kernel:
             # Gram matrices from the kernel's autocorrelation: no per-frequency product (module conv_gram).
             value, path = _gram_kernel_bound(pk, freqs, grid), ", Gram kernel"
             dft_err = 0.0  # covered by the Gram kernel's own allowance

@@ -88,12 +88,13 @@ def lanczos_top(full: np.ndarray, steps: int = LANCZOS_STEPS, seed: int = 0) -> 
     v = rng.standard_normal((f, k)).astype(full.dtype)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     v_prev = np.zeros_like(v)
-    beta = np.zeros(f)
+    real = np.zeros(0, dtype=full.dtype).real.dtype  # the recurrence keeps the matrices' precision
+    beta = np.zeros(f, dtype=real)
     alphas = np.zeros((f, steps))
     betas = np.zeros((f, steps))
     for j in range(steps):
         w = np.matmul(full, v[:, :, None])[:, :, 0]
-        alpha = np.real(np.sum(np.conj(v) * w, axis=1))
+        alpha = np.real(np.sum(np.conj(v) * w, axis=1)).astype(real)
         w = w - alpha[:, None] * v - beta[:, None] * v_prev
         beta = np.linalg.norm(w, axis=1)
         alphas[:, j] = alpha

@@ -1,0 +1,218 @@
+"""Float32 certificates that a Hermitian Gram matrix stays below a given value, with rigorous allowances.
+
+Used by :mod:`lipgraph.norms.conv_tiers` for the frequencies of a conv that are clearly below the layer's
+maximum: those only need ``lambda_max(A A^H) <= target``, and single precision (measured on one core:
+products 1.5-1.9x, factorisations 1.1-1.6x the speed of double) proves it whenever the frequency lies
+below the target by more than the float32 allowances (about 5e-3 relative on a 512-channel layer). The
+frequencies near the maximum keep the float64 certificate of :mod:`lipgraph.norms.stack_sv`, so the
+bound itself is as tight as before.
+
+The allowances (unit roundoff ``u = 2^-24``; ``gamma_k = k u / (1 - k u)``; Higham, *Accuracy and
+Stability of Numerical Algorithms*, 2002, sec. 3.1, 3.5-3.6 and Thm 10.3):
+
+* Gram product of float64 matrices ``A = X + iY`` rounded to float32: each real entry of the computed
+  ``A A^H`` errs by at most ``gamma_{depth+3} (|A| |A|^H)_ij`` (the inner sums, cut into blocks so that a
+  term goes through at most ``depth = block + blocks`` additions (:func:`blocked_product32`), the
+  rounding of the operands to float32 and the subtraction forming the imaginary part), so the spectral
+  error is at most ``sqrt(2) gamma_{depth+3} rho(|A| |A|^H)``, and ``rho(|A| |A|^H) <= min(||A||_F^2,
+  max_i (|A| |A|^T 1)_i)`` (the second: Collatz-Wielandt with the all-ones vector).
+* Cholesky factorisation of ``H = fl(mu I - G)`` in complex float32: when it completes,
+  ``R^H R = H + dH`` with ``|dH| <= gamma_c |R^H| |R|`` (Higham 2002, Thm 10.3; ``gamma_c`` with the
+  complex-arithmetic constant of :func:`lipgraph.norms.stack_sv._gamma`), hence
+  ``||dH||_2 <= gamma_c rho(|R|^T |R|)``, which is bounded a posteriori by the Collatz-Wielandt ratio
+  ``max_i (|R|^T |R| x)_i / x_i`` for a positive vector ``x`` (a few power steps choose it). This is
+  far below Rump's trace bound (Rump 2006, "Verification of positive definiteness") in float32: about
+  ``0.5 sqrt(k)`` times ``mu`` instead of ``k`` times ``mu``.
+* The diagonal ``mu - g_ii`` rounded to float32: at most ``u max_i |mu - g_ii|`` in the 2-norm.
+
+Together: ``lambda_max(exact Gram) <= mu + u max|mu - g_ii| + gamma_c rho + err_gram``. The trial value
+``mu`` is the target minus an a-priori estimate of these terms; a frequency whose a-posteriori sum
+does not come back below the target is not certified here (the caller falls back to float64).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+U32 = float(2.0**-24)  # unit roundoff of float32
+# A-priori estimate of rho(|R|^T |R|) / mu for the float32 Cholesky factor of mu I - G (k x k): measured
+# 0.45 sqrt(k) to 0.5 sqrt(k) on ResNet layers (k = 64 ... 512); sqrt(k) is assumed, so the shift rarely
+# falls short of the a-posteriori value (when it does, that frequency goes to float64: never unsound).
+_RHO_PER_SQRT_K = 1.0
+_POWER_STEPS = 3
+# Targets outside this range are left to float64 (float32 overflow and underflow stay far away inside it).
+_MIN_TARGET, _MAX_TARGET = 2.0**-60, 2.0**60
+
+
+def gamma32(k: int, complex_: bool = False) -> float:
+    """``gamma_k`` in float32, with the complex constant of :func:`lipgraph.norms.stack_sv._gamma`."""
+    kk = 4 * (k + 4) if complex_ else k + 1
+    return kk * U32 / (1.0 - kk * U32)
+
+
+def _up(x: np.ndarray | float, rel: float = 8e-16) -> np.ndarray:
+    """Nonnegative float64 values rounded up after a relative slack of a few float64 ulps."""
+    return np.nextafter(np.asarray(x, dtype=np.float64) * (1.0 + rel), np.inf)
+
+
+def abs_gram_bound(re: np.ndarray, im: np.ndarray) -> float:
+    """An upper bound of ``rho(|A| |A|^T)`` for ``A = re + i im`` (the componentwise Gram error's factor).
+
+    The smaller of ``||A||_F^2`` and ``max_i (|A| (|A|^T 1))_i`` (Collatz-Wielandt with the ones vector);
+    evaluated in float64 on nonnegative terms, so a relative ``gamma_{m+n+8}`` (float64) covers it.
+    """
+    m, n = re.shape
+    mod = np.sqrt(re * re + im * im)  # float64 moduli (a few ulps: in the slack below)
+    fro2 = float(np.vdot(mod, mod))
+    rows = float((mod @ mod.sum(axis=0)).max())
+    slack = (m + n + 8) * 2.0**-53 * 4
+    return float(_up(min(fro2, rows), slack))
+
+
+# Inner length of each float32 product: longer inner dimensions are split into blocks of this length whose
+# products are added up afterwards, so every entry's rounding is that of a sum of depth ``block + blocks``
+# instead of ``n`` (Higham 2002, sec. 3.1: the error of a sum is governed by the additions each term goes
+# through, in any order inside a block): a 512-channel layer's Gram allowance drops about fourfold (blocks
+# of 128: sevenfold, but the products of short inner length run 25% slower).
+INNER_BLOCK = 256
+
+
+def blocked_product32(a: np.ndarray, b: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """``a b^T`` (``a a^T`` when b is None, by the symmetric BLAS product) in float32, inner dimension in
+    blocks of :data:`INNER_BLOCK`; returns (product, depth) with every entry within
+    ``gamma_depth sum_k |a_ik b_jk|`` of the exact product of the float32 operands."""
+    n = a.shape[1]
+    acc: np.ndarray | None = None
+    for j in range(0, max(n, 1), INNER_BLOCK):
+        x = a[:, j : j + INNER_BLOCK]
+        part = x @ (x.T if b is None else b[:, j : j + INNER_BLOCK].T)  # a fresh product per block
+        if acc is None:
+            acc = part
+        else:
+            acc += part
+    assert acc is not None
+    blocks = -(-n // INNER_BLOCK)
+    return acc, min(n, INNER_BLOCK) + blocks
+
+
+def gram32(re: np.ndarray, im: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Float32 Gram matrices of the smaller side of the float64 matrices ``re + i im`` and their
+    allowances: ``(G, err)``.
+
+    ``G[f]`` (complex64, exactly Hermitian) is within ``err[f]`` (2-norm) of the exact Gram of matrix f.
+    Real-split products as in :func:`lipgraph.norms.stack_sv.gram_stack` (``Re = [X Y][X Y]^T``, one
+    symmetric product; ``Im = M - M^T``, ``M = Y X^T``), in single precision with blocked inner sums.
+    Per real entry: the operands' rounding to float32 (``gamma_2``), the blocked sum (``gamma_depth``) and
+    the subtraction of the imaginary part (``u``). For the other side, ``A^H = re^T - i im^T``.
+    """
+    f, m, n = re.shape
+    side = m > n
+    if side:
+        m, n = n, m
+    gram = np.empty((f, m, m), dtype=np.complex64)
+    split = np.empty((m, 2 * n), dtype=np.float32)
+    bound = np.empty(f)
+    amax = np.empty(f)
+    depth = 0
+    for i in range(f):
+        x, y = (re[i].T, -im[i].T) if side else (re[i], im[i])
+        split[:, :n] = x
+        split[:, n:] = y
+        sym, d_re = blocked_product32(split)  # symmetric product (syrk): both triangles the same numbers
+        cross, d_im = blocked_product32(split[:, n:], split[:, :n])
+        gram[i].real = sym
+        gram[i].imag = cross - cross.T  # exactly skew: fl(a - b) = -fl(b - a)
+        depth = max(d_re, d_im + 1)
+        bound[i] = abs_gram_bound(x, y)
+        amax[i] = max(float(np.abs(x).max(initial=0.0)), float(np.abs(y).max(initial=0.0)))
+    err = math.sqrt(2.0) * gamma32(depth + 2) * bound
+    # Gradual underflow: a rounding below float32's normal range errs by at most 2^-150 absolutely; an
+    # entry goes through at most 4n + depth + 4 of them, each scaled by at most 1 + 2 max|a| (its operands).
+    err = err + math.sqrt(2.0) * m * (4 * n + depth + 4) * 2.0**-149 * (1.0 + 2.0 * amax)
+    return gram, _up(err)
+
+
+def _collatz_rho(factor: np.ndarray) -> np.ndarray:
+    """Upper bounds of ``rho(|R|^T |R|)`` for a stack of complex64 matrices R (Collatz-Wielandt).
+
+    For any positive x, ``rho(M) <= max_i (M x)_i / x_i`` when M >= 0 (``rho(M) = rho(D^-1 M D) <=
+    ||D^-1 M D||_inf`` with ``D = diag(x)``). A few power steps choose x; every entry is kept at least
+    1e-3 of the largest so that x stays positive. The moduli are formed as ``sqrt(re^2 + im^2)`` (within
+    ``3u`` relatively, plus ``1e-18`` absolutely for squares that underflow); the two float32 products of
+    nonnegative terms are covered by a relative ``gamma_{2k+8}``. Non-finite entries give ``inf``.
+    """
+    f, k, _ = factor.shape
+    b = np.sqrt(factor.real * factor.real + factor.imag * factor.imag)  # float32 moduli
+    x = np.ones((f, k, 1), dtype=np.float32)
+    bt = np.swapaxes(b, 1, 2)
+    for _ in range(_POWER_STEPS):
+        y = np.matmul(bt, np.matmul(b, x))
+        top = np.maximum(y.max(axis=1, keepdims=True), np.float32(1e-30))
+        x = np.maximum(y / top, np.float32(1e-3))
+    y = np.matmul(bt, np.matmul(b, x))
+    ratio = (y[:, :, 0].astype(np.float64) / x[:, :, 0].astype(np.float64)).max(axis=1)
+    ratio = np.where(np.isfinite(ratio), ratio, np.inf)
+    ratio = ratio * (1.0 + 3.0 * U32) ** 2 / (1.0 - gamma32(2 * k + 8))
+    # ||B_true|| <= ||B + 1e-18 J|| <= sqrt(rho) + 1e-18 k (J: all ones; the underflow allowance)
+    return _up((np.sqrt(ratio) * (1 + 1e-15) + 1e-18 * k) ** 2, 1e-15)
+
+
+def chol32_estimate(k: int) -> float:
+    """A-priori estimate (not a bound) of the float32 Cholesky allowance of a k x k matrix, relative to mu."""
+    return gamma32(k + 1, complex_=True) * _RHO_PER_SQRT_K * math.sqrt(k) + 2.0 * U32
+
+
+def cholesky32_below(gram: np.ndarray, err: np.ndarray, target: float) -> tuple[np.ndarray, np.ndarray]:
+    """Certify ``lambda_max(exact Gram_f) <= target`` for each float32 Gram ``gram[f]`` within ``err[f]``.
+
+    The trial value is ``mu_f = target - err[f] - a priori estimate of the rounding terms``, rounded down
+    to float32 (:func:`_factor32` proves the bound). Returns (certified mask, the bound proven for each
+    matrix, ``inf`` where the factorisation failed): ``bound <= target`` where certified.
+    """
+    f, k, _ = gram.shape
+    if not (_MIN_TARGET <= target <= _MAX_TARGET) or not np.all(np.isfinite(err)):
+        return np.zeros(f, dtype=bool), np.full(f, np.inf)  # outside float32's safe range: float64 decides
+    est = chol32_estimate(k) * target
+    mu = (target - np.asarray(err, dtype=np.float64) - est).astype(np.float32)
+    mu = np.nextafter(mu, np.float32(-np.inf))  # below the float64 value (the float32 value is the one used)
+    _, bound = _factor32(gram, np.asarray(err, dtype=np.float64), mu, target)
+    return bound <= target, bound
+
+
+def _factor32(gram: np.ndarray, err: np.ndarray, mu: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per matrix: factorise ``H = fl32(mu_f I - G_f)`` and, where it completes, bound ``lambda_max(exact)``.
+
+    LAPACK ``cpotrf`` works in place on one triangle (G is exactly Hermitian, so either triangle is the
+    same matrix). The bound is ``mu + u max|mu - g_ii| + gamma_c rho(|R|^T |R|) + err + underflow``
+    (module docstring); ``scale`` (the size of the entries, about ``mu``) sizes the underflow term.
+    Returns (factorisation completed, bound; ``inf`` where it did not).
+    """
+    from scipy.linalg import lapack
+
+    f, k, _ = gram.shape
+    bound = np.full(f, np.inf)
+    live = np.flatnonzero(mu > 0)
+    if live.size == 0:
+        return np.zeros(f, dtype=bool), bound
+    h = np.negative(gram) if live.size == f else np.negative(gram[live])  # the copy factorised in place
+    d = np.arange(k)
+    diag = mu[live][:, None] + h[:, d, d].real  # mu - g_ii, rounded to float32
+    h[:, d, d] = diag
+    ok = np.zeros(live.size, dtype=bool)
+    for j in range(live.size):
+        _, info = lapack.cpotrf(h[j].T, lower=0, overwrite_a=1, clean=1)
+        ok[j] = info == 0
+    if ok.any():
+        rho = _collatz_rho(h[ok] if not ok.all() else h)  # the factors (one triangle; clean=1 zeroed the other)
+        diag_err = U32 * np.abs(diag[ok]).max(axis=1).astype(np.float64) / (1.0 - U32)
+        # Gradual underflow (absolute 2^-150 per rounding, at most k + 2 per entry of R^H R): generously
+        # k (k + 4) 2^-140 (1 + scale) in the 2-norm.
+        under = k * (k + 4) * 2.0**-140 * (1.0 + scale)
+        gam = gamma32(k + 1, complex_=True)
+        total = mu[live][ok].astype(np.float64) + diag_err + gam * rho + err[live][ok] + under
+        bound[live[ok]] = _up(total, 1e-15)
+    done = np.zeros(f, dtype=bool)
+    done[live[ok]] = True
+    return done, bound
