@@ -97,6 +97,27 @@ def dot_gamma(n: int, u: float, u_in: float) -> float:
     return math.expm1(2.0 * math.log1p(u_in) + n * math.log1p(u)) * (1.0 + 1e-9)
 
 
+def underflow_unit(u: float) -> float:
+    """The absolute error one rounded operation may add when its result lies below the normal range (gradual
+    underflow, or flushed to zero): the smallest normal number of the format whose unit roundoff is ``u``
+    (2^-1022 for float64, 2^-126 for float32, TF32 and bfloat16; 2^-14 for float16 and any coarser ``u``)."""
+    if u <= 2.0**-53:
+        return 2.0**-1022
+    if u <= 2.0**-24:
+        return 2.0**-126
+    return 2.0**-14
+
+
+def underflow_norm(roundings: int, n_out: int, u: float) -> float:
+    """A bound on the L2 norm of the absolute (underflow) part of a node's rounding: ``n_out`` entries, each the
+    result of ``roundings`` operations. Higham's relative bound (gamma_n) assumes no underflow; with it every
+    operation is ``(x op y)(1 + d) + e``, ``|e| <= underflow_unit(u)`` (Higham 2002, sec. 2.1), and the later
+    operations scale an earlier ``e`` by at most ``(1 + u)^roundings``."""
+    if roundings <= 0 or n_out <= 0:
+        return 0.0
+    return roundings * underflow_unit(u) * math.sqrt(n_out) * (1.0 + gamma(roundings, u)) * (1.0 + 1e-12)
+
+
 def make_state(mag: Aff, err: Aff, terms: Aff | None = None, fan: int = 0) -> State:
     return State(mag, err, terms if terms is not None else mag + err, fan)
 
