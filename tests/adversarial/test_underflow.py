@@ -57,6 +57,6 @@ def test_subnormal_rounding_cannot_fake_a_radius(local: str) -> None:
     assert int(np.argmax(run({"x": x})[0])) == 0
     assert int(np.argmax(run({"x": x_flip})[0])) == 1
     eps = [dist * f for f in (0.5, 0.99, 1.01, 2.0)]
-    cert = certify(model, x, np.array([0]), eps=eps, local_bounds=local, tight_pairs="off")
+    cert = certify(model, x, np.array([0]), eps=eps, local_bounds=local)
     assert cert.correct[0]
     assert cert.radii[0] < dist, f"radius {cert.radii[0] / S:.2f} s covers a flip at {dist / S:.2f} s"
