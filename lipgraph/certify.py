@@ -342,7 +342,9 @@ def certify(
     float_errors = [(error_model.at(input_norms), error_model.d), *[c[:2] for c in per_sample_err.candidates()]]
     local = local_candidates(local_mode, lambda: unfused, logits_name, xf, logits, radii.target, radii.correct,
                              radii.radius, eps_list, float_errors, MARGIN_REL)
-    radii.radius = local.radius
+    # no certified ball may reach inputs where a float value could overflow (the error bounds assume none does)
+    range_cap = error_model.radius_cap(input_norms)
+    radii.radius = np.minimum(local.radius, range_cap)
     t_radii = time.perf_counter() - t_radii
 
     # at eps = 0 a correct sample counts even with radius 0: certified accuracy at 0 == clean accuracy
@@ -373,7 +375,8 @@ def certify(
             f"(floor {MARGIN_REL:g} * max|logit|); radii rounded down"
         ),
         "float_error": {**error_model.describe(), "max_over_samples": float(np.max(error_model.at(input_norms)))
-                        if n else 0.0, "per_sample_chain": per_sample_err.describe(radii.float_error_choice)},
+                        if n else 0.0, "per_sample_chain": per_sample_err.describe(radii.float_error_choice),
+                        "radii_capped_by_float_range": int(np.sum(local.radius > range_cap))},
         "time_inference_s": round(t_inf, 4),
         "time_bound_wait_s": round(t_wait, 4),  # the bound runs beside inference; this is what it added
         "time_radii_s": round(t_radii, 4),

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from lipgraph.conv_dense import ConvNotSupported, conv2d_linear
-from lipgraph.floaterr.state import ZERO, NoFloatBound, State, dot_gamma, gamma, schur
+from lipgraph.floaterr.state import ZERO, NoFloatBound, State, dot_gamma, gamma, schur, underflow_norm
 from lipgraph.graph import Graph, Node
 
 U64 = 2.0**-53
@@ -105,9 +105,12 @@ class ChainFloatModel:
                 tn = _norm_up(tv)
                 te, te_x, ts = op.abs_norm * (g + e), op.abs_norm * (g + e_x), op.abs_norm * (lip + slope)
                 h = op.lin(h) + (op.bias if op.bias is not None else 0.0)
-                e = op.factor * e + gam * (tn + te)
-                e_x = op.factor * e_x + gam_x * (tn + te_x)
-                g = op.factor * g + gamma(op.n + 1, U64) * tn
+                # the absolute part of the roundings: results below the normal range (gamma alone assumes none)
+                size = int(np.prod(op.out_shape))
+                tiny, tiny64 = underflow_norm(op.n, size, self.u), underflow_norm(op.n + 1, size, U64)
+                e = op.factor * e + gam * (tn + te) + tiny
+                e_x = op.factor * e_x + gam_x * (tn + te_x) + tiny
+                g = op.factor * g + gamma(op.n + 1, U64) * tn + tiny64
                 slope = op.factor * slope + gam * ts
                 lip *= op.factor
                 fan, fan_x, nz = op.n, n_x, np.full(m, h[0].size)
@@ -116,8 +119,10 @@ class ChainFloatModel:
                 gam, gam_x = gamma(fan + 3, self.u), _gam(fan_x + 3, self.u)
                 tv = _up(tv + np.abs(op.bias), 1)
                 tn = _norm_up(tv)
-                e, e_x = e + gam * (tn + te), e_x + gam_x * (tn + te_x)
-                g = g + gamma(2, U64) * _norm_up(_up(np.abs(h) + np.abs(op.bias), 1))
+                size = int(np.prod(op.out_shape))
+                tiny = underflow_norm(fan + 3, size, self.u)
+                e, e_x = e + gam * (tn + te) + tiny, e_x + gam_x * (tn + te_x) + tiny
+                g = g + gamma(2, U64) * _norm_up(_up(np.abs(h) + np.abs(op.bias), 1)) + underflow_norm(2, size, U64)
                 slope = slope + gam * ts
                 h = h + op.bias
                 fan, fan_x, nz = fan + 3, fan_x + 3, np.full(m, h[0].size)
@@ -132,7 +137,7 @@ class ChainFloatModel:
                     e = e + self.u * (1 + 1e-9) * (base + 2.0 * (g + e))
                     e_x = e_x + self.u * (1 + 1e-9) * (base + 2.0 * (g + e_x))
                     slope = slope + self.u * (1 + 1e-9) * 2.0 * (lip + slope)
-                    g = g + U64 * (1 + 1e-9) * _norm_up(a)
+                    g = g + U64 * (1 + 1e-9) * _norm_up(a) + underflow_norm(1, int(np.prod(op.out_shape)), U64)
                     h = np.where(h >= 0, h, op.alpha * h)
                     nz = np.full(m, h[0].size)
                 tv, te, te_x, ts = np.abs(h), g + e, g + e_x, lip + slope

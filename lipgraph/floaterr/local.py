@@ -33,6 +33,7 @@ from lipgraph.floaterr.state import (
     make_state,
     norm_broadcast,
     schur,
+    underflow_norm,
 )
 from lipgraph.graph import Graph, Node
 
@@ -159,7 +160,8 @@ def cast(a: OpIn) -> list[State]:
     mag, err = a.prop(0, "mag"), a.prop(0)
     rho = ZERO
     if src not in bits or bits[to] < bits[src]:
-        rho = (mag + err).scale(2.0 ** -bits[to] * (1.0 + 1e-12))
+        u_to = 2.0 ** -bits[to]
+        rho = (mag + err).scale(u_to * (1.0 + 1e-12)) + Aff(underflow_norm(1, a.out_size(), u_to))
     return [make_state(mag, err + rho)]
 
 
@@ -203,7 +205,7 @@ def affine_const(a: OpIn) -> list[State]:
     # x -> |a| x: it scales the magnitudes as well as the errors.
     f_in = a.factors[0][var[0]]
     terms = st.terms.scale(f_in) + Aff(bterms)
-    rho = terms.scale(gamma(st.fan + 3, a.u))
+    rho = terms.scale(gamma(st.fan + 3, a.u)) + Aff(underflow_norm(st.fan + 3, n_out, a.u))
     mag = st.mag.scale(f_in) + Aff(off)
     return [State(mag, st.err.scale(f_in) + rho, terms, st.fan + 3)]
 
@@ -218,7 +220,7 @@ def sum_vars(a: OpIn) -> list[State]:
     if a.node.op_type == "Mean":
         off /= k
     terms = terms + Aff(off)
-    rho = terms.scale(gamma(fan, a.u))
+    rho = terms.scale(gamma(fan, a.u)) + Aff(underflow_norm(fan, a.out_size(), a.u))
     return [State(a.prop(0, "mag") + Aff(off), a.prop(0) + rho, terms, fan)]
 
 
@@ -235,7 +237,7 @@ def averaging(a: OpIn) -> list[State]:
     if st is None or any(s is not None for s in a.states[1:]):
         raise NoFloatBound(f"{node.op_type} '{node.name}' with a variable axes input")
     terms = st.fmag.scale(f)
-    rho = terms.scale(gamma(k + 1, a.u))
+    rho = terms.scale(gamma(k + 1, a.u)) + Aff(underflow_norm(k + 1, a.out_size(), a.u))
     return [State(st.mag.scale(f), st.err.scale(f) + rho, terms, k + 1)]
 
 
@@ -259,7 +261,7 @@ def dot(a: OpIn) -> list[State]:
         if w is not None and w.ndim > 2 and op == "MatMul":
             big_a, inner = more_ops.batched_abs_norm(a, w, vi)
             terms = st.fmag.scale(big_a)
-            rho = terms.scale(dot_gamma(inner, a.u, a.u_dot))
+            rho = terms.scale(dot_gamma(inner, a.u, a.u_dot)) + Aff(underflow_norm(inner, n_out, a.u))
             return [State(st.mag.scale(a.factors[0][vi]), st.err.scale(a.factors[0][vi]) + rho, terms, inner)]
         if w is None or w.ndim > 2:
             raise NoFloatBound(f"{op} '{node.name}' without a constant matrix weight")
@@ -304,7 +306,8 @@ def dot(a: OpIn) -> list[State]:
     else:
         raise NoFloatBound(f"no dot-product model for {op}")
     terms = st.fmag.scale(big_a) + Aff(off)
-    rho = terms.scale(dot_gamma(n, a.u, a.u_dot))
+    # the absolute part: products or sums below the normal range (gamma_n alone assumes none)
+    rho = terms.scale(dot_gamma(n, a.u, a.u_dot)) + Aff(underflow_norm(n, n_out, a.u))
     f = a.factors[0][vi]
     return [State(st.mag.scale(f) + Aff(off), st.err.scale(f) + rho, terms, n)]
 
@@ -349,7 +352,7 @@ def resize(a: OpIn) -> list[State]:
         uses = [2 * (math.ceil(o / max(i, 1)) + 1) for i, o in pairs]
         taps_norm = math.sqrt(2**rank * math.prod(uses or [1])) * (1.0 + 1e-12)
         terms = st.fmag.scale(taps_norm) + Aff(off)
-        rho = terms.scale(gamma(2**rank + 2, a.u))
+        rho = terms.scale(gamma(2**rank + 2, a.u)) + Aff(underflow_norm(2**rank + 2, a.out_size(), a.u))
         return [State(mag, st.err.scale(f) + rho + extra, terms, 2**rank + 2)]
     raise NoFloatBound(f"no float-error model for Resize mode '{mode}' (antialias or cubic) in '{node.name}'")
 

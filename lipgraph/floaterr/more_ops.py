@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from lipgraph.floaterr.state import Aff, NoFloatBound, OpIn, State, gamma, make_state, norm_broadcast
+from lipgraph.floaterr.state import Aff, NoFloatBound, OpIn, State, gamma, make_state, norm_broadcast, underflow_norm
 
 # Library functions (pow, exp) are assumed accurate to this many units of roundoff, relatively, plus
 # an absolute 2^-126 where the result falls below the normal range (flush-to-zero included).
@@ -40,7 +40,7 @@ def shrink(a: OpIn) -> list[State]:
     st = a.states[0]
     if st is None:
         raise NoFloatBound(f"Shrink '{a.node.name}' without a variable input")
-    rho = st.fmag.scale(a.u * (1.0 + 1e-12))
+    rho = st.fmag.scale(a.u * (1.0 + 1e-12)) + Aff(underflow_norm(1, a.out_size(), a.u))
     return [make_state(a.prop(0, "mag"), a.prop(0) + rho)]
 
 
@@ -247,7 +247,7 @@ def gemm_variable_c(a: OpIn) -> list[State]:
         inner = int(ma.shape[1])
         offset = float(np.linalg.norm(alpha * (ma @ mb))) * (1.0 + 1e-9)
         terms = terms + Aff(float(np.linalg.norm(abs(alpha) * (np.abs(ma) @ np.abs(mb)))) * (1.0 + 1e-9))
-    rho = terms.scale(dot_gamma(inner + 2, a.u, a.u_dot))
+    rho = terms.scale(dot_gamma(inner + 2, a.u, a.u_dot)) + Aff(underflow_norm(inner + 2, a.out_size(), a.u))
     return [State(a.prop(0, "mag") + Aff(offset), a.prop(0) + rho, terms, inner + 2)]
 
 

@@ -97,6 +97,56 @@ def dot_gamma(n: int, u: float, u_in: float) -> float:
     return math.expm1(2.0 * math.log1p(u_in) + n * math.log1p(u)) * (1.0 + 1e-9)
 
 
+def underflow_unit(u: float) -> float:
+    """The absolute error one rounded operation may add when its result lies below the normal range (gradual
+    underflow, or flushed to zero): the smallest normal number of the format whose unit roundoff is ``u``
+    (2^-1022 for float64, 2^-126 for float32, TF32 and bfloat16; 2^-14 for float16 and any coarser ``u``)."""
+    if u <= 2.0**-53:
+        return 2.0**-1022
+    if u <= 2.0**-24:
+        return 2.0**-126
+    return 2.0**-14
+
+
+def underflow_norm(roundings: int, n_out: int, u: float) -> float:
+    """A bound on the L2 norm of the absolute (underflow) part of a node's rounding: ``n_out`` entries, each the
+    result of ``roundings`` operations. Higham's relative bound (gamma_n) assumes no underflow; with it every
+    operation is ``(x op y)(1 + d) + e``, ``|e| <= underflow_unit(u)`` (Higham 2002, sec. 2.1), and the later
+    operations scale an earlier ``e`` by at most ``(1 + u)^roundings``."""
+    if roundings <= 0 or n_out <= 0:
+        return 0.0
+    return roundings * underflow_unit(u) * math.sqrt(n_out) * (1.0 + gamma(roundings, u)) * (1.0 + 1e-12)
+
+
+# Per ONNX element type: the largest finite number and the unit roundoff (a rounded result of magnitude at most the
+# largest number stays finite in round to nearest). TF32 products share float32's exponent range.
+FLOAT_RANGE = {
+    11: (1.7976931348623157e308, 2.0**-53),  # DOUBLE
+    1: (3.4028234663852886e38, 2.0**-24),  # FLOAT
+    10: (65504.0, 2.0**-11),  # FLOAT16
+    16: (3.3895313892515355e38, 2.0**-8),  # BFLOAT16
+}
+
+
+def overflow_free_norm(st: State, limit: float, u: float) -> float:
+    """The largest input norm ``s`` for which no float operation producing this tensor overflows (Higham's model,
+    and every bound here, assumes none does): its float entries are at most ``mag + err`` (a norm bounds every
+    entry) and every partial sum behind them at most ``(1 + gamma_{fan+1}) terms``; both must stay below the
+    format's largest number ``limit``. ``-inf`` when even ``s = 0`` is not covered."""
+    try:
+        grow = 1.0 + gamma(st.fan + 1, u)
+    except NoFloatBound:
+        return -math.inf
+    out = math.inf
+    for v in (st.mag + st.err, st.terms.scale(grow)):
+        room = limit * (1.0 - 1e-9) - v.c
+        if not (room >= 0.0 and math.isfinite(v.d)):
+            return -math.inf
+        if v.d > 0.0:
+            out = min(out, room / v.d * (1.0 - 1e-12))
+    return out
+
+
 def make_state(mag: Aff, err: Aff, terms: Aff | None = None, fan: int = 0) -> State:
     return State(mag, err, terms if terms is not None else mag + err, fan)
 

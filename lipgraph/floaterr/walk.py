@@ -19,7 +19,7 @@ import onnx
 
 from lipgraph.errors import LipgraphError, Refuse
 from lipgraph.floaterr.local import handler_for
-from lipgraph.floaterr.state import ZERO, Aff, NoFloatBound, OpIn, State
+from lipgraph.floaterr.state import FLOAT_RANGE, ZERO, Aff, NoFloatBound, OpIn, State, overflow_free_norm
 from lipgraph.graph import Graph, Node
 from lipgraph.rules.registry import RuleContext, lookup
 
@@ -45,11 +45,21 @@ class ErrorModel:
     unit_roundoff: float
     dot_operand_roundoff: float
     nodes: int
+    # inputs of a larger norm may overflow some float value on the way (the bound above assumes none does)
+    max_input_norm: float = math.inf
 
     def at(self, input_norms: np.ndarray) -> np.ndarray:
         """The bound for each sample, from the inputs' L2 norms (rounded up)."""
         s = np.asarray(input_norms, dtype=np.float64) * (1.0 + 1e-12)
         return np.nextafter((self.c + self.d * s) * _WALK_SLACK, np.inf)
+
+    def radius_cap(self, input_norms: np.ndarray) -> np.ndarray:
+        """Per sample: the largest radius whose ball stays within :attr:`max_input_norm` (0 outside it), so that
+        no float value overflows anywhere in a certified ball; rounded down."""
+        s = np.asarray(input_norms, dtype=np.float64) * (1.0 + 1e-12)
+        if math.isinf(self.max_input_norm) and self.max_input_norm > 0:
+            return np.full(s.shape, np.inf)
+        return np.maximum(np.nextafter((self.max_input_norm - s) * (1.0 - 1e-12), -np.inf), 0.0)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -59,6 +69,7 @@ class ErrorModel:
             "unit_roundoff": self.unit_roundoff,
             "dot_operand_roundoff": self.dot_operand_roundoff,
             "nodes": self.nodes,
+            "max_input_norm": self.max_input_norm if math.isfinite(self.max_input_norm) else None,
         }
 
 
@@ -120,7 +131,19 @@ def float_error_model(
     err = states[target].err
     if not (math.isfinite(err.c) and math.isfinite(err.d)):
         raise NoFloatBound("the float error bound of the logits is not finite (huge or non-finite constants)")
-    return ErrorModel(err.c, err.d, unit_roundoff, dot_operand_roundoff, len(graph.nodes))
+    s_max = _max_input_norm(graph, states)
+    return ErrorModel(err.c, err.d, unit_roundoff, dot_operand_roundoff, len(graph.nodes), s_max)
+
+
+def _max_input_norm(graph: Graph, states: dict[str, State]) -> float:
+    """The largest input norm for which no tensor the walk reached can overflow its float format (Higham's
+    model, and so every bound here, assumes no overflow): a certified ball must stay inside it."""
+    out = math.inf
+    for name, st in states.items():
+        t = graph.tensors.get(name)
+        limit, u = FLOAT_RANGE.get(int(t.elem_type or 0) if t is not None else 0, FLOAT_RANGE[onnx.TensorProto.FLOAT])
+        out = min(out, overflow_free_norm(st, limit, u))
+    return out
 
 
 def _known_factors(analysis: Any) -> dict[str, tuple[Node, Graph, float]]:

@@ -81,7 +81,7 @@ def smoothed_rho(
     top = float(lam[-1])
     if not (top > 0 and math.isfinite(top)):
         return math.inf, math.inf, None
-    keep = lam > top - _WINDOW * mu
+    keep = lam >= top - _WINDOW * mu  # >=: the top one stays even where top - window rounds to top (huge weights)
     lam, u = np.maximum(lam[keep], 1e-300), u[:, keep]
     e = np.exp((lam - top) / mu)
     weight = e / e.sum()
