@@ -259,7 +259,7 @@ def apply(cert: Any, cfg: GateConfig, baseline: dict[float, float] | None) -> No
     cert.gates = [r.to_json() for r in results]
     cert.passed = all(r.passed for r in results)
     if baseline is not None and cfg.baseline is not None:
-        from lipgraph.certify import eps_key
+        from lipgraph.certificate import eps_key
 
         accs = {eps_key(e): a for e, a in sorted(baseline.items())}
         cert.baseline = {"path": cfg.baseline, "certified_accuracy": accs}

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from lipgraph.certify import Certificate, eps_key
+from lipgraph.certificate import Certificate, eps_key
 from lipgraph.errors import LipgraphError
 
 KIND = "lipgraph-partial-certificate"

@@ -79,7 +79,7 @@ def run(cfg: TrainConfig, dataset: str, out: str, test_out: str | None = None, l
     exported = plain_model(model, maxmin_export)
     if attack is not None and certify_eps:
         # before the export, so the file's metadata records it; the attack runs on the exported layers
-        from lipgraph.certify import eps_key
+        from lipgraph.certificate import eps_key
 
         robust = robust_accuracy(exported, data.x_test, data.y_test, certify_eps, attack)
         result.robust_accuracy = {eps_key(e): r for e, r in robust.items()}
