@@ -12,6 +12,7 @@ import numpy as np
 
 from lipgraph.errors import LipgraphError
 from lipgraph.graph import Graph, Node
+from lipgraph.norms import rounding
 
 
 class NoFloatBound(LipgraphError):
@@ -84,10 +85,11 @@ class OpIn:
 
 
 def gamma(n: int, u: float) -> float:
-    """``gamma_n = n u / (1 - n u)`` (Higham 2002, Lemma 3.1), rounded up."""
-    if n * u >= 0.5:
-        raise NoFloatBound(f"a sum of {n} terms at unit roundoff {u:g} has no useful error bound")
-    return n * u / (1.0 - n * u) * (1.0 + 1e-12)
+    """``gamma_n = n u / (1 - n u)`` (Higham 2002, Lemma 3.1), rounded up; NoFloatBound where it is useless."""
+    try:
+        return rounding.gamma(n, u)
+    except ValueError as exc:
+        raise NoFloatBound(str(exc)) from None
 
 
 def dot_gamma(n: int, u: float, u_in: float) -> float:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lipgraph.floaterr.state import gamma
+from lipgraph.norms.rounding import gamma
 
 U64 = 2.0**-53
 # every computed error term is inflated by this: it covers the float64 roundings of the (nonnegative)

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lipgraph.norms import EPS64
+from lipgraph.norms.rounding import gamma
 
 _SAFE = 1.0 + 1e-6  # inflation of a norm computed in float64 (relative error <= n u << 1e-6 for n < 1e9)
 _TINY = 1e-280  # absolute allowance per entry for underflow in the factorisation
@@ -93,8 +94,7 @@ class PairResult:
 
 
 def _gamma(n: int) -> float:
-    nu = n * EPS64
-    return nu / (1.0 - nu)
+    return gamma(n, EPS64)
 
 
 def _up(x: float) -> float:

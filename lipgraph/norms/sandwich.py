@@ -25,12 +25,13 @@ import math
 import numpy as np
 
 from lipgraph.norms import EPS64
+from lipgraph.norms.rounding import gamma
 
 _U = EPS64
 
 
 def _gamma(k: int) -> float:
-    return k * _U / (1 - k * _U)
+    return gamma(k, _U)
 
 
 def lambda_max_upper(g: np.ndarray, entry_err: float = 0.0) -> float:

@@ -48,6 +48,7 @@ import numpy as np
 
 from lipgraph.norms import EPS64
 from lipgraph.norms.conv_fft import _dft_allowance, _half_frequencies, _twiddles, phase_kernel
+from lipgraph.norms.rounding import gamma
 from lipgraph.norms.sandwich import certificate_from_gap, lbdn_lambda_candidates
 from lipgraph.norms.stack_sv import top_sv_stack
 
@@ -57,7 +58,7 @@ MAX_SYMBOL_ENTRIES = 20_000_000
 
 
 def _gamma(k: int) -> float:
-    return k * _U / (1 - k * _U)
+    return gamma(k, _U)
 
 
 def dense_groups(weight: np.ndarray, groups: int) -> np.ndarray:
