@@ -20,6 +20,9 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 
+BLOCK_ENTRIES = 2**18  # float64 entries of one block of a transposed conv's columns (2 MiB: cache-sized)
+
+
 @dataclass(frozen=True)
 class ConvSpec:
     """A 2-D convolution's geometry (ONNX attributes, explicit pads) and its constant kernel."""
@@ -93,22 +96,29 @@ def kernel_rows(spec: ConvSpec, channels: int) -> np.ndarray:
 
 def conv_transpose(nu: np.ndarray, kernel: np.ndarray, spec: ConvSpec) -> np.ndarray:
     """The transposed conv (no padding) of windows ``nu`` (B, O, ph, pw) with ``kernel``:
-    (B, C, (ph - 1) s + window). Entry by entry a sum of at most ``spec.terms()`` products."""
+    (B, C, (ph - 1) s + window). Entry by entry a sum of at most ``spec.terms()`` products: one matrix product
+    over the output channels per group, then the kernel taps added into place (channels last, so each add is
+    a contiguous block)."""
     b, o, ph, pw = nu.shape
     _, cg, kh, kw = kernel.shape
     (sh, sw), (dh, dw) = spec.strides, spec.dilations
     wh, ww = spec.window()
-    out = np.zeros((b, cg * spec.group, (ph - 1) * sh + wh, (pw - 1) * sw + ww))
+    out = np.zeros((b, (ph - 1) * sh + wh, (pw - 1) * sw + ww, cg * spec.group))
     per = o // spec.group
+    last = np.ascontiguousarray(nu.transpose(0, 2, 3, 1))  # (B, ph, pw, O)
+    step = max(1, BLOCK_ENTRIES // (ph * pw * kh * kw * cg))  # windows per block: its columns stay in cache
     for g in range(spec.group):
-        part = nu[:, g * per : (g + 1) * per]
-        for i in range(kh):
-            for j in range(kw):
-                tap = np.tensordot(part, kernel[g * per : (g + 1) * per, :, i, j], axes=([1], [0]))  # (B, ph, pw, cg)
+        k = kernel[g * per : (g + 1) * per].transpose(0, 2, 3, 1).reshape(per, kh * kw * cg)
+        for start in range(0, b, step):
+            cols = (last[start : start + step, ..., g * per : (g + 1) * per] @ k).reshape(-1, ph, pw, kh, kw, cg)
+            block = out[start : start + step]
+            for i in range(kh):
                 rows = slice(i * dh, i * dh + (ph - 1) * sh + 1, sh)
-                cols = slice(j * dw, j * dw + (pw - 1) * sw + 1, sw)
-                out[:, g * cg : (g + 1) * cg, rows, cols] += tap.transpose(0, 3, 1, 2)
-    return out
+                for j in range(kw):
+                    block[:, rows, j * dw : j * dw + (pw - 1) * sw + 1 : sw, g * cg : (g + 1) * cg] += cols[
+                        :, :, :, i, j
+                    ]
+    return out.transpose(0, 3, 1, 2)
 
 
 def patch_transpose(

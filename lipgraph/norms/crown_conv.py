@@ -150,8 +150,10 @@ class CrownConv:
 
     # -- the backward pass --------------------------------------------------------------------------------
 
-    def _map(self, v: np.ndarray, k: int) -> np.ndarray:
-        return v.reshape(len(v), *self.layers[k].out_shape)
+    def _patches(self, v: np.ndarray, k: int, grid: Grid) -> np.ndarray:
+        """Per-unit values ``v`` (N, n_k) of layer ``k`` read at the windows of ``grid``: (N, 1, Gh, Gw, C, ph, pw),
+        contiguous (they meet every row)."""
+        return np.ascontiguousarray(unfold(v.reshape(len(v), *self.layers[k].out_shape), grid))[:, None]
 
     def _transpose(self, k: int, data: np.ndarray, grid: Grid, absolute: bool = False) -> tuple[np.ndarray, Grid]:
         lay = self.layers[k]
@@ -167,19 +169,19 @@ class CrownConv:
     def _backward(self, mu, grid, c, err, top, bounds, z0, z0_err, r):
         """Lower bounds of ``mu . h_top + c`` over the ball; ``mu`` patches (N, R, Gh, Gw, C, ph, pw) over
         ``h_top``, ``c`` and ``err`` (N, R, Gh, Gw). crown_l2's ``_backward`` with patches (same terms)."""
-        axes = (4, 5, 6)
         for k in range(top, -1, -1):
             lo, hi, low, upp, icpt, zmag, hmag = bounds[k]
             entries = int(np.prod(mu.shape[4:]))
-            low_p, upp_p = unfold(self._map(low, k), grid)[:, None], unfold(self._map(upp, k), grid)[:, None]
-            icpt_p, zmag_p = unfold(self._map(icpt, k), grid)[:, None], unfold(self._map(zmag, k), grid)[:, None]
+            low_p, upp_p = self._patches(low, k, grid), self._patches(upp, k, grid)
             neg = mu < 0
-            nu = np.where(neg, mu * upp_p, mu * low_p)
-            shift = np.sum(np.where(neg, mu, 0.0) * icpt_p, axis=axes)
+            nu = mu * np.where(neg, upp_p, low_p)  # one product per entry, as crown_l2
+            shift = _patch_dot(np.minimum(mu, 0.0), self._patches(icpt, k, grid))
             terms = np.abs(c) + np.abs(shift)
             c = c + shift
             abs_nu = np.abs(nu)
-            err = err + _up(2.0 * U64 * np.sum(abs_nu * zmag_p, axis=axes) + gamma(entries + 2, U64) * terms)
+            err = err + _up(
+                2.0 * U64 * _patch_dot(abs_nu, self._patches(zmag, k, grid)) + gamma(entries + 2, U64) * terms
+            )
             if k == 0:
                 break
             lay = self.layers[k]
@@ -187,16 +189,12 @@ class CrownConv:
             weights = gamma(n_t, U64) * self.layers[k].forward(bounds[k - 1][6], absolute=True) + (
                 gamma(entries + 2, U64) * np.abs(lay.b) + lay.b_err
             )
-            weights_p = unfold(self._map(weights, k), grid)[:, None]
-            bias_p = unfold(lay.b.reshape(1, *lay.out_shape), grid)[:, None]
-            err = err + _up(gamma(entries + 2, U64) * np.abs(c) + np.sum(abs_nu * weights_p, axis=axes))
-            c = c + np.sum(nu * bias_p, axis=axes)
+            err = err + _up(gamma(entries + 2, U64) * np.abs(c) + _patch_dot(abs_nu, self._patches(weights, k, grid)))
+            c = c + _patch_dot(nu, self._patches(lay.b[None], k, grid))
             mu, grid = self._transpose(k, nu, grid)
         entries = int(np.prod(nu.shape[4:]))
-        z0_p = unfold(self._map(z0, 0), grid)[:, None]
-        e0_p = unfold(self._map(z0_err + gamma(entries + 1, U64) * np.abs(z0), 0), grid)[:, None]
-        value = np.sum(nu * z0_p, axis=axes)
-        err = err + _up(np.sum(abs_nu * e0_p, axis=axes))
+        value = _patch_dot(nu, self._patches(z0, 0, grid))
+        err = err + _up(_patch_dot(abs_nu, self._patches(z0_err + gamma(entries + 1, U64) * np.abs(z0), 0, grid)))
         # min over the ball of nu . z_0 = nu . z_0(x) - r ||W_0^T nu||; the computed transpose a errs by at most
         # gamma_n |W_0|^T |nu| entrywise (Higham 2002, ch. 3), so ||a_real|| <= ||a|| + gamma_n || |W_0|^T |nu| ||
         a, _ = self._transpose(0, nu, grid)
@@ -204,8 +202,8 @@ class CrownConv:
         size = int(np.prod(a.shape[4:]))
         grow = 1.0 + gamma(size + 2, U64)
         n_t = self.layers[0].terms()
-        norm = np.sqrt(np.sum(a * a, axis=axes)) * grow + _up(
-            gamma(n_t, U64) * np.sqrt(np.sum(a_abs * a_abs, axis=axes)) * grow * (1.0 + gamma(n_t, U64))
+        norm = np.sqrt(_patch_dot(a, a)) * grow + _up(
+            gamma(n_t, U64) * np.sqrt(_patch_dot(a_abs, a_abs)) * grow * (1.0 + gamma(n_t, U64))
         )
         norm = np.nextafter(norm, np.inf)
         radius_term = r * norm
@@ -291,6 +289,19 @@ class CrownConv:
         )[:, :, 0, 0]
         lb[np.arange(len(t)), t] = np.inf
         return lb
+
+
+def _patch_dot(a: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Sum over each window of ``a * m``: ``a`` (N, R, Gh, Gw, C, ph, pw), ``m`` the same or with R = 1."""
+    n, r, gh, gw = a.shape[:4]
+    p = int(np.prod(a.shape[4:]))
+    a4 = a.reshape(n, r, gh * gw, p)
+    if m.shape[1] == 1:
+        m3 = m.reshape(len(m), gh * gw, p)
+        if n == 1 and len(m) > 1:  # rows shared by every sample (the first step of a layer's bounds)
+            return np.einsum("rgp,ngp->nrg", a4[0], m3).reshape(len(m), r, gh, gw)
+        return np.einsum("nrgp,ngp->nrg", a4, m3).reshape(n, r, gh, gw)
+    return np.einsum("nrgp,nrgp->nrg", a4, m.reshape(n, r, gh * gw, p)).reshape(n, r, gh, gw)
 
 
 def _entries_at_input(layers: list[Layer], k: int) -> int:
