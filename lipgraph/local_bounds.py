@@ -33,10 +33,12 @@ from lipgraph.norms.crown_conv import CrownConv
 from lipgraph.norms.crown_l2 import Affine, CrownL2, chain_work
 
 AUTO_MAX_WORK = 5e7  # multiply-adds per sample and radius that "auto" accepts (MNIST 784-128-128-10: 5.4e6)
-# the structured conv form's cap is this many times the dense one's: measured, the structured form runs
-# ~STRUCTURED_CAP_FACTOR x more multiply-adds per ms (numpy's small-tensor overheads aside, see
-# bench/conv_local.py); it is still a cap on counted work, so auto stays reproducible
-STRUCTURED_CAP_FACTOR = 4.0
+# The structured conv form (conv layers as convolutions) counts its work the same way but, measured, runs ~3x
+# fewer multiply-adds per ms than the dense form's matrix products (bench/conv_local.py: digits CNN 2.2e7 in
+# ~11 ms, MNIST CNN 2.7e8 in ~160 ms per sample and eps, dense 3.7e7 in ~7 ms). Its cap admits the MNIST CNN
+# of Wong & Kolter (~0.2 s per sample and eps); still a cap on counted work, so auto stays reproducible.
+STRUCTURED_COST = 3.0
+AUTO_MAX_STRUCTURED_WORK = 3e8
 MAX_DENSE = 2**23  # entries of one layer's dense matrix (a conv layer is expanded to one)
 CHUNK = 64  # samples per batch of the propagation (its arrays are samples x 2 units x units)
 SPAN = 4096  # rows of the data read at once for one batch (a stream view is read by contiguous slices)
@@ -66,7 +68,9 @@ def _conv_node(graph: Any, op: Any) -> Any:
     return None
 
 
-def read_chain(graph: Any, logits: str, max_work: float = math.inf, form: str = "auto") -> CrownL2 | CrownConv:
+def read_chain(
+    graph: Any, logits: str, max_work: float = math.inf, form: str = "auto", max_structured_work: float = math.inf
+) -> CrownL2 | CrownConv:
     """The chain from ``graph.input_name`` to ``logits`` as (affine, activation) layers, or :class:`NotLocal`.
 
     ``form``: ``dense`` (every layer a matrix: :class:`CrownL2`), ``structured`` (conv layers as convolutions:
@@ -88,17 +92,23 @@ def read_chain(graph: Any, logits: str, max_work: float = math.inf, form: str = 
     sizes = [int(np.prod(op.out_shape)) for op in model.ops if op.kind == "dot"]
     work = chain_work(sizes, int(np.prod(model.in_shape)))
     if form != "dense" and any(_conv_node(graph, op) is not None for op in model.ops):
-        from lipgraph.local_conv import read_structured
+        from lipgraph.local_conv import read_structured, structured_work_of
 
-        structured = read_structured(graph, model, _conv_node)
-        s_work = structured.work_per_sample()
-        if form == "structured" or s_work < work:
-            if s_work > max_work * STRUCTURED_CAP_FACTOR:
+        fits = all(
+            int(np.prod(a)) * int(np.prod(op.out_shape)) <= MAX_DENSE
+            for a, op in zip([model.in_shape] + [o.out_shape for o in model.ops], model.ops, strict=False)
+            if op.kind == "dot"
+        )
+        # structured work is counted the same way but runs ~STRUCTURED_COST x slower per multiply-add
+        # (small windows, numpy overheads: bench/conv_local.py), so the dense form stays where it is cheaper
+        s_work = structured_work_of(graph, model, _conv_node)
+        if form == "structured" or not fits or work > max_work or STRUCTURED_COST * s_work < work:
+            if s_work > max_structured_work:
                 raise NotLocal(
                     f"{s_work:.3g} multiply-adds per sample and eps in the structured conv form "
-                    f"(auto's limit {max_work * STRUCTURED_CAP_FACTOR:.3g})"
+                    f"(auto's limit {max_structured_work:.3g})"
                 )
-            return structured
+            return read_structured(graph, model, _conv_node)
     if work > max_work:
         raise NotLocal(f"{work:.3g} multiply-adds per sample and eps (auto's limit {max_work:.3g})")
     layers: list[Affine] = []
@@ -286,6 +296,7 @@ def local_radii(
             "used": True,
             "method": f"{METHOD}: linear bound propagation over the L2 ball (CROWN), float64 with rounding charged",
             "hidden": crown.sizes[:-1],
+            "form": "structured" if isinstance(crown, CrownConv) else "dense",
             "work_per_sample_and_eps": crown.work_per_sample(),
             "samples_checked": {str(e): checked[e] for e in grid},
             "samples_improved": {str(e): improved[e] for e in grid},
@@ -318,7 +329,7 @@ def local_candidates(
         unchanged.meta = {"used": False, "mode": mode, "reason": "a single logit: no class pairs"}
         return unchanged
     try:
-        crown = read_chain(graph_fn(), logits_name, AUTO_MAX_WORK)
+        crown = read_chain(graph_fn(), logits_name, AUTO_MAX_WORK, max_structured_work=AUTO_MAX_STRUCTURED_WORK)
     except NotLocal as exc:
         why = str(exc)
         unchanged.meta = {

@@ -14,7 +14,7 @@ import numpy as np
 
 from lipgraph.floaterr.state import gamma
 from lipgraph.norms.conv_patches import ConvSpec
-from lipgraph.norms.crown_conv import CrownConv, Layer
+from lipgraph.norms.crown_conv import CrownConv, Layer, structured_work
 
 _EPS64 = 2.0**-53
 MAX_DENSE = 2**23  # entries of one dense layer's matrix
@@ -50,6 +50,29 @@ def _spec(graph: Any, node: Any) -> ConvSpec:
 
 def read_structured(graph: Any, model: Any, conv_node: Callable[[Any, Any], Any]) -> CrownConv:
     """``model``: the chain's :class:`~lipgraph.floaterr.chain_sample.ChainFloatModel`; raises ``NotLocal``."""
+    from lipgraph.local_bounds import NotLocal
+
+    layers, alphas = read_layers(graph, model, conv_node)
+    for lay in layers:
+        consts = [lay.b, lay.w if lay.w is not None else lay.conv.kernel]  # type: ignore[union-attr]
+        if not all(np.all(np.isfinite(c)) for c in consts):
+            raise NotLocal("non-finite constants")
+    try:
+        return CrownConv(layers, alphas)
+    except ValueError as exc:
+        raise NotLocal(str(exc)) from None
+
+
+def structured_work_of(graph: Any, model: Any, conv_node: Callable[[Any, Any], Any]) -> float:
+    """Work per sample and eps of the structured form, from the layer shapes (no dense matrix is built)."""
+    return structured_work(read_layers(graph, model, conv_node, dense=False)[0])
+
+
+def read_layers(
+    graph: Any, model: Any, conv_node: Callable[[Any, Any], Any], dense: bool = True
+) -> tuple[list[Layer], list[float]]:
+    """The chain's layers and activation slopes; ``dense=False``: dense layers without their matrix (shapes
+    only, for the work count)."""
     from lipgraph.local_bounds import NotLocal
 
     layers: list[Layer] = []
@@ -91,7 +114,11 @@ def read_structured(graph: Any, model: Any, conv_node: Callable[[Any, Any], Any]
                 d_in, d_out = int(np.prod(shape)), int(np.prod(op.out_shape))
                 if d_in * d_out > MAX_DENSE:
                     raise NotLocal(f"'{op.name}' would be a {d_out} x {d_in} matrix (limit {MAX_DENSE} entries)")
-                w = np.asarray(op.lin(np.eye(d_in).reshape(d_in, *shape))).reshape(d_in, d_out).T.copy()
+                w = (
+                    np.asarray(op.lin(np.eye(d_in).reshape(d_in, *shape))).reshape(d_in, d_out).T.copy()
+                    if dense
+                    else np.empty((d_out, 0))
+                )
                 pending = {"in": seg_in, "out": (d_out, 1, 1), "w": w}
             if op.bias is not None:
                 biases.append(np.asarray(op.bias, dtype=np.float64))
@@ -107,11 +134,4 @@ def read_structured(graph: Any, model: Any, conv_node: Callable[[Any, Any], Any]
     close("the logits")
     if not alphas:
         raise NotLocal("no activation")
-    for lay in layers:
-        consts = [lay.b, lay.w if lay.w is not None else lay.conv.kernel]  # type: ignore[union-attr]
-        if not all(np.all(np.isfinite(c)) for c in consts):
-            raise NotLocal("non-finite constants")
-    try:
-        return CrownConv(layers, alphas)
-    except ValueError as exc:
-        raise NotLocal(str(exc)) from None
+    return layers, alphas

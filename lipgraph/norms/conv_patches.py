@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-
 BLOCK_ENTRIES = 2**18  # float64 entries of one block of a transposed conv's columns (2 MiB: cache-sized)
 
 
