@@ -101,8 +101,15 @@ def read_chain(
         )
         # structured work is counted the same way but runs ~STRUCTURED_COST x slower per multiply-add
         # (small windows, numpy overheads: bench/conv_local.py), so the dense form stays where it is cheaper
-        s_work = structured_work_of(graph, model, _conv_node)
-        if form == "structured" or not fits or work > max_work or STRUCTURED_COST * s_work < work:
+        try:
+            s_work = structured_work_of(graph, model, _conv_node)
+        except NotLocal:
+            if form == "structured":
+                raise
+            s_work = math.inf  # not a chain the structured form takes: the dense form below, or its refusal
+        if form == "structured" or (
+            s_work < math.inf and (not fits or work > max_work or STRUCTURED_COST * s_work < work)
+        ):
             if s_work > max_structured_work:
                 raise NotLocal(
                     f"{s_work:.3g} multiply-adds per sample and eps in the structured conv form "
