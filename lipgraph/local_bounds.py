@@ -16,7 +16,9 @@ Runtime's prediction at x must be ``t``. Derivation: docs/local-bounds.md.
 
 Everything is per sample (nothing depends on which other samples are certified), so the parts of
 ``certify --shard`` merge into exactly one run's result. ``auto`` runs it on chains whose cost per sample and
-radius is under :data:`AUTO_MAX_WORK` multiply-adds (a cap on work, not on time: reproducible).
+radius is under :data:`AUTO_MAX_WORK` multiply-adds (a cap on work, not on time: reproducible); conv layers are
+kept as convolutions (:mod:`lipgraph.norms.crown_conv`) where that is cheaper, under
+:data:`AUTO_MAX_STRUCTURED_WORK`.
 """
 
 from __future__ import annotations
