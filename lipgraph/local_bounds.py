@@ -94,7 +94,7 @@ def read_chain(
     sizes = [int(np.prod(op.out_shape)) for op in model.ops if op.kind == "dot"]
     work = chain_work(sizes, int(np.prod(model.in_shape)))
     if form != "dense" and any(_conv_node(graph, op) is not None for op in model.ops):
-        from lipgraph.local_conv import read_structured, structured_work_of
+        from lipgraph.local_conv import NotStructured, read_structured, structured_work_of
 
         fits = all(
             int(np.prod(a)) * int(np.prod(op.out_shape)) <= MAX_DENSE
@@ -105,9 +105,9 @@ def read_chain(
         # (small windows, numpy overheads: bench/conv_local.py), so the dense form stays where it is cheaper
         try:
             s_work = structured_work_of(graph, model, _conv_node)
-        except NotLocal:
+        except NotStructured as exc:
             if form == "structured":
-                raise
+                raise NotLocal(str(exc)) from None
             s_work = math.inf  # not a chain the structured form takes: the dense form below, or its refusal
         if form == "structured" or (
             s_work < math.inf and (not fits or work > max_work or STRUCTURED_COST * s_work < work)
@@ -117,7 +117,10 @@ def read_chain(
                     f"{s_work:.3g} multiply-adds per sample and eps in the structured conv form "
                     f"(auto's limit {max_structured_work:.3g})"
                 )
-            return read_structured(graph, model, _conv_node)
+            try:
+                return read_structured(graph, model, _conv_node)
+            except NotStructured as exc:
+                raise NotLocal(str(exc)) from None
     if work > max_work:
         raise NotLocal(f"{work:.3g} multiply-adds per sample and eps (auto's limit {max_work:.3g})")
     layers: list[Affine] = []

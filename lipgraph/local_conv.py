@@ -17,6 +17,13 @@ from lipgraph.norms.conv_patches import ConvSpec
 from lipgraph.norms.crown_conv import CrownConv, Layer, structured_work
 
 _EPS64 = 2.0**-53
+
+
+class NotStructured(Exception):
+    """Not a chain the structured form takes; the message says why (lipgraph.local_bounds re-raises it as
+    its ``NotLocal``)."""
+
+
 MAX_DENSE = 2**23  # entries of one dense layer's matrix
 
 
@@ -27,17 +34,15 @@ def _as_map(shape: tuple[int, ...]) -> tuple[int, int, int]:
 
 
 def _spec(graph: Any, node: Any) -> ConvSpec:
-    from lipgraph.local_bounds import NotLocal
-
     kernel = graph.tensors[node.inputs[1]].value
     attrs = node.attrs
     auto_pad = attrs.get("auto_pad", "NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
     if auto_pad not in ("NOTSET", "VALID"):
-        raise NotLocal(f"Conv '{node.name}' with auto_pad={auto_pad}")
+        raise NotStructured(f"Conv '{node.name}' with auto_pad={auto_pad}")
     kernel = np.asarray(kernel, dtype=np.float64)
     if kernel.ndim != 4:
-        raise NotLocal(f"Conv '{node.name}' is not 2-D")
+        raise NotStructured(f"Conv '{node.name}' is not 2-D")
     pads = tuple(int(v) for v in attrs.get("pads", (0, 0, 0, 0))) if auto_pad == "NOTSET" else (0, 0, 0, 0)
     return ConvSpec(
         kernel,
@@ -49,18 +54,16 @@ def _spec(graph: Any, node: Any) -> ConvSpec:
 
 
 def read_structured(graph: Any, model: Any, conv_node: Callable[[Any, Any], Any]) -> CrownConv:
-    """``model``: the chain's :class:`~lipgraph.floaterr.chain_sample.ChainFloatModel`; raises ``NotLocal``."""
-    from lipgraph.local_bounds import NotLocal
-
+    """``model``: the chain's :class:`~lipgraph.floaterr.chain_sample.ChainFloatModel`; raises ``NotStructured``."""
     layers, alphas = read_layers(graph, model, conv_node)
     for lay in layers:
         consts = [lay.b, lay.w if lay.w is not None else lay.conv.kernel]  # type: ignore[union-attr]
         if not all(np.all(np.isfinite(c)) for c in consts):
-            raise NotLocal("non-finite constants")
+            raise NotStructured("non-finite constants")
     try:
         return CrownConv(layers, alphas)
     except ValueError as exc:
-        raise NotLocal(str(exc)) from None
+        raise NotStructured(str(exc)) from None
 
 
 def structured_work_of(graph: Any, model: Any, conv_node: Callable[[Any, Any], Any]) -> float:
@@ -73,8 +76,6 @@ def read_layers(
 ) -> tuple[list[Layer], list[float]]:
     """The chain's layers and activation slopes; ``dense=False``: dense layers without their matrix (shapes
     only, for the work count)."""
-    from lipgraph.local_bounds import NotLocal
-
     layers: list[Layer] = []
     alphas: list[float] = []
     shape: tuple[int, ...] = tuple(model.in_shape)
@@ -85,7 +86,7 @@ def read_layers(
     def close(where: str) -> None:
         nonlocal pending, biases
         if pending is None:
-            raise NotLocal(f"no affine op before {where}")
+            raise NotStructured(f"no affine op before {where}")
         out = pending["out"]
         n = int(np.prod(out))
         b = np.zeros(n)
@@ -102,18 +103,18 @@ def read_layers(
     for op in model.ops:
         if op.kind == "dot":
             if pending is not None or biases:
-                raise NotLocal(f"'{op.name}' follows another affine op without an activation between them")
+                raise NotStructured(f"'{op.name}' follows another affine op without an activation between them")
             node = conv_node(graph, op)
             out_map = _as_map(op.out_shape)
             if node is not None:
                 if len(shape) != 3 or (layers and tuple(shape) != layers[-1].out_shape):
-                    raise NotLocal(f"Conv '{op.name}' reads a reshaped map")
+                    raise NotStructured(f"Conv '{op.name}' reads a reshaped map")
                 spec = _spec(graph, node)
                 pending = {"in": tuple(int(d) for d in shape), "out": out_map, "conv": spec}
             else:
                 d_in, d_out = int(np.prod(shape)), int(np.prod(op.out_shape))
                 if d_in * d_out > MAX_DENSE:
-                    raise NotLocal(f"'{op.name}' would be a {d_out} x {d_in} matrix (limit {MAX_DENSE} entries)")
+                    raise NotStructured(f"'{op.name}' would be a {d_out} x {d_in} matrix (limit {MAX_DENSE} entries)")
                 w = (
                     np.asarray(op.lin(np.eye(d_in).reshape(d_in, *shape))).reshape(d_in, d_out).T.copy()
                     if dense
@@ -124,7 +125,7 @@ def read_layers(
                 biases.append(np.asarray(op.bias, dtype=np.float64))
         elif op.kind == "add":
             if pending is None:
-                raise NotLocal(f"'{op.name}' adds a constant before any affine op of its layer")
+                raise NotStructured(f"'{op.name}' adds a constant before any affine op of its layer")
             biases.append(np.asarray(op.bias, dtype=np.float64))
         elif op.kind in ("relu", "leaky"):
             close(f"the activation '{op.name}'")
@@ -133,5 +134,5 @@ def read_layers(
         shape = op.out_shape
     close("the logits")
     if not alphas:
-        raise NotLocal("no activation")
+        raise NotStructured("no activation")
     return layers, alphas
