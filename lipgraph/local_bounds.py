@@ -16,7 +16,9 @@ Runtime's prediction at x must be ``t``. Derivation: docs/local-bounds.md.
 
 Everything is per sample (nothing depends on which other samples are certified), so the parts of
 ``certify --shard`` merge into exactly one run's result. ``auto`` runs it on chains whose cost per sample and
-radius is under :data:`AUTO_MAX_WORK` multiply-adds (a cap on work, not on time: reproducible).
+radius is under :data:`AUTO_MAX_WORK` multiply-adds (a cap on work, not on time: reproducible); conv layers are
+kept as convolutions (:mod:`lipgraph.norms.crown_conv`) where that is cheaper, under
+:data:`AUTO_MAX_STRUCTURED_WORK`.
 """
 
 from __future__ import annotations
@@ -29,9 +31,16 @@ from typing import Any
 
 import numpy as np
 
+from lipgraph.norms.crown_conv import CrownConv
 from lipgraph.norms.crown_l2 import Affine, CrownL2, chain_work
 
 AUTO_MAX_WORK = 5e7  # multiply-adds per sample and radius that "auto" accepts (MNIST 784-128-128-10: 5.4e6)
+# The structured conv form (conv layers as convolutions) counts its work the same way but, measured, runs ~3x
+# fewer multiply-adds per ms than the dense form's matrix products (bench/conv_local.py: digits CNN 2.2e7 in
+# ~11 ms, MNIST CNN 2.7e8 in ~160 ms per sample and eps, dense 3.7e7 in ~7 ms). Its cap admits the MNIST CNN
+# of Wong & Kolter (~0.2 s per sample and eps); still a cap on counted work, so auto stays reproducible.
+STRUCTURED_COST = 3.0
+AUTO_MAX_STRUCTURED_WORK = 3e8
 MAX_DENSE = 2**23  # entries of one layer's dense matrix (a conv layer is expanded to one)
 CHUNK = 64  # samples per batch of the propagation (its arrays are samples x 2 units x units)
 SPAN = 4096  # rows of the data read at once for one batch (a stream view is read by contiguous slices)
@@ -51,8 +60,24 @@ def parse_local_mode(value: str | None) -> str:
     return text
 
 
-def read_chain(graph: Any, logits: str, max_work: float = math.inf) -> CrownL2:
+def _conv_node(graph: Any, op: Any) -> Any:
+    """The graph's Conv node behind a chain op, or None."""
+    if op.kind != "dot":
+        return None
+    for node in graph.nodes:
+        if node.name == op.name and node.op_type == "Conv":
+            return node
+    return None
+
+
+def read_chain(
+    graph: Any, logits: str, max_work: float = math.inf, form: str = "auto", max_structured_work: float = math.inf
+) -> CrownL2 | CrownConv:
     """The chain from ``graph.input_name`` to ``logits`` as (affine, activation) layers, or :class:`NotLocal`.
+
+    ``form``: ``dense`` (every layer a matrix: :class:`CrownL2`), ``structured`` (conv layers as convolutions:
+    :class:`CrownConv`, for chains with a conv layer) or ``auto`` (the structured form for a chain with a conv
+    layer where its work per sample is below the dense form's; the dense form otherwise).
 
     Reads the per-sample float model's ops (``lipgraph.floaterr.chain_sample``), so the network bounded here
     is the one whose float error is bounded there. Each segment between activations must be reshapes, one
@@ -68,6 +93,34 @@ def read_chain(graph: Any, logits: str, max_work: float = math.inf) -> CrownL2:
         raise NotLocal(str(exc)) from None
     sizes = [int(np.prod(op.out_shape)) for op in model.ops if op.kind == "dot"]
     work = chain_work(sizes, int(np.prod(model.in_shape)))
+    if form != "dense" and any(_conv_node(graph, op) is not None for op in model.ops):
+        from lipgraph.local_conv import NotStructured, read_structured, structured_work_of
+
+        fits = all(
+            int(np.prod(a)) * int(np.prod(op.out_shape)) <= MAX_DENSE
+            for a, op in zip([model.in_shape] + [o.out_shape for o in model.ops], model.ops, strict=False)
+            if op.kind == "dot"
+        )
+        # structured work is counted the same way but runs ~STRUCTURED_COST x slower per multiply-add
+        # (small windows, numpy overheads: bench/conv_local.py), so the dense form stays where it is cheaper
+        try:
+            s_work = structured_work_of(graph, model, _conv_node)
+        except NotStructured as exc:
+            if form == "structured":
+                raise NotLocal(str(exc)) from None
+            s_work = math.inf  # not a chain the structured form takes: the dense form below, or its refusal
+        if form == "structured" or (
+            s_work < math.inf and (not fits or work > max_work or STRUCTURED_COST * s_work < work)
+        ):
+            if s_work > max_structured_work:
+                raise NotLocal(
+                    f"{s_work:.3g} multiply-adds per sample and eps in the structured conv form "
+                    f"(auto's limit {max_structured_work:.3g})"
+                )
+            try:
+                return read_structured(graph, model, _conv_node)
+            except NotStructured as exc:
+                raise NotLocal(str(exc)) from None
     if work > max_work:
         raise NotLocal(f"{work:.3g} multiply-adds per sample and eps (auto's limit {max_work:.3g})")
     layers: list[Affine] = []
@@ -122,7 +175,20 @@ def read_chain(graph: Any, logits: str, max_work: float = math.inf) -> CrownL2:
 ATTACK_STEPS = 3  # gradient steps of the cheap attack that spares the bound on samples it cannot verify
 
 
-def refuted(crown: CrownL2, x: np.ndarray, target: np.ndarray, r: float, allow: np.ndarray) -> np.ndarray:
+def _logits64(crown: CrownL2 | CrownConv, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The chain's float64 logits and activation masks (for the attack only)."""
+    if isinstance(crown, CrownConv):
+        return crown.logits(x)
+    h, masks = x, []
+    for k, lay in enumerate(crown.layers):
+        h = h @ lay.w.T + lay.b
+        if k < len(crown.alphas):
+            masks.append(np.where(h >= 0, 1.0, crown.alphas[k]))
+            h = h * masks[-1]
+    return h, masks
+
+
+def refuted(crown: CrownL2 | CrownConv, x: np.ndarray, target: np.ndarray, r: float, allow: np.ndarray) -> np.ndarray:
     """Per sample: a point within ``r`` of ``x`` where some ``F_t - F_j`` of the real network is clearly at most
     ``allow`` (a few L2 gradient steps against the runner-up class, evaluated in float64 with a wide margin for
     its rounding). The local bound is below ``F_t - F_j`` everywhere in the ball, so it cannot verify such a
@@ -133,12 +199,7 @@ def refuted(crown: CrownL2, x: np.ndarray, target: np.ndarray, r: float, allow: 
     xa = x0.copy()
     hit = np.zeros(n, dtype=bool)
     for step in range(ATTACK_STEPS + 1):
-        h, masks = xa, []
-        for k, lay in enumerate(crown.layers):
-            h = h @ lay.w.T + lay.b
-            if k < len(crown.alphas):
-                masks.append(np.where(h >= 0, 1.0, crown.alphas[k]))
-                h = h * masks[-1]
+        h, masks = _logits64(crown, xa)
         margins = h[rows, target][:, None] - h
         margins[rows, target] = np.inf
         scale = 1.0 + np.max(np.abs(h), axis=1)
@@ -147,8 +208,11 @@ def refuted(crown: CrownL2, x: np.ndarray, target: np.ndarray, r: float, allow: 
             break
         j = np.argmin(margins, axis=1)
         g = crown.layers[-1].w[target] - crown.layers[-1].w[j]  # d(F_t - F_j)/dh, then back to the input
-        for k in range(len(crown.alphas) - 1, -1, -1):
-            g = (g * masks[k]) @ crown.layers[k].w
+        if isinstance(crown, CrownConv):
+            g = crown.input_gradient(g, masks)
+        else:
+            for k in range(len(crown.alphas) - 1, -1, -1):
+                g = (g * masks[k]) @ crown.layers[k].w
         g /= np.linalg.norm(g, axis=1, keepdims=True) + 1e-300
         xa = xa - (r / 2.0**step) * g
         d = xa - x0
@@ -192,7 +256,7 @@ def _chunks(todo: np.ndarray) -> list[np.ndarray]:
 
 
 def local_radii(
-    crown: CrownL2,
+    crown: CrownL2 | CrownConv,
     x: Any,
     logits: np.ndarray,
     target: np.ndarray,
@@ -244,6 +308,7 @@ def local_radii(
             "used": True,
             "method": f"{METHOD}: linear bound propagation over the L2 ball (CROWN), float64 with rounding charged",
             "hidden": crown.sizes[:-1],
+            "form": "structured" if isinstance(crown, CrownConv) else "dense",
             "work_per_sample_and_eps": crown.work_per_sample(),
             "samples_checked": {str(e): checked[e] for e in grid},
             "samples_improved": {str(e): improved[e] for e in grid},
@@ -276,7 +341,7 @@ def local_candidates(
         unchanged.meta = {"used": False, "mode": mode, "reason": "a single logit: no class pairs"}
         return unchanged
     try:
-        crown = read_chain(graph_fn(), logits_name, AUTO_MAX_WORK)
+        crown = read_chain(graph_fn(), logits_name, AUTO_MAX_WORK, max_structured_work=AUTO_MAX_STRUCTURED_WORK)
     except NotLocal as exc:
         why = str(exc)
         unchanged.meta = {
