@@ -154,7 +154,7 @@ def certify(
     ``unit_roundoff`` (default float32's 2^-24) and ``dot_operand_roundoff`` (2^-11 for TF32 products)
     set the float error model.
     ``tight_pairs`` (``"auto"``, ``"off"`` or seconds) selects per-class-pair network bounds
-    (``lipgraph.pairs``). ``local_bounds`` (``"auto"`` or ``"off"``) checks the eps grid per sample with
+    (``lipgraph.pairs``). ``local_bounds`` (``"auto"``, ``"all"`` or ``"off"``) checks the eps grid per sample with
     linear bound propagation on chains of affine layers and ReLU-like activations (``lipgraph.local_bounds``).
     """
     from lipgraph.analyze import analyze
@@ -323,6 +323,8 @@ def certify(
     if pair_meta.get("work_capped"):
         warns.append("--tight-pairs auto: refined the pairs deciding most samples only; the others keep their "
                      "fast bounds (--tight-pairs SECONDS refines more)")
+    if local.meta.get("over_work_cap"):
+        warns.append(f"--local-bounds auto: not run ({local.meta.get('reason')}); --local-bounds all runs it")
     if labels is None:
         warns.append("no labels in the data: certifying the model's own predictions")
     if x.dtype.kind in "iu" and meta["data"]["input_max"] > 1.5:

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from lipgraph.floaterr.state import gamma
 from lipgraph.norms.conv_patches import ConvSpec
 from lipgraph.norms.crown_conv import CrownConv, Layer, structured_work
+from lipgraph.norms.rounding import gamma
 
 _EPS64 = 2.0**-53
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from lipgraph.conv_dense import conv2d_linear
-from lipgraph.floaterr.state import gamma
 from lipgraph.norms.conv_patches import ConvSpec, Grid, in_map, kernel_rows, patch_transpose, unfold
 from lipgraph.norms.crown_l2 import ABS_TINY, TINY, U64, CrownL2, _up
+from lipgraph.norms.rounding import gamma
 
 ROW_BLOCK_ENTRIES = 2e7  # patch entries (float64) of one block of rows and samples
 

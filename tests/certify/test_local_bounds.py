@@ -233,6 +233,13 @@ def test_auto_stays_off_above_its_work_cap(digits_mlp, off_auto, monkeypatch: py
     lb = capped.meta["local_bounds"]
     assert not lb["used"] and "multiply-adds" in lb["reason"]
     np.testing.assert_array_equal(capped.radii, off_auto[0].radii)
+    # never silently: the report says auto left it and how to run it
+    assert any("--local-bounds all" in w for w in capped.warnings), capped.warnings
+    # all has no cap: the same radii as auto under the real cap
+    everything = certify(digits_mlp.onnx_path, digits_mlp.x, digits_mlp.y, eps=EPS, tight_pairs="off",
+                         local_bounds="all")
+    assert everything.meta["local_bounds"]["used"]
+    np.testing.assert_array_equal(everything.radii, off_auto[1].radii)
 
 
 def test_certify_with_a_bound_file_gives_the_same_local_radii(digits_mlp, tmp_path, capsys) -> None:
