@@ -22,7 +22,7 @@ import numpy as np
 
 from lipgraph.conv_dense import conv2d_linear
 from lipgraph.norms.conv_patches import ConvSpec, Grid, in_map, kernel_rows, patch_transpose, unfold
-from lipgraph.norms.crown_l2 import ABS_TINY, TINY, U64, CrownL2, _up
+from lipgraph.norms.crown_l2 import ABS_TINY, TINY, U64, CrownL2, _up, pair_rows
 from lipgraph.norms.rounding import gamma
 
 ROW_BLOCK_ENTRIES = 2e7  # patch entries (float64) of one block of rows and samples
@@ -265,15 +265,7 @@ class CrownConv:
         last = self.layers[-1]
         assert last.w is not None
         t = np.asarray(target, dtype=np.int64)
-        mu = last.w[t][:, None, :] - last.w[None]
-        c = last.b[t][:, None] - last.b[None]
-        hmag = bounds[-1][6]
-        err = _up(
-            U64 * np.einsum("nrk,nk->nr", np.abs(mu), hmag) * 2.0
-            + 2.0 * U64 * np.abs(c)
-            + last.b_err[t][:, None]
-            + last.b_err[None]
-        )
+        mu, c, err = pair_rows(last, t, bounds[-1][6])  # type: ignore[arg-type]
         cin, h, w = last.in_shape
         mu = mu.reshape(len(t), -1, 1, 1, cin, h, w)
         lb = self._backward(

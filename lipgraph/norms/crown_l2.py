@@ -222,17 +222,23 @@ class CrownL2:
         """(N, K): below ``(F_t - F_j)(x')`` for every ``x'`` within ``r`` of ``x`` (+inf at ``j = t``)."""
         z0, z0_err = self.first_layer(x) if first is None else first
         bounds = self.layer_bounds(z0, z0_err, r)
-        last = self.layers[-1]
         t = np.asarray(target, dtype=np.int64)
-        mu = last.w[t][:, None, :] - last.w[None]  # (N, K, n): one rounding each
-        c = last.b[t][:, None] - last.b[None]
-        hmag = bounds[-1][6]
-        err = _up(
-            U64 * np.einsum("nrk,nk->nr", np.abs(mu), hmag) * 2.0
-            + 2.0 * U64 * np.abs(c)
-            + last.b_err[t][:, None]
-            + last.b_err[None]
-        )
+        mu, c, err = pair_rows(self.layers[-1], t, bounds[-1][6])
         lb = self._backward(mu, c, err, len(self.alphas) - 1, bounds, z0, z0_err, r, direct=True)
         lb[np.arange(len(t)), t] = np.inf
         return lb
+
+
+def pair_rows(last: Affine, target: np.ndarray, hmag: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The last layer's rows for ``F_t - F_j``, every class j: ``(mu, c, err)`` with ``mu`` (N, K, n) the row
+    differences (one rounding each), ``c`` the bias differences and ``err`` what those roundings and the biases'
+    own errors may cost, through ``hmag`` (N, n), the bound on ``|h|`` entering the layer."""
+    mu = last.w[target][:, None, :] - last.w[None]
+    c = last.b[target][:, None] - last.b[None]
+    err = _up(
+        U64 * np.einsum("nrk,nk->nr", np.abs(mu), hmag) * 2.0
+        + 2.0 * U64 * np.abs(c)
+        + last.b_err[target][:, None]
+        + last.b_err[None]
+    )
+    return mu, c, err
