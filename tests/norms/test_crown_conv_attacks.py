@@ -18,7 +18,7 @@ from onnx import helper as oh
 from onnx import numpy_helper as onh
 
 from lipgraph.chain import unfused_graph
-from lipgraph.local_bounds import NotLocal, read_chain
+from lipgraph.local_bounds import read_chain
 from lipgraph.norms import crown_conv
 from lipgraph.norms.crown_conv import CrownConv
 from lipgraph.norms.crown_l2 import CrownL2
@@ -27,6 +27,16 @@ ort = pytest.importorskip("onnxruntime")
 
 # (out channels, kh, kw, strides, dilations, group, pads top/left/bottom/right or None, auto_pad or None)
 CASES = {
+    "same-upper": (
+        2,
+        (7, 6),
+        [(3, 4, 3, (2, 2), (1, 1), 1, None, "SAME_UPPER"), (2, 2, 3, (1, 3), (1, 1), 1, None, "SAME_UPPER")],
+    ),
+    "same-lower": (
+        1,
+        (6, 7),
+        [(2, 4, 2, (1, 2), (1, 1), 1, None, "SAME_LOWER"), (3, 3, 2, (2, 1), (1, 1), 1, None, "SAME_LOWER")],
+    ),
     "asymmetric-pads": (
         1,
         (6, 5),
@@ -195,7 +205,10 @@ def test_structured_geometry_matches_dense_and_onnx_runtime(case: str, variant: 
         monkeypatch.setattr(crown_conv, "ROW_BLOCK_ENTRIES", 40.0)  # one channel per block, rows split
         np.testing.assert_allclose(structured.margin_lower_bounds(xs, t, r)[fin], lb[fin], rtol=1e-12, atol=1e-12)
         monkeypatch.undo()
-        if r == 0.0:
+        if r == 0.0:  # the bounded network is the one ONNX Runtime runs: at the sample the bound is its margin
+            f = run(xs)
+            at_x = f[np.arange(len(xs)), t][:, None] - f
+            np.testing.assert_allclose(lb[fin], at_x[fin], rtol=0, atol=1e-4)
             continue
         for i in range(len(xs)):
             d = rng.standard_normal((30, dim))
@@ -213,9 +226,34 @@ def test_structured_geometry_matches_dense_and_onnx_runtime(case: str, variant: 
 
 
 @pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER"])
-def test_same_auto_pad_is_refused(auto_pad: str) -> None:
-    rng = np.random.default_rng(0)
-    convs = [(2, 3, 3, (2, 2), (1, 1), 1, None, auto_pad), (2, 3, 3, (1, 1), (1, 1), 1, (1, 1, 1, 1), None)]
-    model = _graph(rng, 1, (6, 6), convs, False)
-    with pytest.raises(NotLocal, match=auto_pad):
-        read_chain(unfused_graph(model, None, (1, 1, 6, 6)), "y", form="structured")
+def test_same_auto_pad_is_resolved_as_onnx_runtime_pads(auto_pad: str) -> None:
+    """conv2d_linear (both forms' convolution) on a lone SAME Conv with odd total pads equals ONNX Runtime."""
+    from lipgraph.conv_dense import conv2d_linear
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((2, 1, 4, 3)).astype(np.float32)
+    attrs = {"auto_pad": auto_pad, "strides": [2, 3], "kernel_shape": [4, 3]}
+    node = oh.make_node("Conv", ["x", "w"], ["y"], **attrs)
+    graph = oh.make_graph(
+        [node],
+        "g",
+        [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 7, 6])],
+        [oh.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [onh.from_array(w, "w")],
+    )
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = rng.standard_normal((1, 1, 7, 6)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    attrs["auto_pad"] = auto_pad.encode()  # as onnx stores it
+    got = conv2d_linear(x.astype(np.float64), w.astype(np.float64), attrs)[0]
+    assert got.shape == want.shape == (1, 2, 4, 2)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_same_auto_pad_with_dilation_is_refused() -> None:
+    from lipgraph.conv_dense import ConvNotSupported, conv2d_linear
+
+    attrs = {"auto_pad": b"SAME_UPPER", "dilations": [2, 1]}
+    with pytest.raises(ConvNotSupported, match="dilations"):
+        conv2d_linear(np.zeros((1, 1, 5, 5)), np.ones((1, 1, 2, 2)), attrs)
