@@ -4,8 +4,10 @@ Hand-built ONNX graphs (onnx.helper: the only way to get asymmetric pads, auto_p
 by Add, a Sub of a constant map and a Gemm with or without transB in one chain) run by real ONNX Runtime
 sessions. For each geometry the structured bound must equal the dense form's (every layer a matrix, built
 from the per-sample float model's own convolution, input norms taken directly) to ~1e-9, give the same
-numbers with its row blocks split into tiny pieces, and stay below ONNX Runtime's margins at random points
-and at L2 PGD points of the ball (gradients from the dense matrices: independent of the patches code).
+numbers with its row blocks split into tiny pieces, equal ONNX Runtime's margin at the sample itself (r = 0:
+the bounded network is the one ONNX Runtime runs, pads and auto_pad SAME included) and stay below ONNX
+Runtime's margins at random points and at L2 PGD points of the ball (gradients from the dense matrices:
+independent of the patches code).
 """
 
 from __future__ import annotations
