@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from lipgraph.conv_dense import ConvNotSupported, explicit_pads
 from lipgraph.norms.conv_patches import ConvSpec
 from lipgraph.norms.crown_conv import CrownConv, Layer, structured_work
 from lipgraph.norms.rounding import gamma
@@ -33,21 +34,20 @@ def _as_map(shape: tuple[int, ...]) -> tuple[int, int, int]:
     return (int(np.prod(shape)), 1, 1)
 
 
-def _spec(graph: Any, node: Any) -> ConvSpec:
+def _spec(graph: Any, node: Any, in_hw: tuple[int, int]) -> ConvSpec:
     kernel = graph.tensors[node.inputs[1]].value
     attrs = node.attrs
-    auto_pad = attrs.get("auto_pad", "NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
-    if auto_pad not in ("NOTSET", "VALID"):
-        raise NotStructured(f"Conv '{node.name}' with auto_pad={auto_pad}")
     kernel = np.asarray(kernel, dtype=np.float64)
     if kernel.ndim != 4:
         raise NotStructured(f"Conv '{node.name}' is not 2-D")
-    pads = tuple(int(v) for v in attrs.get("pads", (0, 0, 0, 0))) if auto_pad == "NOTSET" else (0, 0, 0, 0)
+    try:  # explicit pads, auto_pad VALID / SAME_* resolved as conv2d_linear (the dense form) resolves them
+        pads = explicit_pads(attrs, in_hw, (int(kernel.shape[2]), int(kernel.shape[3])))
+    except ConvNotSupported as exc:
+        raise NotStructured(f"Conv '{node.name}': {exc}") from None
     return ConvSpec(
         kernel,
         tuple(int(v) for v in attrs.get("strides", (1, 1))),  # type: ignore[arg-type]
-        pads,  # type: ignore[arg-type]
+        pads,
         tuple(int(v) for v in attrs.get("dilations", (1, 1))),  # type: ignore[arg-type]
         int(attrs.get("group", 1)),
     )
@@ -109,7 +109,7 @@ def read_layers(
             if node is not None:
                 if len(shape) != 3 or (layers and tuple(shape) != layers[-1].out_shape):
                     raise NotStructured(f"Conv '{op.name}' reads a reshaped map")
-                spec = _spec(graph, node)
+                spec = _spec(graph, node, (int(shape[1]), int(shape[2])))
                 pending = {"in": tuple(int(d) for d in shape), "out": out_map, "conv": spec}
             else:
                 d_in, d_out = int(np.prod(shape)), int(np.prod(op.out_shape))

@@ -39,8 +39,8 @@ def test_conv_expansion_matches_torch(cin, cout, k, stride, pad, dil, group) -> 
     want = conv(torch.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     assert inner == (cin // group) * k * k
-    with pytest.raises(ConvNotSupported):
-        conv2d_linear(x, w, {**attrs, "auto_pad": "SAME_UPPER"})
+    with pytest.raises(ConvNotSupported):  # (SAME_* is resolved: tests/norms/test_crown_conv_attacks.py)
+        conv2d_linear(x, w, {**attrs, "auto_pad": "SAME_MIDDLE"})
     with pytest.raises(ConvNotSupported):
         conv2d_linear(np.concatenate([x, x[:, :1]], axis=1), w, attrs)  # channels do not fit the weight
 
