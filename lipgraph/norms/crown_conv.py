@@ -71,6 +71,7 @@ class CrownConv:
 
     _relax = CrownL2._relax
     _magnitudes = CrownL2._magnitudes
+    _first_bounds = CrownL2._first_bounds
 
     def __init__(self, layers: list[Layer], alphas: list[float]):
         if len(layers) != len(alphas) + 1 or not alphas:
@@ -232,11 +233,7 @@ class CrownConv:
         return mu, grid, cc, ee
 
     def layer_bounds(self, z0: np.ndarray, z0_err: np.ndarray, r: float) -> list[tuple]:
-        rad = np.nextafter(r * self.row_norm0, np.inf)
-        spread = z0_err + rad
-        slack = TINY * (np.abs(z0) + spread) + ABS_TINY
-        lo, hi = z0 - spread - slack, z0 + spread + slack
-        bounds = [(lo, hi, *self._relax(0, lo, hi), *self._magnitudes(0, lo, hi))]
+        bounds = [self._first_bounds(z0, z0_err, r)]
         n = len(z0)
         for k in range(1, len(self.alphas)):
             lay = self.layers[k]

@@ -196,13 +196,18 @@ class CrownL2:
         lb = c + value - radius_term - err
         return lb - (TINY * (np.abs(c) + np.abs(value) + radius_term + err) + ABS_TINY)
 
-    def layer_bounds(self, z0: np.ndarray, z0_err: np.ndarray, r: float) -> list[tuple]:
-        """Pre-activation bounds of every hidden layer over the ball of radius ``r``, with their relaxations."""
+    def _first_bounds(self, z0: np.ndarray, z0_err: np.ndarray, r: float) -> tuple:
+        """The first layer's box over the ball, exact up to rounding: ``z_0(x) +- (r ||row||_2 + err)``, with its
+        relaxation (shared with the conv form, whose first layer has the same row norms)."""
         rad = np.nextafter(r * self.row_norm0, np.inf)
         spread = z0_err + rad
         slack = TINY * (np.abs(z0) + spread) + ABS_TINY
         lo, hi = z0 - spread - slack, z0 + spread + slack
-        bounds = [(lo, hi, *self._relax(0, lo, hi), *self._magnitudes(0, lo, hi))]
+        return (lo, hi, *self._relax(0, lo, hi), *self._magnitudes(0, lo, hi))
+
+    def layer_bounds(self, z0: np.ndarray, z0_err: np.ndarray, r: float) -> list[tuple]:
+        """Pre-activation bounds of every hidden layer over the ball of radius ``r``, with their relaxations."""
+        bounds = [self._first_bounds(z0, z0_err, r)]
         n = len(z0)
         for k in range(1, len(self.alphas)):
             lay = self.layers[k]

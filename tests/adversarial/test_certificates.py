@@ -19,7 +19,8 @@ from tests.adversarial.certificates import attack, certify_case, generate  # noq
 pytestmark = pytest.mark.torch
 
 
-def _run(seeds: range) -> None:
+def _run(seeds: range) -> list[str]:
+    """The cases with a flip inside a certified radius; asserts the run is not vacuous."""
     faked, positive, total, caught_outside = [], 0, 0, 0
     for seed in seeds:
         case = generate(seed)
@@ -30,15 +31,17 @@ def _run(seeds: range) -> None:
             faked.append(f"{case!r}: {flips} samples flipped inside their certified radius")
         if seed % 2 == 0:  # the attack's power, on half the models (it costs as much again)
             caught_outside += attack(case, cert.radii, factor=3.0) > 0
-    assert not faked, "\n".join(faked)
     assert positive >= 0.6 * total, (positive, total)
     assert caught_outside >= max(2, len(seeds) // 6), caught_outside
+    return faked
 
 
 def test_certificates_survive_attack_default_run() -> None:
-    _run(range(8))
+    faked = _run(range(8))
+    assert not faked, "\n".join(faked)  # no certified radius broken by ONNX Runtime
 
 
 @pytest.mark.slow
 def test_certificates_survive_attack_large_run() -> None:
-    _run(range(1000, 1040))
+    faked = _run(range(1000, 1040))
+    assert not faked, "\n".join(faked)  # no certified radius broken by ONNX Runtime

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.torch
 GRID = [float(e) for e in np.geomspace(1e-4, 3.0, 16)]
 
 
-def _run(seeds: range) -> None:
+def _run(seeds: range) -> list[str]:
+    """The cases with a flip inside a certified radius; asserts the run is not vacuous."""
     faked, from_local, positive, powered = [], 0, 0, 0
     for seed in seeds:
         case = generate_local(seed)
@@ -34,15 +35,17 @@ def _run(seeds: range) -> None:
         if (flips := attack(case, cert.radii)) > 0:
             faked.append(f"{case!r}: {flips} samples flipped inside their certified radius")
         powered += attack(case, cert.radii, factor=3.0) > 0
-    assert not faked, "\n".join(faked)
     assert from_local >= 0.4 * positive, (from_local, positive)
     assert powered >= len(seeds) // 2, powered
+    return faked
 
 
 def test_local_bounds_survive_attack_default_run() -> None:
-    _run(range(8))
+    faked = _run(range(8))
+    assert not faked, "\n".join(faked)  # no certified radius broken by ONNX Runtime
 
 
 @pytest.mark.slow
 def test_local_bounds_survive_attack_large_run() -> None:
-    _run(range(100, 132))
+    faked = _run(range(100, 132))
+    assert not faked, "\n".join(faked)  # no certified radius broken by ONNX Runtime
