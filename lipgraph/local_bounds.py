@@ -5,7 +5,8 @@ around a sample. For chains of (affine, ReLU / LeakyReLU) layers, certify theref
 its eps grid per sample with linear bound propagation over the L2 ball (:mod:`lipgraph.norms.crown_l2`,
 CROWN: Zhang et al., NeurIPS 2018). For a correctly classified sample with target ``t`` whose radius is
 below some grid eps, the grid's eps values above its radius are tried in ascending order until one fails;
-the sample's radius becomes ``max(radius, largest verified eps)``.
+the sample's radius becomes ``max(radius, largest verified eps)``, then a few bisection steps between it and the
+first eps that failed raise it to a verified radius between grid points (:mod:`lipgraph.local_bisect`).
 
 A class ``j`` is verified at ``r`` when the lower bound ``lb_j`` of the real network's ``F_t - F_j`` over the
 ball exceeds the deployed model's float allowance: ONNX Runtime's float32 logits at any ``x'`` of the ball
@@ -31,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from lipgraph import local_bisect
 from lipgraph.norms.crown_conv import CrownConv
 from lipgraph.norms.crown_l2 import Affine, CrownL2, chain_work
 
@@ -190,7 +192,9 @@ def _logits64(crown: CrownL2 | CrownConv, x: np.ndarray) -> tuple[np.ndarray, li
     return h, masks
 
 
-def refuted(crown: CrownL2 | CrownConv, x: np.ndarray, target: np.ndarray, r: float, allow: np.ndarray) -> np.ndarray:
+def refuted(
+    crown: CrownL2 | CrownConv, x: np.ndarray, target: np.ndarray, r: float | np.ndarray, allow: np.ndarray
+) -> np.ndarray:
     """Per sample: a point within ``r`` of ``x`` where some ``F_t - F_j`` of the real network is clearly at most
     ``allow`` (a few L2 gradient steps against the runner-up class, evaluated in float64 with a wide margin for
     its rounding). The local bound is below ``F_t - F_j`` everywhere in the ball, so it cannot verify such a
@@ -231,7 +235,7 @@ class LocalRadii:
 
 
 def allowance(
-    float_errors: Sequence[tuple[np.ndarray, float]], logits: np.ndarray, r: float, margin_rel: float
+    float_errors: Sequence[tuple[np.ndarray, float]], logits: np.ndarray, r: float | np.ndarray, margin_rel: float
 ) -> np.ndarray:
     """Per sample: what a logit difference of ONNX Runtime's may lose against the real network within ``r``,
     plus the certificate's floor (module docstring)."""
@@ -267,22 +271,28 @@ def local_radii(
     eps_list: Sequence[float],
     float_errors: Sequence[tuple[np.ndarray, float]],
     margin_rel: float,
+    bisect_steps: int | None = None,
 ) -> LocalRadii:
-    """Try the grid's eps values per sample (module docstring). ``x``: the inputs exactly as ONNX Runtime ran
-    them (an array or a stream view read by contiguous slices)."""
+    """Try the grid's eps values per sample, then bisect below the first failure (module docstring). ``x``: the
+    inputs exactly as ONNX Runtime ran them (an array or a stream view read by contiguous slices).
+    ``bisect_steps``: default :data:`lipgraph.local_bisect.BISECT_STEPS` (0: grid values only)."""
     t0 = time.perf_counter()
+    bisect_steps = local_bisect.BISECT_STEPS if bisect_steps is None else max(int(bisect_steps), 0)
     grid = sorted(float(e) for e in eps_list if e > 0)
     out = np.array(radius, dtype=np.float64, copy=True)
     from_local = np.zeros(len(out), dtype=bool)
     checked = {e: 0 for e in grid}
     improved = {e: 0 for e in grid}
     refuted_count = {e: 0 for e in grid}
+    bis = {"evaluations": 0, "refuted_by_attack": 0, "samples_raised": 0}
+    cap = local_bisect.CAP_FACTOR * grid[-1] if grid else 0.0
     pred_ok = np.argmax(logits, axis=1) == target if logits.shape[1] > 1 else np.zeros(len(out), bool)
     todo = np.flatnonzero(correct & pred_ok & (out < (grid[-1] if grid else -1.0)))
     for idx in _chunks(todo):
         xs = np.asarray(x[int(idx[0]) : int(idx[-1]) + 1])[idx - idx[0]]
         first = crown.first_layer(xs)
         alive = np.ones(len(idx), dtype=bool)
+        failed_at = np.full(len(idx), cap)  # the first eps that failed (the cap where none did)
         for e in grid:
             sel = np.flatnonzero(alive & (out[idx] < e))
             if not len(sel):
@@ -303,6 +313,15 @@ def local_radii(
             out[idx[sel[ok]]] = e
             from_local[idx[sel[ok]]] = True
             alive[sel[~ok]] = False
+            failed_at[sel[~ok]] = e
+        if bisect_steps > 0 and grid:
+            verify = _verifier(crown, xs, first, target[idx], logits[idx], idx, float_errors, margin_rel, bis)
+            before = out[idx].copy()
+            out[idx], n_checked = local_bisect.bisect_radii(before, failed_at, bisect_steps, verify)
+            bis["evaluations"] += n_checked
+            raised = out[idx] > before
+            bis["samples_raised"] += int(raised.sum())
+            from_local[idx[raised]] = True
     return LocalRadii(
         out,
         from_local,
@@ -316,9 +335,47 @@ def local_radii(
             "samples_improved": {str(e): improved[e] for e in grid},
             "samples_refuted_by_attack": {str(e): refuted_count[e] for e in grid},
             "samples_from_local": int(from_local.sum()),
+            # radii checked between grid points (each costs what one sample and eps does); samples whose radius rose
+            "bisection": {
+                "steps": bisect_steps,
+                "cap": cap,
+                **bis,
+                "max_evaluations_per_sample": len(grid) + bisect_steps,
+            },
             "time_s": round(time.perf_counter() - t0, 4),
         },
     )
+
+
+def _verifier(
+    crown: CrownL2 | CrownConv,
+    xs: np.ndarray,
+    first: tuple[np.ndarray, np.ndarray],
+    target: np.ndarray,
+    logits: np.ndarray,
+    idx: np.ndarray,
+    float_errors: Sequence[tuple[np.ndarray, float]],
+    margin_rel: float,
+    counts: dict[str, int],
+) -> Any:
+    """``verify(rows, r)`` for :func:`lipgraph.local_bisect.bisect_radii` over one batch: the grid's test at a
+    radius per sample (the attack first, which only skips; then the bound, one sample at a time so that no result
+    depends on the batch)."""
+
+    def verify(rows: np.ndarray, r: np.ndarray) -> np.ndarray:
+        errs = [(np.asarray(a)[idx[rows]], d) for a, d in float_errors]
+        allow = allowance(errs, logits[rows], r, margin_rel)
+        hopeless = refuted(crown, xs[rows], target[rows], r[:, None], allow)
+        counts["refuted_by_attack"] += int(hopeless.sum())
+        ok = np.zeros(len(rows), dtype=bool)
+        for k in np.flatnonzero(~hopeless):
+            i = rows[k]
+            one = (first[0][i : i + 1], first[1][i : i + 1])
+            lb = crown.margin_lower_bounds(xs[i : i + 1], target[i : i + 1], float(r[k]), one)
+            ok[k] = np.min(lb) > allow[k]
+        return ok
+
+    return verify
 
 
 def local_candidates(
@@ -333,6 +390,7 @@ def local_candidates(
     eps_list: Sequence[float],
     float_errors: Sequence[tuple[np.ndarray, float]],
     margin_rel: float,
+    bisect_steps: int | None = None,
 ) -> LocalRadii:
     """certify's entry point: ``graph_fn()`` gives the unfused graph; off or not applicable leaves the radii."""
     unchanged = LocalRadii(np.asarray(radius), np.zeros(len(radius), dtype=bool), {})
@@ -360,6 +418,6 @@ def local_candidates(
     if crown.sizes[-1] != logits.shape[1]:
         unchanged.meta = {"used": False, "mode": mode, "reason": "the chain's output does not match the logits"}
         return unchanged
-    res = local_radii(crown, x, logits, target, correct, radius, eps_list, float_errors, margin_rel)
+    res = local_radii(crown, x, logits, target, correct, radius, eps_list, float_errors, margin_rel, bisect_steps)
     res.meta["mode"] = mode
     return res
