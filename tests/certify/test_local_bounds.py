@@ -183,6 +183,8 @@ def test_cli_reports_local_bounds_in_json_text_and_per_sample(digits_mlp, tmp_pa
     methods = {p["radius_method"] for p in rep["per_sample"]}
     assert methods == {"crown-l2", rep["radius_method"]}
     assert "local bounds" in text.read_text()
+    assert f"{lb['bisection']['samples_raised']} between grid eps by bisection" in text.read_text()
+    assert lb["bisection"]["samples_raised"] > 0
     rc = main(
         ["certify", str(digits_mlp.onnx_path), "--data", str(digits_mlp.npz_path), "--local-bounds", "sideways", "-q"]
     )
