@@ -207,3 +207,16 @@ def test_flush_charges_the_operands_and_refuses_subnormal_constants() -> None:
     float_error_model(bad, None, (1, N))  # gradual underflow: a subnormal weight is just a small weight
     with pytest.raises(Exception, match="subnormal entries"):
         float_error_model(bad, None, (1, N), subnormals="flush")
+
+
+@pytest.mark.parametrize("name", ["plain", "lmt", "awp", "groupsort"])
+def test_ordinary_models_keep_their_float_bound_in_flush_mode(name: str) -> None:
+    """Trained models (GroupSort included): the flush model runs through every op and adds ~1e-38, nothing visible."""
+    from pathlib import Path
+
+    model = onnx.load(Path(__file__).resolve().parents[2] / "sample_models" / f"{name}.onnx")
+    shape = (1, *[d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim][1:])
+    gradual = float_error_model(model, None, shape)
+    flush = float_error_model(model, None, shape, subnormals="flush")
+    assert flush.describe()["subnormals"] == "flush" and gradual.describe()["subnormals"] == "gradual"
+    assert gradual.c <= flush.c <= gradual.c * (1 + 1e-12) and flush.d == gradual.d
