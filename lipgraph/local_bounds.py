@@ -234,7 +234,7 @@ def local_radii(
     checked = {e: 0 for e in grid}
     improved = {e: 0 for e in grid}
     refuted_count = {e: 0 for e in grid}
-    bis = {"evaluations": 0, "refuted_by_attack": 0, "samples_raised": 0}
+    bis = {"evaluations": 0, "samples_raised": 0}
     cap = local_bisect.CAP_FACTOR * grid[-1] if grid else 0.0
     pred_ok = np.argmax(logits, axis=1) == target if logits.shape[1] > 1 else np.zeros(len(out), bool)
     todo = np.flatnonzero(correct & pred_ok & (out < (grid[-1] if grid else -1.0)))
@@ -243,6 +243,7 @@ def local_radii(
         first = crown.first_layer(xs)
         alive = np.ones(len(idx), dtype=bool)
         failed_at = np.full(len(idx), cap)  # the first eps that failed (the cap where none did)
+        slack_lo = np.full(len(idx), np.nan)  # min lb - allowance where the bound verified lo (to aim the steps)
         for e in grid:
             sel = np.flatnonzero(alive & (out[idx] < e))
             if not len(sel):
@@ -258,6 +259,9 @@ def local_radii(
                 s2 = sel[try_]
                 lb = crown.margin_lower_bounds(xs[s2], target[idx[s2]], e, (first[0][s2], first[1][s2]))
                 ok[try_] = np.min(lb, axis=1) > allow[try_]
+                sl = np.full(len(sel), np.nan)
+                sl[try_] = np.min(lb, axis=1) - allow[try_]
+                slack_lo[sel[ok]] = sl[ok]
             checked[e] += len(sel)
             improved[e] += int(ok.sum())
             out[idx[sel[ok]]] = e
@@ -265,9 +269,9 @@ def local_radii(
             alive[sel[~ok]] = False
             failed_at[sel[~ok]] = e
         if bisect_steps > 0 and grid:
-            verify = _verifier(crown, xs, first, target[idx], logits[idx], idx, float_errors, margin_rel, bis)
+            verify = _verifier(crown, xs, first, target[idx], logits[idx], idx, float_errors, margin_rel)
             before = out[idx].copy()
-            out[idx], n_checked = local_bisect.bisect_radii(before, failed_at, bisect_steps, verify)
+            out[idx], n_checked = local_bisect.bisect_radii(before, failed_at, bisect_steps, verify, slack_lo)
             bis["evaluations"] += n_checked
             raised = out[idx] > before
             bis["samples_raised"] += int(raised.sum())
@@ -306,24 +310,23 @@ def _verifier(
     idx: np.ndarray,
     float_errors: Sequence[tuple[np.ndarray, float]],
     margin_rel: float,
-    counts: dict[str, int],
 ) -> Any:
     """``verify(rows, r)`` for :func:`lipgraph.local_bisect.bisect_radii` over one batch: the grid's test at a
-    radius per sample (the attack first, which only skips; then the bound, one sample at a time so that no result
-    depends on the batch)."""
+    radius per sample, with the bound's slack. The bound runs one sample at a time, so that no result depends on the
+    batch, and on every sample: no attack skips it here, because the slack it returns aims the next step (the path
+    must not depend on whether the attack found a point)."""
 
-    def verify(rows: np.ndarray, r: np.ndarray) -> np.ndarray:
+    def verify(rows: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         errs = [(np.asarray(a)[idx[rows]], d) for a, d in float_errors]
         allow = allowance(errs, logits[rows], r, margin_rel)
-        hopeless = refuted(crown, xs[rows], target[rows], r[:, None], allow)
-        counts["refuted_by_attack"] += int(hopeless.sum())
         ok = np.zeros(len(rows), dtype=bool)
-        for k in np.flatnonzero(~hopeless):
-            i = rows[k]
+        slack = np.full(len(rows), np.nan)
+        for k, i in enumerate(rows):
             one = (first[0][i : i + 1], first[1][i : i + 1])
             lb = crown.margin_lower_bounds(xs[i : i + 1], target[i : i + 1], float(r[k]), one)
             ok[k] = np.min(lb) > allow[k]
-        return ok
+            slack[k] = np.min(lb) - allow[k]
+        return ok, slack
 
     return verify
 

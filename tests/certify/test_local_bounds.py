@@ -72,9 +72,11 @@ def test_bisection_raises_radii_between_grid_points_only(off_auto, grid_only) ->
     certified accuracy at every grid eps is that of the grid search; the median radius rises."""
     off, auto = off_auto
     lb = auto.meta["local_bounds"]["bisection"]
-    assert lb["steps"] == 4 and lb["max_evaluations_per_sample"] == len(EPS) + 4
+    from lipgraph.local_bisect import BISECT_STEPS
+
+    assert lb["steps"] == BISECT_STEPS > 0 and lb["max_evaluations_per_sample"] == len(EPS) + BISECT_STEPS
     tried = int(np.sum(off.correct & (off.radii < EPS[-1])))
-    assert 0 < lb["evaluations"] <= 4 * tried  # a few steps per sample, counted
+    assert 0 < lb["evaluations"] <= BISECT_STEPS * tried  # a few steps per sample, counted
     assert np.all(auto.radii >= grid_only.radii)
     raised = auto.radii > grid_only.radii
     assert raised.sum() == lb["samples_raised"] and raised.mean() > 0.3, "bisection should matter"
