@@ -26,6 +26,7 @@ import numpy as np
 # 3 of these steps (the first a midpoint where the grid gives no slack above lo), 0.375 after 4
 BISECT_STEPS = 3
 MIN_STEP = 0.05  # a radius tried is at least this fraction of the bracket away from either end
+QUANTUM = 64  # the fraction of the bracket where a radius is tried is a multiple of 1 / QUANTUM
 CAP_FACTOR = 2.0  # where every grid eps passed: search up to this multiple of the largest eps
 
 
@@ -53,7 +54,9 @@ def bisect_radii(
         with np.errstate(all="ignore"):
             t = s_lo / (s_lo - s_hi)
         known = np.isfinite(t) & (s_lo > 0) & (s_hi <= 0)
-        t = np.clip(np.where(known, t, 0.5), MIN_STEP, 1.0 - MIN_STEP)
+        # rounded down to a 1/64 of the bracket: a slack from a batched grid evaluation may differ in its last bits
+        # with the batch (BLAS), which must not move the radius tried (--shard parts merge exactly)
+        t = np.floor(np.clip(np.where(known, t, 0.5), MIN_STEP, 1.0 - MIN_STEP) * QUANTUM) / QUANTUM
         mid = lo + (hi - lo) * t
         rows = np.flatnonzero((mid > lo) & (mid < hi))  # an interval too narrow for float64 stops
         if not rows.size:
