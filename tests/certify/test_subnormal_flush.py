@@ -220,3 +220,21 @@ def test_ordinary_models_keep_their_float_bound_in_flush_mode(name: str) -> None
     flush = float_error_model(model, None, shape, subnormals="flush")
     assert flush.describe()["subnormals"] == "flush" and gradual.describe()["subnormals"] == "gradual"
     assert gradual.c <= flush.c <= gradual.c * (1 + 1e-12) and flush.d == gradual.d
+
+
+def test_radii_of_a_trained_model_are_the_same_under_the_flush_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole certificate (Lipschitz, per-pair and local radii) of a trained MLP: identical to 1e-12 relative."""
+    from pathlib import Path
+
+    from lipgraph import providers
+
+    root = Path(__file__).resolve().parents[2] / "sample_models"
+    data = np.load(root / "digits_test.npz")
+    x, y = data["x"][:120], data["y"][:120]
+    gradual = certify(str(root / "plain.onnx"), x, y, eps=[0.1, 0.3], providers="cpu", tight_pairs="off")
+    monkeypatch.setattr(providers, "subnormal_mode", lambda session: "flush")
+    flush = certify(str(root / "plain.onnx"), x, y, eps=[0.1, 0.3], providers="cpu", tight_pairs="off")
+    assert gradual.meta["float_error"]["subnormals"] == "gradual" and flush.meta["float_error"]["subnormals"] == "flush"
+    assert np.any(gradual.radii > 0)
+    np.testing.assert_allclose(flush.radii, gradual.radii, rtol=1e-12, atol=0)
+    assert flush.certified_accuracy == gradual.certified_accuracy
