@@ -281,10 +281,8 @@ def test_bisection_finds_the_exact_radius_within_its_steps(e: float, d: float, s
     grid = [0.2, 0.4, 0.6, 0.8]
     r_star = (1.0 - np.sqrt(2.0) * e - 1e-5) / (1.0 + np.sqrt(2.0) * d)
     for steps in (0, 1, 4, 7):
-        res = local_radii(
-            crown, x, logits, np.array([0]), np.array([True]), np.array([start]), grid, [(np.array([e]), d)], 1e-5,
-            steps,
-        )
+        errs = [(np.array([e]), d)]
+        res = local_radii(crown, x, logits, np.array([0]), np.array([True]), np.array([start]), grid, errs, 1e-5, steps)
         r = float(res.radius[0])
         assert start <= r < r_star * (1 + 1e-9), (steps, r, r_star)
         lo = max([start] + [g for g in grid if g < r_star])  # the grid's radius (or the Lipschitz one)
