@@ -168,7 +168,14 @@ def certify(
     from lipgraph.local_bounds import local_candidates, parse_local_mode
     from lipgraph.pairs import pair_candidates, parse_mode
     from lipgraph.passes import run_passes
-    from lipgraph.providers import check_precision, ensure_precision_covered, parse_providers, tf32_operand_roundoff
+    from lipgraph.providers import (
+        check_precision,
+        ensure_precision_covered,
+        ensure_subnormals_covered,
+        parse_providers,
+        subnormal_mode,
+        tf32_operand_roundoff,
+    )
     from lipgraph.rules import load_rules
     from lipgraph.tail import find_tail
 
@@ -215,6 +222,9 @@ def certify(
     # TF32 rounds each product operand to 10 mantissa bits: the error model must know it.
     dot_operand_roundoff = max(dot_operand_roundoff, tf32_roundoff)
     u = FLOAT32_UNIT_ROUNDOFF if unit_roundoff is None else float(unit_roundoff)
+    # a GPU session may flush subnormal results and operands to zero: the float model charges that (FTZ + DAZ);
+    # a later fallback to the CPU keeps it (it bounds gradual underflow as well)
+    subnormals = subnormal_mode(runner.session)
     sample_shape = (1, *xf.shape[1:])
     error_model = None
     if analysis is None:
@@ -225,9 +235,9 @@ def certify(
             an = analyze(proto, input_name=graph.input_name, input_shape=sample_shape)
             ug = unfused_graph(proto, graph.input_name, sample_shape)  # read by the float bounds and the pairs
             em = float_error_model(proto, graph.input_name, sample_shape, logits_name, u, dot_operand_roundoff, an,
-                                   graph=ug)
+                                   graph=ug, subnormals=subnormals)
             return an, em, _input_norms(xf), chain_float(proto, graph.input_name, sample_shape, logits_name, xf, u,
-                                                         dot_operand_roundoff, graph=ug), ug
+                                                         dot_operand_roundoff, graph=ug, subnormals=subnormals), ug
 
         background = _Background(bound_and_error)
 
@@ -249,10 +259,10 @@ def certify(
     else:
         unfused = unfused_graph(proto, graph.input_name, sample_shape)
         error_model = float_error_model(proto, graph.input_name, sample_shape, logits_name, u, dot_operand_roundoff,
-                                        analysis, graph=unfused)
+                                        analysis, graph=unfused, subnormals=subnormals)
         input_norms = _input_norms(xf)
         per_sample_err = chain_float(proto, graph.input_name, sample_shape, logits_name, xf, u, dot_operand_roundoff,
-                                     graph=unfused)
+                                     graph=unfused, subnormals=subnormals)
     t_wait = time.perf_counter() - t_wait
     if analysis.logits_name != graph.output_name:
         raise LipgraphError(f"internal: the analysis certifies '{analysis.logits_name}' but "
@@ -317,6 +327,7 @@ def certify(
         "time_total_s": round(time.perf_counter() - t_start, 4),
     })
     ensure_precision_covered(runner.precision, meta.get("float_error"), tf32_roundoff)
+    ensure_subnormals_covered(runner.session, meta.get("float_error"))
     warns.extend(runner.warnings)
     if pair_meta.get("budget_exhausted"):
         warns.append("--tight-pairs: the time budget ran out; the remaining pairs keep their cheaper bounds")

@@ -5,7 +5,8 @@ around a sample. For chains of (affine, ReLU / LeakyReLU) layers, certify theref
 its eps grid per sample with linear bound propagation over the L2 ball (:mod:`lipgraph.norms.crown_l2`,
 CROWN: Zhang et al., NeurIPS 2018). For a correctly classified sample with target ``t`` whose radius is
 below some grid eps, the grid's eps values above its radius are tried in ascending order until one fails;
-the sample's radius becomes ``max(radius, largest verified eps)``.
+the sample's radius becomes ``max(radius, largest verified eps)``, then a few bisection steps between it and the
+first eps that failed raise it to a verified radius between grid points (:mod:`lipgraph.local_bisect`).
 
 A class ``j`` is verified at ``r`` when the lower bound ``lb_j`` of the real network's ``F_t - F_j`` over the
 ball exceeds the deployed model's float allowance: ONNX Runtime's float32 logits at any ``x'`` of the ball
@@ -31,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from lipgraph import local_bisect
+from lipgraph.local_attack import refuted
 from lipgraph.norms.crown_conv import CrownConv
 from lipgraph.norms.crown_l2 import Affine, CrownL2, chain_work
 
@@ -174,55 +177,6 @@ def read_chain(
     return CrownL2(layers, alphas)
 
 
-ATTACK_STEPS = 3  # gradient steps of the cheap attack that spares the bound on samples it cannot verify
-
-
-def _logits64(crown: CrownL2 | CrownConv, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The chain's float64 logits and activation masks (for the attack only)."""
-    if isinstance(crown, CrownConv):
-        return crown.logits(x)
-    h, masks = x, []
-    for k, lay in enumerate(crown.layers):
-        h = h @ lay.w.T + lay.b
-        if k < len(crown.alphas):
-            masks.append(np.where(h >= 0, 1.0, crown.alphas[k]))
-            h = h * masks[-1]
-    return h, masks
-
-
-def refuted(crown: CrownL2 | CrownConv, x: np.ndarray, target: np.ndarray, r: float, allow: np.ndarray) -> np.ndarray:
-    """Per sample: a point within ``r`` of ``x`` where some ``F_t - F_j`` of the real network is clearly at most
-    ``allow`` (a few L2 gradient steps against the runner-up class, evaluated in float64 with a wide margin for
-    its rounding). The local bound is below ``F_t - F_j`` everywhere in the ball, so it cannot verify such a
-    sample at ``r``; this only saves work and never raises a radius."""
-    n = len(x)
-    rows = np.arange(n)
-    x0 = np.asarray(x, dtype=np.float64).reshape(n, -1)
-    xa = x0.copy()
-    hit = np.zeros(n, dtype=bool)
-    for step in range(ATTACK_STEPS + 1):
-        h, masks = _logits64(crown, xa)
-        margins = h[rows, target][:, None] - h
-        margins[rows, target] = np.inf
-        scale = 1.0 + np.max(np.abs(h), axis=1)
-        hit |= np.min(margins, axis=1) < allow - 1e-7 * scale  # float64 rounding here is ~1e-13 of the scale
-        if step == ATTACK_STEPS:
-            break
-        j = np.argmin(margins, axis=1)
-        g = crown.layers[-1].w[target] - crown.layers[-1].w[j]  # d(F_t - F_j)/dh, then back to the input
-        if isinstance(crown, CrownConv):
-            g = crown.input_gradient(g, masks)
-        else:
-            for k in range(len(crown.alphas) - 1, -1, -1):
-                g = (g * masks[k]) @ crown.layers[k].w
-        g /= np.linalg.norm(g, axis=1, keepdims=True) + 1e-300
-        xa = xa - (r / 2.0**step) * g
-        d = xa - x0
-        norm = np.linalg.norm(d, axis=1, keepdims=True)
-        xa = x0 + d * np.minimum(1.0, r * (1.0 - 1e-9) / np.maximum(norm, 1e-300))  # stay inside the ball
-    return hit
-
-
 @dataclass
 class LocalRadii:
     radius: np.ndarray  # the improved radii (never below the ones given)
@@ -231,7 +185,7 @@ class LocalRadii:
 
 
 def allowance(
-    float_errors: Sequence[tuple[np.ndarray, float]], logits: np.ndarray, r: float, margin_rel: float
+    float_errors: Sequence[tuple[np.ndarray, float]], logits: np.ndarray, r: float | np.ndarray, margin_rel: float
 ) -> np.ndarray:
     """Per sample: what a logit difference of ONNX Runtime's may lose against the real network within ``r``,
     plus the certificate's floor (module docstring)."""
@@ -267,22 +221,29 @@ def local_radii(
     eps_list: Sequence[float],
     float_errors: Sequence[tuple[np.ndarray, float]],
     margin_rel: float,
+    bisect_steps: int | None = None,
 ) -> LocalRadii:
-    """Try the grid's eps values per sample (module docstring). ``x``: the inputs exactly as ONNX Runtime ran
-    them (an array or a stream view read by contiguous slices)."""
+    """Try the grid's eps values per sample, then bisect below the first failure (module docstring). ``x``: the
+    inputs exactly as ONNX Runtime ran them (an array or a stream view read by contiguous slices).
+    ``bisect_steps``: default :data:`lipgraph.local_bisect.BISECT_STEPS` (0: grid values only)."""
     t0 = time.perf_counter()
+    bisect_steps = local_bisect.BISECT_STEPS if bisect_steps is None else max(int(bisect_steps), 0)
     grid = sorted(float(e) for e in eps_list if e > 0)
     out = np.array(radius, dtype=np.float64, copy=True)
     from_local = np.zeros(len(out), dtype=bool)
     checked = {e: 0 for e in grid}
     improved = {e: 0 for e in grid}
     refuted_count = {e: 0 for e in grid}
+    bis = {"evaluations": 0, "samples_raised": 0}
+    cap = local_bisect.CAP_FACTOR * grid[-1] if grid else 0.0
     pred_ok = np.argmax(logits, axis=1) == target if logits.shape[1] > 1 else np.zeros(len(out), bool)
     todo = np.flatnonzero(correct & pred_ok & (out < (grid[-1] if grid else -1.0)))
     for idx in _chunks(todo):
         xs = np.asarray(x[int(idx[0]) : int(idx[-1]) + 1])[idx - idx[0]]
         first = crown.first_layer(xs)
         alive = np.ones(len(idx), dtype=bool)
+        failed_at = np.full(len(idx), cap)  # the first eps that failed (the cap where none did)
+        slack_lo = np.full(len(idx), np.nan)  # min lb - allowance where the bound verified lo (to aim the steps)
         for e in grid:
             sel = np.flatnonzero(alive & (out[idx] < e))
             if not len(sel):
@@ -298,11 +259,23 @@ def local_radii(
                 s2 = sel[try_]
                 lb = crown.margin_lower_bounds(xs[s2], target[idx[s2]], e, (first[0][s2], first[1][s2]))
                 ok[try_] = np.min(lb, axis=1) > allow[try_]
+                sl = np.full(len(sel), np.nan)
+                sl[try_] = np.min(lb, axis=1) - allow[try_]
+                slack_lo[sel[ok]] = sl[ok]
             checked[e] += len(sel)
             improved[e] += int(ok.sum())
             out[idx[sel[ok]]] = e
             from_local[idx[sel[ok]]] = True
             alive[sel[~ok]] = False
+            failed_at[sel[~ok]] = e
+        if bisect_steps > 0 and grid:
+            verify = _verifier(crown, xs, first, target[idx], logits[idx], idx, float_errors, margin_rel)
+            before = out[idx].copy()
+            out[idx], n_checked = local_bisect.bisect_radii(before, failed_at, bisect_steps, verify, slack_lo)
+            bis["evaluations"] += n_checked
+            raised = out[idx] > before
+            bis["samples_raised"] += int(raised.sum())
+            from_local[idx[raised]] = True
     return LocalRadii(
         out,
         from_local,
@@ -316,9 +289,46 @@ def local_radii(
             "samples_improved": {str(e): improved[e] for e in grid},
             "samples_refuted_by_attack": {str(e): refuted_count[e] for e in grid},
             "samples_from_local": int(from_local.sum()),
+            # radii checked between grid points (each costs what one sample and eps does); samples whose radius rose
+            "bisection": {
+                "steps": bisect_steps,
+                "cap": cap,
+                **bis,
+                "max_evaluations_per_sample": len(grid) + bisect_steps,
+            },
             "time_s": round(time.perf_counter() - t0, 4),
         },
     )
+
+
+def _verifier(
+    crown: CrownL2 | CrownConv,
+    xs: np.ndarray,
+    first: tuple[np.ndarray, np.ndarray],
+    target: np.ndarray,
+    logits: np.ndarray,
+    idx: np.ndarray,
+    float_errors: Sequence[tuple[np.ndarray, float]],
+    margin_rel: float,
+) -> Any:
+    """``verify(rows, r)`` for :func:`lipgraph.local_bisect.bisect_radii` over one batch: the grid's test at a
+    radius per sample, with the bound's slack. The bound runs one sample at a time, so that no result depends on the
+    batch, and on every sample: no attack skips it here, because the slack it returns aims the next step (the path
+    must not depend on whether the attack found a point)."""
+
+    def verify(rows: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        errs = [(np.asarray(a)[idx[rows]], d) for a, d in float_errors]
+        allow = allowance(errs, logits[rows], r, margin_rel)
+        ok = np.zeros(len(rows), dtype=bool)
+        slack = np.full(len(rows), np.nan)
+        for k, i in enumerate(rows):
+            one = (first[0][i : i + 1], first[1][i : i + 1])
+            lb = crown.margin_lower_bounds(xs[i : i + 1], target[i : i + 1], float(r[k]), one)
+            ok[k] = np.min(lb) > allow[k]
+            slack[k] = np.min(lb) - allow[k]
+        return ok, slack
+
+    return verify
 
 
 def local_candidates(
@@ -333,6 +343,7 @@ def local_candidates(
     eps_list: Sequence[float],
     float_errors: Sequence[tuple[np.ndarray, float]],
     margin_rel: float,
+    bisect_steps: int | None = None,
 ) -> LocalRadii:
     """certify's entry point: ``graph_fn()`` gives the unfused graph; off or not applicable leaves the radii."""
     unchanged = LocalRadii(np.asarray(radius), np.zeros(len(radius), dtype=bool), {})
@@ -360,6 +371,6 @@ def local_candidates(
     if crown.sizes[-1] != logits.shape[1]:
         unchanged.meta = {"used": False, "mode": mode, "reason": "the chain's output does not match the logits"}
         return unchanged
-    res = local_radii(crown, x, logits, target, correct, radius, eps_list, float_errors, margin_rel)
+    res = local_radii(crown, x, logits, target, correct, radius, eps_list, float_errors, margin_rel, bisect_steps)
     res.meta["mode"] = mode
     return res

@@ -149,5 +149,8 @@ def _sum_local_counts(meta: dict[str, Any], docs: list[dict[str, Any]]) -> None:
     for key in ("samples_checked", "samples_improved"):
         merged[key] = {e: sum(int(p.get(key, {}).get(e, 0)) for p in parts) for e in parts[0].get(key, {})}
     merged["samples_from_local"] = sum(int(p.get("samples_from_local", 0)) for p in parts)
+    if all(isinstance(p.get("bisection"), dict) for p in parts):  # radii checked between grid points
+        summed = {k: sum(int(p["bisection"][k]) for p in parts) for k in ("evaluations", "samples_raised")}
+        merged["bisection"] = {**parts[0]["bisection"], **summed}
     merged["time_s"] = round(sum(float(p.get("time_s", 0.0)) for p in parts), 4)
     meta["local_bounds"] = merged

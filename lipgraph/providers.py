@@ -148,6 +148,34 @@ def ensure_precision_covered(precision: str, float_error: dict[str, Any] | None,
         )
 
 
+DENORMAL_AS_ZERO = "session.set_denormal_as_zero"  # ONNX Runtime's session option that turns on FTZ + DAZ
+
+
+def subnormal_mode(session: Any) -> str:
+    """How the float error model must treat numbers below float32's normal range for an ONNX Runtime session.
+
+    "gradual" (IEEE 754's default) only for a CPU session without ``session.set_denormal_as_zero``; "flush" for
+    anything else: CUDA kernels may be compiled with flush-to-zero and tensor-core GEMM/conv paths may read
+    subnormal operands as zero, whatever ``use_tf32`` says (docs/floating-point.md, "Underflow"). The flush model
+    bounds gradual underflow too, so it is never wrong to choose it."""
+    providers = list(session.get_providers())
+    if not providers or providers[0] != CPU:
+        return "flush"
+    with contextlib.suppress(Exception):  # ORT raises when the entry was never set
+        if str(session.get_session_options().get_session_config_entry(DENORMAL_AS_ZERO)) == "1":
+            return "flush"
+    return "gradual"
+
+
+def ensure_subnormals_covered(session: Any, float_error: dict[str, Any] | None) -> None:
+    """Never report radii from logits of a session that may flush subnormals unless the float error bound did."""
+    if subnormal_mode(session) == "flush" and (float_error or {}).get("subnormals") != "flush":
+        raise LipgraphError(
+            f"internal: the logits came from {session.get_providers()[0]}, which may flush subnormal numbers to "
+            "zero, but the float allowance was computed for gradual underflow"
+        )
+
+
 def cuda_options(precision: str) -> dict[str, str]:
     """CUDA provider options for ``precision`` ("fp32": TF32 off; both: the fixed implicit-GEMM conv)."""
     return {

@@ -24,7 +24,18 @@ import numpy as np
 import onnx
 
 from lipgraph.conv_dense import ConvNotSupported, conv2d_linear
-from lipgraph.floaterr.state import ZERO, NoFloatBound, State, dot_gamma, gamma, schur, underflow_norm
+from lipgraph.floaterr.state import (
+    ZERO,
+    NoFloatBound,
+    State,
+    check_subnormals,
+    daz_norm,
+    dot_gamma,
+    gamma,
+    has_subnormal,
+    schur,
+    underflow_norm,
+)
 from lipgraph.graph import Graph, Node
 
 U64 = 2.0**-53
@@ -54,6 +65,7 @@ class _Op:
     n: int = 0  # roundings counted in the accumulator (as the walk counts them)
     inner: int = 0  # the products among them (each output's dot-product length)
     alpha: float = 0.0  # LeakyRelu slope
+    consts: tuple[np.ndarray, ...] = ()  # the constants it reads (weights, biases, added constants)
 
 
 @dataclass
@@ -74,9 +86,16 @@ class ChainSampleBound:
 class ChainFloatModel:
     """The chain's ops, read once from the unfused graph; :meth:`bound` evaluates them per batch."""
 
-    def __init__(self, graph: Graph, logits: str, u: float, u_dot: float):
+    def __init__(self, graph: Graph, logits: str, u: float, u_dot: float, subnormals: str = "gradual"):
         self.u, self.u_dot = u, u_dot
+        # "flush": every op may read subnormal operands as zero (the walk's DAZ term, lipgraph.floaterr.walk)
+        self.flush = check_subnormals(subnormals) == "flush"
         self.ops = _extract(graph, logits)
+        if self.flush:
+            for op in self.ops:
+                for c in op.consts:
+                    if has_subnormal(c, 2.0**-24):
+                        raise NotAChainForFloat(f"'{op.name}' has a subnormal constant (read as zero on a GPU)")
         self.in_shape = tuple(int(d) for d in graph.shape_of(graph.input_name)[1:])  # type: ignore[index, arg-type]
 
     def bound(self, x: np.ndarray, keep_logits: bool = False) -> ChainSampleBound:
@@ -95,6 +114,9 @@ class ChainFloatModel:
         fan, fan_x = 0, np.zeros(m, dtype=np.int64)
         nz = _count(h != 0)  # entries of the float tensor that may be nonzero at x (x's own zeros are exact)
         for op in self.ops:
+            # DAZ: the op may read its input's subnormal entries as zero, an input error below tau sqrt(n)
+            daz = daz_norm(h[0].size, self.u) if self.flush and op.kind != "shape" else 0.0
+            e, e_x = e + daz, e_x + daz
             if op.kind == "dot":
                 assert op.lin is not None and op.abs_lin is not None
                 n_x = op.n - op.inner + np.minimum(op.inner, nz)
@@ -243,7 +265,7 @@ def _node_op(graph: Graph, node: Node, per: tuple[int, ...], factor: float) -> _
         b = np.broadcast_to(c if op == "Add" else -c, (1, *per)) if c.ndim <= len(per) + 1 else None
         if b is None or b.shape != (1, *per):
             raise NotAChainForFloat(f"{op} '{node.name}': the constant does not broadcast to the output")
-        return _Op("add", node.name, per, bias=np.array(b))
+        return _Op("add", node.name, per, bias=np.array(b), consts=(c,))
     if op == "Gemm":
         return _gemm(graph, node, per, factor)
     if op == "MatMul":
@@ -273,8 +295,9 @@ def _gemm(graph: Graph, node: Node, per: tuple[int, ...], factor: float) -> _Op:
     return _dense_op(node.name, per, factor, w, bias, int(w.shape[0]) + (1 if c is not None else 0) + 2)
 
 
-def _dense_op(name: str, per: tuple[int, ...], factor: float, w: np.ndarray, bias: np.ndarray | None,
-              roundings: int) -> _Op:
+def _dense_op(
+    name: str, per: tuple[int, ...], factor: float, w: np.ndarray, bias: np.ndarray | None, roundings: int
+) -> _Op:
     """``x @ w (+ bias)`` with ``roundings`` float operations per output (the walk's count for the op)."""
     aw = np.abs(w)
     return _Op(
@@ -288,6 +311,7 @@ def _dense_op(name: str, per: tuple[int, ...], factor: float, w: np.ndarray, bia
         schur(aw, aw.sum(axis=1), aw.sum(axis=0)),
         roundings,
         int(w.shape[0]),
+        consts=(w,) if bias is None else (w, bias),
     )
 
 
@@ -316,7 +340,19 @@ def _conv(graph: Graph, node: Node, per: tuple[int, ...], factor: float) -> _Op:
     cols = np.concatenate([aw[j * per_g : (j + 1) * per_g].sum(axis=(0, *spatial)) for j in range(g)])
     bias = None if b is None else np.array(np.broadcast_to(b.reshape(1, -1, 1, 1), (1, *per)))
     n = int(np.prod(w.shape[1:])) + (1 if b is not None else 0)
-    return _Op("dot", node.name, per, factor, lin, abs_lin, bias, schur(aw, rows, cols), n, int(np.prod(w.shape[1:])))
+    return _Op(
+        "dot",
+        node.name,
+        per,
+        factor,
+        lin,
+        abs_lin,
+        bias,
+        schur(aw, rows, cols),
+        n,
+        int(np.prod(w.shape[1:])),
+        consts=(w,) if b is None else (w, b),
+    )
 
 
 @dataclass
@@ -355,9 +391,12 @@ def chain_float(
     u: float,
     u_dot: float,
     graph: Graph | None = None,
+    subnormals: str = "gradual",
 ) -> ChainFloat:
     """:func:`chain_sample_bound` at float32's unit roundoff or above, wrapped for certify."""
-    bound, why = chain_sample_bound(proto, input_name, sample_shape, logits, x, max(u, 2.0**-24), u_dot, graph=graph)
+    bound, why = chain_sample_bound(
+        proto, input_name, sample_shape, logits, x, max(u, 2.0**-24), u_dot, graph=graph, subnormals=subnormals
+    )
     return ChainFloat(bound, why)
 
 
@@ -371,6 +410,7 @@ def chain_sample_bound(
     u_dot: float,
     chunk: int = 2048,
     graph: Graph | None = None,
+    subnormals: str = "gradual",
 ) -> tuple[ChainSampleBound | None, str | None]:
     """The per-sample bound over ``x`` (read in chunks: a stream view is never loaded whole), or
     ``(None, reason)`` when the model is not a chain handled here. ``graph``: the model's
@@ -380,7 +420,7 @@ def chain_sample_bound(
     try:
         if graph is None:
             graph = unfused_graph(proto, input_name, sample_shape)
-        model = ChainFloatModel(graph, logits, u, u_dot)
+        model = ChainFloatModel(graph, logits, u, u_dot, subnormals)
     except (NotAChainForFloat, NoFloatBound) as exc:
         return None, str(exc)
     n = len(x)

@@ -120,6 +120,33 @@ def underflow_norm(roundings: int, n_out: int, u: float) -> float:
     return roundings * underflow_unit(u) * math.sqrt(n_out) * (1.0 + gamma(roundings, u)) * (1.0 + 1e-12)
 
 
+# How the runtime treats numbers below the normal range. "gradual": IEEE 754's default (subnormal results and
+# operands kept), what ONNX Runtime's CPU provider does unless ``session.set_denormal_as_zero`` is set. "flush":
+# results below the normal range may become zero (flush-to-zero, FTZ) and subnormal *operands* may be read as zero
+# (denormals-are-zero, DAZ), as CUDA kernels built with ``-ftz=true`` and tensor-core GEMM/conv paths may do.
+SUBNORMAL_MODES = ("gradual", "flush")
+
+
+def check_subnormals(mode: str) -> str:
+    if mode not in SUBNORMAL_MODES:
+        raise ValueError(f"subnormal mode must be one of {', '.join(SUBNORMAL_MODES)}, got {mode!r}")
+    return mode
+
+
+def daz_norm(n_entries: int, u: float) -> float:
+    """A bound on ``||DAZ(v) - v||_2`` for a tensor ``v`` of ``n_entries`` entries in the format of unit roundoff
+    ``u``: reading subnormal operands as zero moves each entry by less than the smallest normal number."""
+    if n_entries <= 0:
+        return 0.0
+    return underflow_unit(u) * math.sqrt(n_entries) * (1.0 + 1e-12)
+
+
+def has_subnormal(value: np.ndarray, u: float) -> bool:
+    """Whether a constant holds a nonzero entry below the normal range of the format of unit roundoff ``u``."""
+    a = np.abs(np.asarray(value, dtype=np.float64))
+    return bool(np.any((a > 0.0) & (a < underflow_unit(u))))
+
+
 # Per ONNX element type: the largest finite number and the unit roundoff (a rounded result of magnitude at most the
 # largest number stays finite in round to nearest). TF32 products share float32's exponent range.
 FLOAT_RANGE = {

@@ -19,7 +19,18 @@ import onnx
 
 from lipgraph.errors import LipgraphError, Refuse
 from lipgraph.floaterr.local import handler_for
-from lipgraph.floaterr.state import FLOAT_RANGE, ZERO, Aff, NoFloatBound, OpIn, State, overflow_free_norm
+from lipgraph.floaterr.state import (
+    FLOAT_RANGE,
+    ZERO,
+    Aff,
+    NoFloatBound,
+    OpIn,
+    State,
+    check_subnormals,
+    daz_norm,
+    has_subnormal,
+    overflow_free_norm,
+)
 from lipgraph.graph import Graph, Node
 from lipgraph.rules.registry import RuleContext, lookup
 
@@ -47,6 +58,7 @@ class ErrorModel:
     nodes: int
     # inputs of a larger norm may overflow some float value on the way (the bound above assumes none does)
     max_input_norm: float = math.inf
+    subnormals: str = "gradual"  # "flush": subnormal results and operands may be zeroed (FTZ + DAZ, GPU kernels)
 
     def at(self, input_norms: np.ndarray) -> np.ndarray:
         """The bound for each sample, from the inputs' L2 norms (rounded up)."""
@@ -70,6 +82,7 @@ class ErrorModel:
             "dot_operand_roundoff": self.dot_operand_roundoff,
             "nodes": self.nodes,
             "max_input_norm": self.max_input_norm if math.isfinite(self.max_input_norm) else None,
+            "subnormals": self.subnormals,
         }
 
 
@@ -82,6 +95,7 @@ def float_error_model(
     dot_operand_roundoff: float = 0.0,
     analysis: Any = None,
     graph: Graph | None = None,
+    subnormals: str = "gradual",
 ) -> ErrorModel:
     """The error bound of ``tensor`` (default: the logits lipgraph certifies) of ``model``.
 
@@ -90,6 +104,8 @@ def float_error_model(
     MatMul and Conv before they are multiplied (0 for float32 kernels, 2^-11 for TF32).
     ``analysis``: the :class:`~lipgraph.analyze.Analysis` of the same model, whose per-node factors
     are reused for nodes the passes left unchanged (saves recomputing conv norms).
+    ``subnormals``: "gradual" (IEEE 754's default, ONNX Runtime's CPU provider) or "flush" (results below the
+    normal range may be zeroed and subnormal operands read as zero: a CUDA session; docs/floating-point.md).
     Raises :class:`~lipgraph.errors.LipgraphError` naming the op when a node has no error model.
     """
     from lipgraph.graph_build import build_graph
@@ -97,6 +113,7 @@ def float_error_model(
     from lipgraph.rules import load_rules
 
     load_rules()
+    flush = check_subnormals(subnormals) == "flush"
     if graph is None:  # ``graph``: the same construction, already made by the caller (lipgraph.chain.unfused_graph)
         graph = build_graph(model, input_name, input_shape)
         # Only the passes without which the graph could not be bounded: scale folding would change intermediate
@@ -111,7 +128,7 @@ def float_error_model(
         if not any(i and i in states for i in node.inputs):
             continue
         try:
-            outs = _node_states(graph, node, states, unit_roundoff, dot_operand_roundoff, known)
+            outs = _node_states(graph, node, states, unit_roundoff, dot_operand_roundoff, known, flush)
         except NoFloatBound:
             raise
         except Refuse as r:
@@ -121,7 +138,7 @@ def float_error_model(
                 states[name] = st
         for name in node.outputs:
             if name in regions and regions[name][0] in states:
-                better = _through_region(graph, states, regions[name], name, unit_roundoff, dot_operand_roundoff)
+                better = _through_region(graph, states, regions[name], name, unit_roundoff, dot_operand_roundoff, flush)
                 if better is not None:
                     states[name] = better
         if target in states:
@@ -132,7 +149,7 @@ def float_error_model(
     if not (math.isfinite(err.c) and math.isfinite(err.d)):
         raise NoFloatBound("the float error bound of the logits is not finite (huge or non-finite constants)")
     s_max = _max_input_norm(graph, states)
-    return ErrorModel(err.c, err.d, unit_roundoff, dot_operand_roundoff, len(graph.nodes), s_max)
+    return ErrorModel(err.c, err.d, unit_roundoff, dot_operand_roundoff, len(graph.nodes), s_max, subnormals)
 
 
 def _max_input_norm(graph: Graph, states: dict[str, State]) -> float:
@@ -186,11 +203,14 @@ def _node_states(
     u: float,
     u_dot: float,
     known: dict[str, tuple[Node, Graph, float]] | None = None,
+    flush: bool = False,
 ) -> list[State]:
     ins: list[State | None] = [states.get(i) if i and graph.is_variable(i) else None for i in node.inputs]
     for i, st in zip(node.inputs, ins, strict=True):
         if i and graph.is_variable(i) and st is None:
             raise NoFloatBound(f"no float-error state for '{i}', an input of {node.op_type} '{node.name}'")
+    if flush:
+        ins = _operands_read_as_zero(graph, node, ins)
     reuse = (known or {}).get(node.name)
     n_var = sum(1 for st in ins if st is not None)
     if reuse is not None and n_var == 1 and len(node.outputs) == 1 and _same_node(node, graph, reuse[0], reuse[1]):
@@ -201,6 +221,40 @@ def _node_states(
     u_node = max(u, _TYPE_ROUNDOFF.get(out_t.elem_type if out_t and out_t.elem_type else 0, 0.0))
     handler = handler_for(node, graph)
     return handler(OpIn(node, graph, ins, factors, u_node, u_dot))
+
+
+def _operands_read_as_zero(graph: Graph, node: Node, ins: list[State | None]) -> list[State | None]:
+    """The input states as a kernel that reads subnormal operands as zero (DAZ) sees them.
+
+    DAZ replaces each float input ``v`` by ``v + delta`` with ``|delta_j| < tau`` (the format's smallest normal
+    number) where ``v_j`` is subnormal, 0 elsewhere: an extra input error of at most ``tau sqrt(n)``, which the
+    node's Lipschitz factor carries to its output like any earlier error (for a product ``w x`` with subnormal
+    ``x`` that is ``|w| tau``, summed over the weights). The node's own rounding is still bounded with the
+    magnitudes of the unflushed values, which are entrywise at least as large. A constant with subnormal entries
+    would make the GPU compute another network, whose distance to this one no factor bounds: refused."""
+    out: list[State | None] = []
+    for name, st in zip(node.inputs, ins, strict=True):
+        t = graph.tensors.get(name) if name else None
+        if st is None:
+            if t is not None and not t.variable and t.value is not None and np.asarray(t.value).dtype.kind == "f":
+                u_c = _TYPE_ROUNDOFF.get(int(t.elem_type or 0), 2.0**-24)
+                if has_subnormal(t.value, u_c):
+                    raise NoFloatBound(
+                        f"the constant '{name}' of {node.op_type} '{node.name}' has subnormal entries, which a GPU "
+                        "kernel may read as zero; set them to zero in the model, or certify on the CPU provider"
+                    )
+            out.append(None)
+            continue
+        u_in = _TYPE_ROUNDOFF.get(int(t.elem_type or 0) if t is not None else 0)
+        if u_in is None:  # not a float tensor (indices, shapes): nothing to flush
+            out.append(st)
+            continue
+        shape = graph.shape_of(name)
+        if shape is None or any(d is None for d in shape):
+            raise NoFloatBound(f"the shape of '{name}', an input of {node.op_type} '{node.name}', is unknown")
+        n = int(np.prod([int(d) for d in shape], dtype=np.int64))
+        out.append(State(st.mag, st.err + Aff(daz_norm(n, u_in)), st.terms, st.fan))
+    return out
 
 
 def _factors(graph: Graph, node: Node, ins: list[State | None]) -> list[list[float]]:
@@ -250,7 +304,13 @@ def _fused_regions(analysis: Any, graph: Graph) -> dict[str, tuple[str, float]]:
 
 
 def _through_region(
-    graph: Graph, states: dict[str, State], region: tuple[str, float], end: str, u: float, u_dot: float
+    graph: Graph,
+    states: dict[str, State],
+    region: tuple[str, float],
+    end: str,
+    u: float,
+    u_dot: float,
+    flush: bool = False,
 ) -> State | None:
     """The state of ``end`` from the region's factor ``L`` instead of its ops' factors, or None.
 
@@ -262,8 +322,8 @@ def _through_region(
     """
     start, lip = region
     a = states[start]
-    local = _walk_region(graph, start, end, State(a.fmag, ZERO, a.terms, a.fan), u, u_dot)
-    at_zero = _walk_region(graph, start, end, State(ZERO, ZERO, ZERO, 0), u, u_dot)
+    local = _walk_region(graph, start, end, State(a.fmag, ZERO, a.terms, a.fan), u, u_dot, flush)
+    at_zero = _walk_region(graph, start, end, State(ZERO, ZERO, ZERO, 0), u, u_dot, flush)
     if local is None or at_zero is None:
         return None
     generic = states[end]
@@ -274,7 +334,9 @@ def _through_region(
     return State(pick_mag, pick_err, generic.terms, generic.fan)
 
 
-def _walk_region(graph: Graph, start: str, end: str, init: State, u: float, u_dot: float) -> State | None:
+def _walk_region(
+    graph: Graph, start: str, end: str, init: State, u: float, u_dot: float, flush: bool = False
+) -> State | None:
     """Walk the ops fed (only) from ``start`` until ``end`` is reached; None when it is not."""
     local: dict[str, State] = {start: init}
     begun = False
@@ -287,7 +349,7 @@ def _walk_region(graph: Graph, start: str, end: str, init: State, u: float, u_do
         if not var or any(i not in local for i in var):
             continue  # outside the region (it also reads another variable tensor)
         try:
-            outs = _node_states(graph, node, local, u, u_dot)
+            outs = _node_states(graph, node, local, u, u_dot, flush=flush)
         except (NoFloatBound, Refuse):
             return None
         for name, st in zip(node.outputs, outs, strict=True):

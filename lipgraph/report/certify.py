@@ -47,7 +47,9 @@ def _local_row(lb: Any) -> list[list[str]]:
     if not isinstance(lb, dict) or not lb.get("used"):
         return []
     method = str(lb.get("method", "")).split(":")[0]
-    return [["local bounds", f"{lb.get('samples_from_local', 0)} radii raised by {method} "
+    bis = lb.get("bisection") or {}
+    between = f", {bis['samples_raised']} between grid eps by bisection" if bis.get("samples_raised") else ""
+    return [["local bounds", f"{lb.get('samples_from_local', 0)} radii raised by {method}{between} "
              f"(--local-bounds {lb.get('mode')}, {lb.get('time_s', 0):.2f}s)"]]
 
 

@@ -1,9 +1,10 @@
 """Per-sample local bounds in the certificate (``--local-bounds``, lipgraph.local_bounds).
 
 Real exports (torch, both exporters) and real ONNX Runtime sessions: the chain read from the graph is the
-torch model's, a radius raised by the local bound is one of the grid's eps and survives an L2 PGD attack,
-``off`` leaves every radius as it was, models that are not ReLU chains are left alone with the reason, and
-the report carries what was done (JSON, text, per sample, and through `certify --shard` + `lipgraph merge`).
+torch model's, a radius raised by the local bound is a grid eps or a verified radius between two (bisection)
+and survives an L2 PGD attack, ``off`` leaves every radius as it was, models that are not ReLU chains are left
+alone with the reason, and the report carries what was done (JSON, text, per sample, and through
+`certify --shard` + `lipgraph merge`).
 """
 
 from __future__ import annotations
@@ -34,12 +35,23 @@ def off_auto(digits_mlp):
     return off, auto
 
 
-def test_local_radii_are_grid_values_above_the_lipschitz_ones_and_off_changes_nothing(off_auto) -> None:
-    off, auto = off_auto
+@pytest.fixture(scope="module")
+def grid_only(digits_mlp):
+    """auto without the bisection: every radius the local bound gives is a grid eps."""
+    from lipgraph import local_bisect
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(local_bisect, "BISECT_STEPS", 0)
+        return certify(digits_mlp.onnx_path, digits_mlp.x, digits_mlp.y, eps=EPS, tight_pairs="off")
+
+
+def test_local_radii_are_grid_values_above_the_lipschitz_ones_and_off_changes_nothing(off_auto, grid_only) -> None:
+    off, auto = off_auto[0], grid_only
     assert off.meta["local_bounds"] == {"used": False, "mode": "off"}
     assert off.sample_methods is None
     lb = auto.meta["local_bounds"]
     assert lb["used"] and lb["mode"] == "auto" and lb["hidden"] == [48, 32]
+    assert lb["bisection"]["steps"] == 0 and lb["bisection"]["evaluations"] == 0
     local = np.asarray(auto.sample_methods) == "crown-l2"
     assert local.sum() == lb["samples_from_local"] and local.mean() > 0.2, "the local bound should matter"
     assert set(np.unique(auto.radii[local])) <= set(EPS)
@@ -53,6 +65,28 @@ def test_local_radii_are_grid_values_above_the_lipschitz_ones_and_off_changes_no
     checked = [lb["samples_checked"][str(e)] for e in EPS]
     improved = [lb["samples_improved"][str(e)] for e in EPS]
     assert all(i <= c for i, c in zip(improved, checked, strict=True)) and sum(improved) >= local.sum()
+
+
+def test_bisection_raises_radii_between_grid_points_only(off_auto, grid_only) -> None:
+    """Bisection starts at each sample's grid radius and stays below the next eps (the one that failed), so
+    certified accuracy at every grid eps is that of the grid search; the median radius rises."""
+    off, auto = off_auto
+    lb = auto.meta["local_bounds"]["bisection"]
+    from lipgraph.local_bisect import BISECT_STEPS
+
+    assert lb["steps"] == BISECT_STEPS > 0 and lb["max_evaluations_per_sample"] == len(EPS) + BISECT_STEPS
+    tried = int(np.sum(off.correct & (off.radii < EPS[-1])))
+    assert 0 < lb["evaluations"] <= BISECT_STEPS * tried  # a few steps per sample, counted
+    assert np.all(auto.radii >= grid_only.radii)
+    raised = auto.radii > grid_only.radii
+    assert raised.sum() == lb["samples_raised"] and raised.mean() > 0.3, "bisection should matter"
+    assert np.all(np.asarray(auto.sample_methods)[raised] == "crown-l2")
+    grid = np.array(EPS + [2.0 * EPS[-1]])  # above the last eps: the cap
+    nxt = grid[np.searchsorted(grid, grid_only.radii[raised], side="right")]
+    assert np.all(auto.radii[raised] < nxt), "a radius reached the eps that failed"
+    for e in EPS:
+        assert auto.certified_at(e) == grid_only.certified_at(e), e
+    assert auto.median_radius > grid_only.median_radius
 
 
 def test_attack_inside_the_local_radii_never_flips(digits_mlp, off_auto) -> None:
@@ -151,6 +185,8 @@ def test_cli_reports_local_bounds_in_json_text_and_per_sample(digits_mlp, tmp_pa
     methods = {p["radius_method"] for p in rep["per_sample"]}
     assert methods == {"crown-l2", rep["radius_method"]}
     assert "local bounds" in text.read_text()
+    assert f"{lb['bisection']['samples_raised']} between grid eps by bisection" in text.read_text()
+    assert lb["bisection"]["samples_raised"] > 0
     rc = main(
         ["certify", str(digits_mlp.onnx_path), "--data", str(digits_mlp.npz_path), "--local-bounds", "sideways", "-q"]
     )
@@ -183,8 +219,9 @@ def test_shards_with_local_bounds_merge_into_the_single_run(digits_mlp, tmp_path
     a, b = json.loads(single.read_text()), json.loads(merged.read_text())
     for key in ("certified_accuracy", "median_radius", "mean_radius", "per_sample"):
         assert a[key] == b[key], key
-    for key in ("samples_checked", "samples_improved", "samples_from_local"):
+    for key in ("samples_checked", "samples_improved", "samples_from_local", "bisection"):
         assert a["meta"]["local_bounds"][key] == b["meta"]["local_bounds"][key], key
+    assert a["meta"]["local_bounds"]["bisection"]["samples_raised"] > 0
 
 
 def test_a_radius_needs_the_bound_above_the_float_allowance() -> None:
@@ -205,8 +242,8 @@ def test_a_radius_needs_the_bound_above_the_float_allowance() -> None:
     target, correct = np.array([0]), np.array([True])
     grid = [0.2, 0.4, 0.6, 0.8]
 
-    def radius(e: float, d: float) -> float:
-        res = local_radii(crown, x, logits, target, correct, np.zeros(1), grid, [(np.array([e]), d)], 1e-5)
+    def radius(e: float, d: float) -> float:  # the grid alone
+        res = local_radii(crown, x, logits, target, correct, np.zeros(1), grid, [(np.array([e]), d)], 1e-5, 0)
         return float(res.radius[0])
 
     assert radius(0.0, 0.0) == 0.8
@@ -218,11 +255,41 @@ def test_a_radius_needs_the_bound_above_the_float_allowance() -> None:
     assert radius(0.0, 0.1) == 0.8
     assert radius(0.0, 0.2) == 0.6
     # a sample whose radius already reaches an eps is not checked there, and the result never lowers it
-    res = local_radii(crown, x, logits, target, correct, np.array([0.5]), grid, [(np.array([0.0]), 0.0)], 1e-5)
+    res = local_radii(crown, x, logits, target, correct, np.array([0.5]), grid, [(np.array([0.0]), 0.0)], 1e-5, 0)
     assert float(res.radius[0]) == 0.8 and res.meta["samples_checked"]["0.2"] == 0
     res = local_radii(crown, x, logits, target, correct, np.array([0.9]), grid, [(np.array([0.0]), 0.0)], 1e-5)
     assert float(res.radius[0]) == 0.9 and not res.from_local[0]
     assert allowance([(np.array([1.0]), 0.5)], logits, 2.0, 0.0)[0] >= np.sqrt(2.0) * 2.0
+
+
+@pytest.mark.parametrize(
+    ("e", "d", "start"), [(0.0, 0.0, 0.0), (0.28, 0.0, 0.0), (0.0, 0.1, 0.0), (0.05, 0.3, 0.25), (0.7, 0.0, 0.0)]
+)
+def test_bisection_finds_the_exact_radius_within_its_steps(e: float, d: float, start: float) -> None:
+    """The same affine-on-the-ball net: its bound ``1 - r`` passes exactly while ``1 - r > sqrt(2) (e + d r) +
+    1e-5``, i.e. below ``r* = (1 - sqrt(2) e - 1e-5) / (1 + sqrt(2) d)``. Every reported radius is below ``r*``
+    (verified), and within ``gap / 2^steps`` of it, ``gap`` being the bracket the grid (or the cap) left."""
+    from lipgraph.local_bounds import local_radii
+    from lipgraph.norms.crown_l2 import Affine, CrownL2
+
+    layers = [
+        Affine(np.eye(2), np.array([10.0, 10.0]), np.zeros(2)),
+        Affine(np.array([[1.0, 0.0], [0.0, 0.0]]), np.array([-10.0, 0.0]), np.zeros(2)),
+    ]
+    crown = CrownL2(layers, [0.0])
+    x, logits = np.array([[1.0, 0.0]]), np.array([[1.0, 0.0]])
+    grid = [0.2, 0.4, 0.6, 0.8]
+    r_star = (1.0 - np.sqrt(2.0) * e - 1e-5) / (1.0 + np.sqrt(2.0) * d)
+    for steps in (0, 1, 4, 7):
+        errs = [(np.array([e]), d)]
+        res = local_radii(crown, x, logits, np.array([0]), np.array([True]), np.array([start]), grid, errs, 1e-5, steps)
+        r = float(res.radius[0])
+        assert start <= r < r_star * (1 + 1e-9), (steps, r, r_star)
+        lo = max([start] + [g for g in grid if g < r_star])  # the grid's radius (or the Lipschitz one)
+        hi = min([g for g in grid if g > lo] + [2.0 * grid[-1]])  # the eps that failed, or the cap
+        if r_star > lo:
+            assert r_star - r <= (hi - lo) / 2**steps * (1 + 1e-9) + 1e-9, (steps, r, r_star, lo, hi)
+        assert res.meta["bisection"]["evaluations"] <= steps
 
 
 def test_auto_stays_off_above_its_work_cap(digits_mlp, off_auto, monkeypatch: pytest.MonkeyPatch) -> None:

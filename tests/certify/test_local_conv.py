@@ -69,8 +69,10 @@ def test_structured_local_radii_match_the_dense_ones_and_survive_pgd(digits_cnn,
     assert local.mean() > 0.2, "the local bound should matter on this net"
     assert np.all(structured.radii[local] > off.radii[local])
     # the dense form's intermediate norms go through a Gram matrix (a rounding term under a root): it can only
-    # lose a sample that sits within ~1e-7 of its eps
-    assert np.mean(structured.radii == dense.radii) > 0.98
+    # lose a sample that sits within ~1e-7 of its eps; between grid points the radii tried follow the bound's slack
+    # (lipgraph.local_bisect), which that rounding moves too, so there they agree closely rather than exactly
+    close = np.isclose(structured.radii, dense.radii, rtol=1e-6, atol=0)
+    assert np.mean(close) > 0.98, np.max(np.abs(structured.radii - dense.radii) / np.maximum(dense.radii, 1e-300))
     for e in EPS:
         assert structured.certified_at(e) >= dense.certified_at(e) >= off.certified_at(e)
     idx = np.flatnonzero(local)[:120]
