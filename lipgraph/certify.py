@@ -142,6 +142,7 @@ def certify(
     dot_operand_roundoff: float = 0.0,
     tight_pairs: str | float | None = "auto",
     local_bounds: str = "auto",
+    radius_steps: int | None = None,
 ) -> Certificate:
     """Certify ``model`` on inputs ``x`` (N, ...) with optional labels ``y`` (N,).
 
@@ -155,7 +156,8 @@ def certify(
     set the float error model.
     ``tight_pairs`` (``"auto"``, ``"off"`` or seconds) selects per-class-pair network bounds
     (``lipgraph.pairs``). ``local_bounds`` (``"auto"``, ``"all"`` or ``"off"``) checks the eps grid per sample with
-    linear bound propagation on chains of affine layers and ReLU-like activations (``lipgraph.local_bounds``).
+    linear bound propagation on chains of affine layers and ReLU-like activations (``lipgraph.local_bounds``);
+    ``radius_steps`` more bounds per sample refine its radius between grid values (None: the default, 0: none).
     """
     from lipgraph.analyze import analyze
     from lipgraph.chain import unfused_graph
@@ -285,7 +287,7 @@ def certify(
                           per_sample_err.candidates())
     float_errors = [(error_model.at(input_norms), error_model.d), *[c[:2] for c in per_sample_err.candidates()]]
     local = local_candidates(local_mode, lambda: unfused, logits_name, xf, logits, radii.target, radii.correct,
-                             radii.radius, eps_list, float_errors, MARGIN_REL)
+                             radii.radius, eps_list, float_errors, MARGIN_REL, bisect_steps=radius_steps)
     # no certified ball may reach inputs where a float value could overflow (the error bounds assume none does)
     range_cap = error_model.radius_cap(input_norms)
     radii.radius = np.minimum(local.radius, range_cap)

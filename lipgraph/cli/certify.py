@@ -68,6 +68,10 @@ def _tight_pairs_cb(value: str) -> str:
                    "by sample with linear bound propagation over the L2 ball (CROWN). auto: where it costs little "
                    "per sample (MLPs, small CNNs); all: on every such chain (an MNIST CNN: ~0.15 s per sample and "
                    "eps); off keeps the Lipschitz radii.")
+@click.option("--radius-steps", "radius_steps", default=None, type=click.IntRange(min=0), metavar="N",
+              help="--local-bounds: steps per sample between the largest verified eps and the first that failed, so "
+                   "that radii are not grid values (each step costs one more bound; 0: grid values only).  "
+                   "[default: 2]")
 @click.option("--per-sample", "per_sample", is_flag=True, help="Add per-sample radii to the JSON report.")
 @click.option("--bound", "bound_file", type=click.Path(path_type=str), metavar="BOUND.json",
               help="Reuse `lipgraph bound -o BOUND.json` (checked against the model's sha256 and the data's shape).")
@@ -80,7 +84,7 @@ def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, 
             output: tuple[str, ...], config: str | None, no_config: bool, batch_size: int, providers: str | None,
             allow_tf32: bool, limit: int | None, input_name: str | None, tight_pairs: str,
             per_sample: bool, exit_zero: bool, quiet: bool, bound_file: str | None = None,
-            shard: str | None = None, local_bounds: str = "auto") -> int:
+            shard: str | None = None, local_bounds: str = "auto", radius_steps: int | None = None) -> int:
     """Certify MODEL on DATA: radii, certified accuracy at each --eps, and CI gates.
 
     Exit code 0 when every gate passes, 1 when a gate fails, 2 on an error; the verdict is always
@@ -138,7 +142,7 @@ def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, 
         cert = run_certify(model, dataset.x, dataset.y, eps_grid, input_name=input_name, batch_size=batch_size,
                            providers=providers, precision=precision, per_sample=per_sample,
                            progress=inference_progress(quiet), source=dataset.source, tight_pairs=tight_pairs,
-                           analysis=analysis, local_bounds=local_bounds)
+                           analysis=analysis, local_bounds=local_bounds, radius_steps=radius_steps)
     except UnsupportedModelError as exc:
         # the formats that carry findings report each refused node (the others stay unwritten)
         from lipgraph.report.findings import refusal_report

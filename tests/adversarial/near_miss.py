@@ -10,7 +10,9 @@ least a lower estimate of the mutated model's true constant (central-difference 
 ONNX Runtime, float64 where it runs the model in double). A matcher that trusts the shape of a graph
 instead of checking its numbers is found here.
 
-Driven by one integer seed: ``generate(seed)`` reproduces a case.
+Driven by one integer seed and the exporter: ``generate(seed, dynamo)`` reproduces a case. The two torch
+exporters write different graphs for the same model (the dynamo exporter splits Gemm into MatMul + Add, writes
+Sub/Neg/Reshape differently, folds other constants), so a matcher can hold on one and break on the other.
 """
 
 from __future__ import annotations
@@ -51,8 +53,11 @@ class NearMiss:
     model: onnx.ModelProto
     x_shape: tuple[int, ...]
 
+    dynamo: bool = False
+
     def __repr__(self) -> str:
-        return f"NearMiss(seed={self.seed}, {self.family}, {self.mutation}: {self.detail})"
+        exporter = "dynamo" if self.dynamo else "legacy"
+        return f"NearMiss(seed={self.seed}, {self.family} ({exporter} export), {self.mutation}: {self.detail})"
 
 
 @dataclass
@@ -65,8 +70,8 @@ class Outcome:
 
 
 @functools.cache
-def _family_exports() -> list[tuple[str, bytes, tuple[int, ...]]]:
-    """(key, serialized legacy export, input shape) of every fast family model, built once per process."""
+def _family_exports(dynamo: bool = False) -> list[tuple[str, bytes, tuple[int, ...]]]:
+    """(key, serialized export, input shape) of every fast family model, built once per process and exporter."""
     import torch
 
     from tests.families import all_models, export_onnx
@@ -78,7 +83,7 @@ def _family_exports() -> list[tuple[str, bytes, tuple[int, ...]]]:
         torch.manual_seed(0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            proto = export_onnx(fm.build(), fm.input_shape, dynamo=False)
+            proto = export_onnx(fm.build(), fm.input_shape, dynamo=dynamo)
         out.append((fm.key, proto.SerializeToString(), fm.input_shape))
     return out
 
@@ -192,12 +197,12 @@ def _mutate_graph(model: onnx.ModelProto, rng: np.random.Generator, mutation: st
     return f"{node.op_type} -> {dst} dropped"
 
 
-def generate(seed: int) -> NearMiss | None:
+def generate(seed: int, dynamo: bool = False) -> NearMiss | None:
     """The near-miss of ``seed``, or None when its mutation does not apply to the family model.
 
     Consecutive seeds walk through the family models in turn, so a run of n seeds covers each equally."""
     rng = np.random.default_rng(seed)
-    exports = _family_exports()
+    exports = _family_exports(dynamo)
     key, blob, shape = exports[seed % len(exports)]
     mutation = MUTATIONS[int(rng.integers(len(MUTATIONS)))]
     model = onnx.load_from_string(blob)
@@ -208,7 +213,7 @@ def generate(seed: int) -> NearMiss | None:
     if detail is None:
         return None
     del model.graph.value_info[:]  # shapes may have changed meaning: let lipgraph infer them again
-    return NearMiss(seed, key, mutation, detail, model, tuple(shape))
+    return NearMiss(seed, key, mutation, detail, model, tuple(shape), dynamo)
 
 
 def check(case: NearMiss, points: int = 3) -> Outcome:

@@ -187,9 +187,20 @@ def test_cli_reports_local_bounds_in_json_text_and_per_sample(digits_mlp, tmp_pa
     assert "local bounds" in text.read_text()
     assert f"{lb['bisection']['samples_raised']} between grid eps by bisection" in text.read_text()
     assert lb["bisection"]["samples_raised"] > 0
+    assert lb["bisection"]["steps"] == 2  # the default
     rc = main(
         ["certify", str(digits_mlp.onnx_path), "--data", str(digits_mlp.npz_path), "--local-bounds", "sideways", "-q"]
     )
+    assert rc == 2
+    # --radius-steps 0: the local radii are grid values again, and no step is counted
+    rc = main(["certify", str(digits_mlp.onnx_path), "--data", str(digits_mlp.npz_path), "--eps", "0.2",
+               "--tight-pairs", "off", "--per-sample", "--radius-steps", "0", "-o", f"json={out}", "-q"])
+    assert rc == 0, capsys.readouterr().err
+    rep = json.loads(out.read_text())
+    assert rep["meta"]["local_bounds"]["bisection"]["evaluations"] == 0
+    local = [p["radius"] for p in rep["per_sample"] if p["radius_method"] == "crown-l2"]
+    assert local and set(local) == {0.2}
+    rc = main(["certify", str(digits_mlp.onnx_path), "--data", str(digits_mlp.npz_path), "--radius-steps", "-1", "-q"])
     assert rc == 2
 
 
