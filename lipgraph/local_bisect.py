@@ -38,13 +38,15 @@ def bisect_radii(
     steps: int,
     verify: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
     slack_lo: np.ndarray | None = None,
+    floor: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
     """``lo`` (verified radii) raised by ``steps`` bracketing steps towards ``hi`` (radii that failed, or a cap).
 
     ``verify(rows, r)``: per row of ``rows`` (indices into ``lo``), whether radius ``r[i]`` is verified, and the
     bound's slack there (``min_j lb_j - allowance``). ``slack_lo``: the slack at ``lo`` where the bound verified it
     (NaN otherwise). Returns the new ``lo`` (each entry either the given one or a radius ``verify`` accepted) and
-    the number of radii checked."""
+    the number of radii checked. ``floor``: radii the caller has anyway; a row stops once its ``hi`` is at or below
+    its floor (nothing it could still verify would count), which leaves every other row's path as it was."""
     lo = np.array(lo, dtype=np.float64, copy=True)
     hi = np.array(hi, dtype=np.float64, copy=True)
     s_lo = np.full(len(lo), np.nan) if slack_lo is None else np.array(slack_lo, dtype=np.float64, copy=True)
@@ -60,7 +62,10 @@ def bisect_radii(
         # with the batch (BLAS), which must not move the radius tried (--shard parts merge exactly)
         t = np.floor(np.clip(np.where(known, t, 0.5), MIN_STEP, 1.0 - MIN_STEP) * QUANTUM) / QUANTUM
         mid = lo + (hi - lo) * t
-        rows = np.flatnonzero((mid > lo) & (mid < hi))  # an interval too narrow for float64 stops
+        live = (mid > lo) & (mid < hi)  # an interval too narrow for float64 stops
+        if floor is not None:
+            live &= hi > floor
+        rows = np.flatnonzero(live)
         if not rows.size:
             break
         ok, slack = verify(rows, mid[rows])

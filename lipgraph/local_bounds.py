@@ -5,8 +5,10 @@ around a sample. For chains of (affine, ReLU / LeakyReLU) layers, certify theref
 its eps grid per sample with linear bound propagation over the L2 ball (:mod:`lipgraph.norms.crown_l2`,
 CROWN: Zhang et al., NeurIPS 2018). For a correctly classified sample with target ``t`` whose radius is
 below some grid eps, the grid's eps values above its radius are tried in ascending order until one fails;
-the sample's radius becomes ``max(radius, largest verified eps)``, then a few bisection steps between it and the
-first eps that failed raise it to a verified radius between grid points (:mod:`lipgraph.local_bisect`).
+the sample's radius becomes ``max(radius, largest verified eps)``, then a few bisection steps between the grid
+point below the first eps that failed and that eps raise it to a verified radius between grid points
+(:mod:`lipgraph.local_bisect`). The bracket and every radius tried depend on the grid only, never on the radius
+the sample came with, so a larger incoming radius (per-pair bounds, say) can never end lower.
 
 A class ``j`` is verified at ``r`` when the lower bound ``lb_j`` of the real network's ``F_t - F_j`` over the
 ball exceeds the deployed model's float allowance: ONNX Runtime's float32 logits at any ``x'`` of the ball
@@ -237,7 +239,8 @@ def local_radii(
     bis = {"evaluations": 0, "samples_raised": 0}
     cap = local_bisect.CAP_FACTOR * grid[-1] if grid else 0.0
     pred_ok = np.argmax(logits, axis=1) == target if logits.shape[1] > 1 else np.zeros(len(out), bool)
-    todo = np.flatnonzero(correct & pred_ok & (out < (grid[-1] if grid else -1.0)))
+    # samples whose radius is below the cap: the bisection may reach it even where no grid eps is left to try
+    todo = np.flatnonzero(correct & pred_ok & (out < (cap if bisect_steps > 0 else grid[-1] if grid else -1.0)))
     for idx in _chunks(todo):
         xs = np.asarray(x[int(idx[0]) : int(idx[-1]) + 1])[idx - idx[0]]
         first = crown.first_layer(xs)
@@ -271,7 +274,26 @@ def local_radii(
         if bisect_steps > 0 and grid:
             verify = _verifier(crown, xs, first, target[idx], logits[idx], idx, float_errors, margin_rel)
             before = out[idx].copy()
-            out[idx], n_checked = local_bisect.bisect_radii(before, failed_at, bisect_steps, verify, slack_lo)
+            # the bracket starts at the grid point below the eps that failed (0 below the first), not at the
+            # incoming radius: then the radii tried, and the result, do not depend on it (monotone in it)
+            start = _grid_below(grid, failed_at)
+            rows = np.flatnonzero((failed_at > before) & np.isnan(slack_lo) & (start > 0))
+            if rows.size:  # the grid skipped that point (the incoming radius reached it): its slack aims the steps
+                ok, slack = verify(rows, start[rows])
+                slack_lo[rows[ok]] = slack[ok]
+                bis["evaluations"] += int(rows.size)
+                # an eps the bound cannot verify leaves the bracket without a verified end: no steps there
+                failed_at[rows[~ok]] = start[rows[~ok]]
+            go = failed_at > before
+            found, n_checked = local_bisect.bisect_radii(
+                start[go],
+                failed_at[go],
+                bisect_steps,
+                verify_rows(verify, np.flatnonzero(go)),
+                slack_lo[go],
+                before[go],
+            )
+            out[idx[go]] = np.maximum(before[go], found)
             bis["evaluations"] += n_checked
             raised = out[idx] > before
             bis["samples_raised"] += int(raised.sum())
@@ -299,6 +321,18 @@ def local_radii(
             "time_s": round(time.perf_counter() - t0, 4),
         },
     )
+
+
+def _grid_below(grid: Sequence[float], failed_at: np.ndarray) -> np.ndarray:
+    """Per sample, the largest grid eps below ``failed_at`` (the eps that failed, or the cap), 0 where none is."""
+    g = np.asarray(grid, dtype=np.float64)
+    k = np.searchsorted(g, failed_at, side="left")
+    return np.where(k > 0, g[np.maximum(k - 1, 0)], 0.0)
+
+
+def verify_rows(verify: Any, rows_of: np.ndarray) -> Any:
+    """``verify`` seen through a selection: row ``i`` of the selection is row ``rows_of[i]`` of the batch."""
+    return lambda rows, r: verify(rows_of[rows], r)
 
 
 def _verifier(

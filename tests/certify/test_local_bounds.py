@@ -75,8 +75,9 @@ def test_bisection_raises_radii_between_grid_points_only(off_auto, grid_only) ->
     from lipgraph.local_bisect import BISECT_STEPS
 
     assert lb["steps"] == BISECT_STEPS > 0 and lb["max_evaluations_per_sample"] == len(EPS) + BISECT_STEPS
-    tried = int(np.sum(off.correct & (off.radii < EPS[-1])))
-    assert 0 < lb["evaluations"] <= BISECT_STEPS * tried  # a few steps per sample, counted
+    tried = int(np.sum(off.correct & (off.radii < 2.0 * EPS[-1])))  # below the cap: each may be bisected
+    # a few steps per sample, plus the bound at the bracket's lower grid point where the grid skipped it, counted
+    assert 0 < lb["evaluations"] <= (BISECT_STEPS + 1) * tried
     assert np.all(auto.radii >= grid_only.radii)
     raised = auto.radii > grid_only.radii
     assert raised.sum() == lb["samples_raised"] and raised.mean() > 0.3, "bisection should matter"
@@ -193,8 +194,24 @@ def test_cli_reports_local_bounds_in_json_text_and_per_sample(digits_mlp, tmp_pa
     )
     assert rc == 2
     # --radius-steps 0: the local radii are grid values again, and no step is counted
-    rc = main(["certify", str(digits_mlp.onnx_path), "--data", str(digits_mlp.npz_path), "--eps", "0.2",
-               "--tight-pairs", "off", "--per-sample", "--radius-steps", "0", "-o", f"json={out}", "-q"])
+    rc = main(
+        [
+            "certify",
+            str(digits_mlp.onnx_path),
+            "--data",
+            str(digits_mlp.npz_path),
+            "--eps",
+            "0.2",
+            "--tight-pairs",
+            "off",
+            "--per-sample",
+            "--radius-steps",
+            "0",
+            "-o",
+            f"json={out}",
+            "-q",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     rep = json.loads(out.read_text())
     assert rep["meta"]["local_bounds"]["bisection"]["evaluations"] == 0
@@ -268,8 +285,15 @@ def test_a_radius_needs_the_bound_above_the_float_allowance() -> None:
     # a sample whose radius already reaches an eps is not checked there, and the result never lowers it
     res = local_radii(crown, x, logits, target, correct, np.array([0.5]), grid, [(np.array([0.0]), 0.0)], 1e-5, 0)
     assert float(res.radius[0]) == 0.8 and res.meta["samples_checked"]["0.2"] == 0
-    res = local_radii(crown, x, logits, target, correct, np.array([0.9]), grid, [(np.array([0.0]), 0.0)], 1e-5)
+    res = local_radii(crown, x, logits, target, correct, np.array([0.9]), grid, [(np.array([0.0]), 0.0)], 1e-5, 0)
     assert float(res.radius[0]) == 0.9 and not res.from_local[0]
+    # with bisection, a radius above the grid's last eps is bracketed from that eps up to the cap, as any other:
+    # the same radius whatever the sample came with (0.9 or 0.5 here), never below what it came with
+    high, low = (
+        local_radii(crown, x, logits, target, correct, np.array([r]), grid, [(np.array([0.0]), 0.0)], 1e-5, 3)
+        for r in (0.9, 0.5)
+    )
+    assert float(high.radius[0]) == float(low.radius[0]) > 0.9 and high.from_local[0]
     assert allowance([(np.array([1.0]), 0.5)], logits, 2.0, 0.0)[0] >= np.sqrt(2.0) * 2.0
 
 
@@ -296,11 +320,11 @@ def test_bisection_finds_the_exact_radius_within_its_steps(e: float, d: float, s
         res = local_radii(crown, x, logits, np.array([0]), np.array([True]), np.array([start]), grid, errs, 1e-5, steps)
         r = float(res.radius[0])
         assert start <= r < r_star * (1 + 1e-9), (steps, r, r_star)
-        lo = max([start] + [g for g in grid if g < r_star])  # the grid's radius (or the Lipschitz one)
+        lo = max([0.0] + [g for g in grid if g < r_star])  # the grid's radius: the bracket starts there
         hi = min([g for g in grid if g > lo] + [2.0 * grid[-1]])  # the eps that failed, or the cap
         if r_star > lo:
             assert r_star - r <= (hi - lo) / 2**steps * (1 + 1e-9) + 1e-9, (steps, r, r_star, lo, hi)
-        assert res.meta["bisection"]["evaluations"] <= steps
+        assert res.meta["bisection"]["evaluations"] <= steps + (start > 0)  # + the bracket's end the grid skipped
 
 
 def test_auto_stays_off_above_its_work_cap(digits_mlp, off_auto, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -314,8 +338,9 @@ def test_auto_stays_off_above_its_work_cap(digits_mlp, off_auto, monkeypatch: py
     # never silently: the report says auto left it and how to run it
     assert any("--local-bounds all" in w for w in capped.warnings), capped.warnings
     # all has no cap: the same radii as auto under the real cap
-    everything = certify(digits_mlp.onnx_path, digits_mlp.x, digits_mlp.y, eps=EPS, tight_pairs="off",
-                         local_bounds="all")
+    everything = certify(
+        digits_mlp.onnx_path, digits_mlp.x, digits_mlp.y, eps=EPS, tight_pairs="off", local_bounds="all"
+    )
     assert everything.meta["local_bounds"]["used"]
     np.testing.assert_array_equal(everything.radii, off_auto[1].radii)
 
