@@ -26,7 +26,7 @@ from lipgraph.tail import _LINEAR_OPS, EPS64, _NotAffine, dense_segment
 
 MAX_INPUT_DIM = 4096  # the basis of the input is pushed through the first segment: d x d float64 arrays
 MAX_HIDDEN_TOTAL = 4096  # the certificate matrix has the size of all hidden layers together
-# Conv layers are expanded to dense matrices (lipgraph.conv_dense): fine for the small feature maps the
+# Conv layers are expanded to dense matrices (lipgraph.norms.conv_apply): fine for the small feature maps the
 # hidden-size limit admits (e.g. a digits CNN), refused above it before any matrix is built
 _CHAIN_LINEAR_OPS = _LINEAR_OPS | {"Conv"}
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from lipgraph.conv_dense import ConvNotSupported, explicit_pads
+from lipgraph.norms.conv_apply import ConvNotSupported, explicit_pads
 from lipgraph.norms.conv_patches import ConvSpec
 from lipgraph.norms.crown_conv import CrownConv, Layer, structured_work
 from lipgraph.norms.rounding import gamma

@@ -188,7 +188,7 @@ def _apply(graph: Graph, node: Node, vi: int, x: np.ndarray, absolute: bool) -> 
         y = x.reshape(m, -1) @ mat.T
         return y.reshape((m, *[int(v) for v in attrs["out_shape"][1:]])), int(attrs.get("inner", 0))
     if op == "Conv":  # reached only from lipgraph.chain (the affine tail does not take Conv)
-        from lipgraph.conv_dense import conv2d_linear
+        from lipgraph.norms.conv_apply import conv2d_linear
 
         if vi != 0:
             raise _NotAffine("Conv with a variable weight")

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import onnx
 
-from lipgraph.conv_dense import ConvNotSupported, conv2d_linear
 from lipgraph.floaterr.state import (
     ZERO,
     NoFloatBound,
@@ -37,6 +36,7 @@ from lipgraph.floaterr.state import (
     underflow_norm,
 )
 from lipgraph.graph import Graph, Node
+from lipgraph.norms.conv_apply import ConvNotSupported, conv2d_linear
 
 U64 = 2.0**-53
 _SHAPE_OPS = {"Flatten", "Reshape", "Identity", "Dropout", "Squeeze", "Unsqueeze"}

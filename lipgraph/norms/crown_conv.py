@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lipgraph.conv_dense import conv2d_linear
+from lipgraph.norms.conv_apply import conv2d_linear
 from lipgraph.norms.conv_patches import ConvSpec, Grid, in_map, kernel_rows, patch_transpose, unfold
 from lipgraph.norms.crown_l2 import ABS_TINY, TINY, U64, CrownL2, _up, pair_rows
 from lipgraph.norms.rounding import gamma

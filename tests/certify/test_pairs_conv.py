@@ -1,4 +1,4 @@
-"""Per-pair network bounds for Conv + ReLU chains (lipgraph.conv_dense, lipgraph.chain).
+"""Per-pair network bounds for Conv + ReLU chains (lipgraph.norms.conv_apply, lipgraph.chain).
 
 Oracles: torch's own convolution (every attribute combination the expansion accepts), the real model's
 Jacobian from autograd (the chain's dense matrices with the activation pattern at x must reproduce it),
@@ -17,7 +17,7 @@ import pytest
 
 from lipgraph.certify import certify
 from lipgraph.chain import NotAChain, extract_chain, unfused_graph
-from lipgraph.conv_dense import ConvNotSupported, conv2d_linear
+from lipgraph.norms.conv_apply import ConvNotSupported, conv2d_linear
 
 torch = pytest.importorskip("torch")
 nn = torch.nn

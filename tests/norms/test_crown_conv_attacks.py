@@ -230,7 +230,7 @@ def test_structured_geometry_matches_dense_and_onnx_runtime(case: str, variant: 
 @pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER"])
 def test_same_auto_pad_is_resolved_as_onnx_runtime_pads(auto_pad: str) -> None:
     """conv2d_linear (both forms' convolution) on a lone SAME Conv with odd total pads equals ONNX Runtime."""
-    from lipgraph.conv_dense import conv2d_linear
+    from lipgraph.norms.conv_apply import conv2d_linear
 
     rng = np.random.default_rng(3)
     w = rng.standard_normal((2, 1, 4, 3)).astype(np.float32)
@@ -254,7 +254,7 @@ def test_same_auto_pad_is_resolved_as_onnx_runtime_pads(auto_pad: str) -> None:
 
 
 def test_same_auto_pad_with_dilation_is_refused() -> None:
-    from lipgraph.conv_dense import ConvNotSupported, conv2d_linear
+    from lipgraph.norms.conv_apply import ConvNotSupported, conv2d_linear
 
     attrs = {"auto_pad": b"SAME_UPPER", "dilations": [2, 1]}
     with pytest.raises(ConvNotSupported, match="dilations"):
