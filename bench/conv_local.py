@@ -149,19 +149,19 @@ def run_crown(model, kinds, x: np.ndarray, y: np.ndarray, eps: list[float], args
 
 
 def run_lipgraph(path: Path, x: np.ndarray, y: np.ndarray, eps: list[float], local: str, cost: float | None) -> dict:
-    from lipgraph import local_bounds
+    from lipgraph import local_chain
     from lipgraph.certify import certify
 
-    saved = local_bounds.STRUCTURED_COST
+    saved = local_chain.STRUCTURED_COST
     if cost is not None:  # force a form: 0 structured, inf dense
-        local_bounds.STRUCTURED_COST = cost
+        local_chain.STRUCTURED_COST = cost
     try:
         with threadpool_limits(1):
             t0 = time.perf_counter()
             cert = certify(path, x, y, eps=eps, tight_pairs="off", local_bounds=local)
             wall = time.perf_counter() - t0
     finally:
-        local_bounds.STRUCTURED_COST = saved
+        local_chain.STRUCTURED_COST = saved
     lb = cert.meta.get("local_bounds", {})
     checked = sum((lb.get("samples_checked") or {}).values())
     refuted = sum((lb.get("samples_refuted_by_attack") or {}).values())

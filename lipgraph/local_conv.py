@@ -1,6 +1,6 @@
 """Reading a chain with conv layers into the structured local bound (:class:`lipgraph.norms.crown_conv.CrownConv`).
 
-The same chain as :func:`lipgraph.local_bounds.read_chain` reads (the per-sample float model's ops, so the
+The same chain as :func:`lipgraph.local_chain.read_chain` reads (the per-sample float model's ops, so the
 network bounded is the one whose float error is bounded), but conv layers keep their kernel and geometry
 instead of becoming dense matrices; dense layers (Gemm / MatMul) are matrices as before.
 """

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pytest
 
-from lipgraph import local_bounds
+from lipgraph import local_chain
 from lipgraph.certify import certify
 
 torch = pytest.importorskip("torch")
@@ -53,7 +53,7 @@ def digits_cnn(tmp_path_factory: pytest.TempPathFactory):
 
 def _run(digits_cnn, cost: float, monkeypatch: pytest.MonkeyPatch, mode: str = "auto"):
     _, path, x, y = digits_cnn
-    monkeypatch.setattr(local_bounds, "STRUCTURED_COST", cost)  # 0: structured always; inf: dense always
+    monkeypatch.setattr(local_chain, "STRUCTURED_COST", cost)  # 0: structured always; inf: dense always
     return certify(path, x, y, eps=EPS, tight_pairs="off", local_bounds=mode)
 
 
@@ -91,7 +91,7 @@ def test_structured_local_radii_match_the_dense_ones_and_survive_pgd(digits_cnn,
 def test_batched_work_stays_per_sample(digits_cnn, monkeypatch) -> None:
     """Nothing depends on which other samples are checked: a subset certifies to the same radii."""
     _, path, x, y = digits_cnn
-    monkeypatch.setattr(local_bounds, "STRUCTURED_COST", 0.0)
+    monkeypatch.setattr(local_chain, "STRUCTURED_COST", 0.0)
     whole = certify(path, x, y, eps=EPS, tight_pairs="off")
     part = certify(path, x[7:90], y[7:90], eps=EPS, tight_pairs="off")
     np.testing.assert_array_equal(whole.radii[7:90], part.radii)
