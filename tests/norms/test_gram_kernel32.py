@@ -96,28 +96,66 @@ def test_subnormal_scale_kernel_breaks_a_relative_allowance_but_not_this_one():
     assert dist <= gk.err == err
 
 
-def test_flushed_operands_are_covered_by_the_underflow_terms():
-    """Denormals-are-zero emulated on the operands (float32 subnormals replaced by 0 before the products, as a
-    DAZ mode does): the float32 Gram matrices of both tiers still lie within their allowances."""
+TAU = np.float32(2.0**-126)  # float32's smallest normal number
+
+
+def _ftz(v: np.ndarray) -> np.ndarray:
+    """Flush-to-zero / denormals-are-zero on float32 values: anything below float32's normal range reads as 0."""
+    v = np.asarray(v, dtype=np.float32)
+    return np.where(np.abs(v) < TAU, np.float32(0.0), v)
+
+
+def _dot_ftz(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a b^T`` in float32 with every operand and every result flushed (a CPU in FTZ + DAZ mode), summed in order."""
+    a, b = _ftz(a), _ftz(b)
+    acc = np.zeros((a.shape[0], b.shape[0]), dtype=np.float32)
+    for k in range(a.shape[1]):
+        acc = _ftz(acc + _ftz(a[:, k : k + 1] * b[None, :, k]))
+    return acc
+
+
+def test_gram32_allowance_covers_flush_to_zero_arithmetic():
+    """Entries of 2^-66 ... 2^-62: most products fall below 2^-126 and are flushed, each losing up to 2^-126,
+    far above the 2^-150 per rounding of gradual underflow. gram32's allowance must cover the Gram matrix computed
+    that way (emulated in numpy float32; oracle: the float64 Gram)."""
     rng = np.random.default_rng(9)
-    tiny = 2.0**-128  # below float32's normal range (2^-126)
-    a = (rng.standard_normal((2, 16, 40)) + 1j * rng.standard_normal((2, 16, 40))) * tiny
-    a[:, :, :4] *= 2.0**10  # a few normal entries
-    flushed = np.where(np.abs(a.real) < 2.0**-126, 0.0, a.real) + 1j * np.where(np.abs(a.imag) < 2.0**-126, 0.0, a.imag)
-    g32, err = stack_sv32.gram32(flushed.real.copy(), flushed.imag.copy())
-    exact = a @ np.conj(np.swapaxes(a, 1, 2))
-    for i in range(2):
-        dist = float(np.linalg.norm(g32[i].astype(np.complex128) - exact[i], 2))
-        assert 0 < dist <= err[i]
-    pk = rng.standard_normal((1, 16, 30, 3, 3)) * tiny
-    pk[..., 0, 0] *= 2.0**10
-    gk = gram_kernel32.gram_kernel32(np.where(np.abs(pk) < 2.0**-126, 0.0, pk))
-    assert gk is not None
-    grid = (4, 4)
+    a = (rng.standard_normal((3, 8, 40)) + 1j * rng.standard_normal((3, 8, 40))) * 2.0**-64
+    _, err = stack_sv32.gram32(a.real.copy(), a.imag.copy())
+    for i in range(3):
+        split = np.concatenate([a[i].real, a[i].imag], axis=1)
+        cross = _dot_ftz(a[i].imag, a[i].real)
+        flushed = _dot_ftz(split, split).astype(np.complex128) + 1j * _ftz(cross - cross.T)
+        exact = a[i] @ np.conj(a[i].T)
+        dist = float(np.linalg.norm(flushed - exact, 2))
+        gradual_only = math.sqrt(2) * 8 * (4 * 40 + 80 + 4) * 2.0**-149 * 3  # the term before flush-to-zero
+        assert gradual_only < dist <= err[i]  # a gradual-underflow term alone would be wrong here
+
+
+def test_gram_kernel32_allowance_covers_flush_to_zero_arithmetic():
+    """The autocorrelation path computed with every operand and result flushed (stacked-tap product, the
+    accumulation of R_delta, the DFT), on weights of about 2^-64: within the allowance of gram_kernel32."""
+    rng = np.random.default_rng(10)
+    pk = rng.standard_normal((1, 8, 12, 3, 3)) * 2.0**-64
+    gk = gram_kernel32.gram_kernel32(pk)
+    x = np.moveaxis(pk[0].reshape(8, 12, 9), 2, 0)  # (T, m, n)
+    taps = np.indices((3, 3)).reshape(2, -1).T
+    index = {tuple(int(v) for v in dl): k for k, dl in enumerate(gk.deltas)}
+    r = np.zeros((gk.deltas.shape[0], 8, 8), dtype=np.float32)
+    for a in range(9):
+        for b in range(9):
+            k = index[tuple(int(v) for v in taps[a] - taps[b])]
+            r[k] = _ftz(r[k] + _dot_ftz(x[a], x[b]))
+    grid = (5, 5)
     freqs = np.indices(grid).reshape(2, -1).T
-    got = gram_kernel32.gram_symbols32(gk, freqs, grid).astype(np.complex128)
+    from lipgraph.norms.conv_gram import _offset_twiddles
+
+    cos, sin = (_ftz(t) for t in _offset_twiddles(freqs, gk.deltas, grid))
+    flat = r.reshape(r.shape[0], -1)
+    got = (_dot_ftz(cos, flat.T).astype(np.complex128) + 1j * _dot_ftz(sin, flat.T)).reshape(-1, 8, 8)
     want = _exact_grams(pk, grid)
-    assert max(float(np.linalg.norm(got[i] - want[i], 2)) for i in range(len(got))) <= gk.err
+    dist = max(float(np.linalg.norm(got[i] - want[i], 2)) for i in range(len(got)))
+    assert 0 < dist <= gk.err
+    assert dist > math.sqrt(2) * 8 * (25 * (9 * 12 + 9) + 58) * 2.0**-149 * 3  # beyond gradual underflow
 
 
 def test_float32_cholesky_bound_with_subnormal_entries_covers_the_maximum():
