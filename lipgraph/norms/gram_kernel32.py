@@ -104,14 +104,16 @@ def kernel32_fits(pk_shape: Sequence[int], n_freq: int) -> bool:
     return cost32 < cost64
 
 
-def _rho_abs(s: np.ndarray) -> float:
-    """Upper bound of ``rho(S S^T)`` for a nonnegative float64 ``S`` (m x n): ``min(||S||_F^2, max_i (S S^T 1)_i)``.
+def _rho_abs(s: np.ndarray, taps: int) -> float:
+    """Upper bound of ``rho(S S^T)`` for ``S = sum_q |P_q|`` (m x n) as summed in float64 over ``taps`` taps:
+    ``min(||S||_F^2, max_i (S S^T 1)_i)`` (Frobenius; Collatz-Wielandt with the all-ones vector).
 
-    Sums of nonnegative float64 terms: a relative ``gamma_{m+n+8}`` (float64) covers their rounding."""
+    Sums of nonnegative float64 terms (S itself, then these): a relative ``gamma_{m+n+T+8}`` (float64)
+    covers their rounding, with a factor 4 to spare."""
     m, n = s.shape
     fro2 = float(np.vdot(s, s))
     rows = float((s @ s.sum(axis=0)).max(initial=0.0))
-    return float(_up(min(fro2, rows), 4 * (m + n + 8) * 2.0**-53))
+    return float(_up(min(fro2, rows), 4 * (m + n + taps + 8) * 2.0**-53))
 
 
 def gram_kernel32(pk: np.ndarray) -> GramKernel32 | None:
@@ -139,7 +141,7 @@ def gram_kernel32(pk: np.ndarray) -> GramKernel32 | None:
     depth = 0
     for gi in range(g):
         s = np.abs(x[gi]).sum(axis=0)  # float64 S = sum_q |P_q| (its rounding: in _rho_abs's margin)
-        rho = max(rho, _rho_abs(s))
+        rho = max(rho, _rho_abs(s, t))
         if not rho <= _MAX_SFRO2:
             return None
         stack = np.ascontiguousarray(x[gi].reshape(t * m, n), dtype=np.float32)
