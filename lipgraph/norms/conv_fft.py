@@ -30,6 +30,7 @@ from lipgraph.norms.conv_gram import (
     gram_symbols,
 )
 from lipgraph.norms.conv_tiers import tiered_fits, tiered_gram_bound
+from lipgraph.norms.gram_kernel32 import kernel32_fits, kernel32_gram_bound
 from lipgraph.norms.stack_sv import SVD_MAX_SIDE, certify_gram_stack, top_sv_stack
 
 # Symbol arrays larger than this many complex entries are processed in frequency chunks.
@@ -216,9 +217,15 @@ def conv_circulant_bound(
             path = ", float32 tier"
             dft_err = _dft_allowance(pk)
         elif min(mg, cp) > SVD_MAX_SIDE and use_kernel:
-            # Gram matrices from the kernel's autocorrelation: no per-frequency product (module conv_gram).
-            value, path = _gram_kernel_bound(pk, freqs, grid), ", Gram kernel"
-            dft_err = 0.0  # covered by the Gram kernel's own allowance
+            # Gram matrices from the kernel's autocorrelation: no per-frequency product (module conv_gram),
+            # in float32 below the maximum where that is cheaper and in range (module gram_kernel32).
+            tiered = kernel32_gram_bound(pk, freqs, grid) if kernel32_fits(pk.shape, freqs.shape[0]) else None
+            if tiered is not None:
+                value = float(np.nextafter(math.sqrt(tiered[0]) * (1 + 2 * EPS64), np.inf))
+                path, dft_err = ", Gram kernel, float32 tier", _dft_allowance(pk)  # float64 symbols at the top
+            else:
+                value, path = _gram_kernel_bound(pk, freqs, grid), ", Gram kernel"
+                dft_err = 0.0  # covered by the Gram kernel's own allowance
         else:
             value = 0.0
             qshape = pk.shape[3:]

@@ -22,7 +22,7 @@ the 512-channel layers of a CIFAR ResNet-18 (float32 products and factorisations
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -77,8 +77,23 @@ def tiered_gram_bound(pk: np.ndarray, freqs: np.ndarray, grid: Sequence[int]) ->
     """
     re, im = symbol_parts(pk, freqs, grid)
     gram, err = gram32(re, im)
-    k = gram.shape[1]
+    chunk = max(1, _CHUNK_ENTRIES // max(1, pk.shape[1] * pk.shape[2]))
+    return certify_two_tiers(gram, err, lambda idx: re[idx] + 1j * im[idx], chunk)
 
+
+def certify_two_tiers(
+    gram: np.ndarray, err: np.ndarray, symbols64: Callable[[np.ndarray], np.ndarray], chunk: int
+) -> tuple[float, dict[str, int]]:
+    """Steps 2-4 of the module docstring: a sound upper bound of ``max_f lambda_max(exact Gram_f)``.
+
+    ``gram`` (complex64) are the float32 Gram matrices, each within ``err[f]`` (2-norm) of the exact Gram of
+    the symbol ``symbols64([f])`` (float64, or of the exact symbol that float64 one is within the caller's DFT
+    allowance of); ``symbols64(idx)`` returns the float64 symbols ``(len(idx), mg, cp)`` of the matrices
+    ``idx``, formed only for the few frequencies float64 has to decide (``chunk`` at a time). The bound is
+    that of the float64 certificate on those; float32 only proves the others below it. Returns (bound, how
+    many matrices each precision certified).
+    """
+    k = gram.shape[1]
     # Estimates (not bounds) rank the frequencies: those within the float32 allowances of the top one
     # cannot be shown below it in float32 and go to float64 directly.
     est = lanczos_top(gram, steps=min(k, LANCZOS32_STEPS))
@@ -88,13 +103,12 @@ def tiered_gram_bound(pk: np.ndarray, freqs: np.ndarray, grid: Sequence[int]) ->
     near = est[order] >= top * (1.0 - band)
     near[:TOP_CANDIDATES] = True
     hi, rest = order[near], order[~near]
-    g64, err64 = gram_stack(re[hi] + 1j * im[hi])
+    g64, err64 = gram_stack(symbols64(hi))
     sq = certify_gram_stack(g64, err64)
     ok, _ = cholesky32_below(gram[rest], err[rest], sq)
     fail = rest[~ok]
-    chunk = max(1, _CHUNK_ENTRIES // max(1, pk.shape[1] * pk.shape[2]))
     for s0 in range(0, fail.size, chunk):
         sel = fail[s0 : s0 + chunk]
-        g64, err64 = gram_stack(re[sel] + 1j * im[sel])
+        g64, err64 = gram_stack(symbols64(sel))
         sq = max(sq, certify_gram_stack(g64, err64, floor=sq))
     return sq, {"float64": int(hi.size + fail.size), "float32": int(ok.sum())}

@@ -128,9 +128,13 @@ def gram32(re: np.ndarray, im: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         bound[i] = abs_gram_bound(x, y)
         amax[i] = max(float(np.abs(x).max(initial=0.0)), float(np.abs(y).max(initial=0.0)))
     err = math.sqrt(2.0) * gamma32(depth + 2) * bound
-    # Gradual underflow: a rounding below float32's normal range errs by at most 2^-150 absolutely; an
-    # entry goes through at most 4n + depth + 4 of them, each scaled by at most 1 + 2 max|a| (its operands).
-    err = err + math.sqrt(2.0) * m * (4 * n + depth + 4) * 2.0**-149 * (1.0 + 2.0 * amax)
+    # Underflow: a rounding below float32's normal range errs by at most 2^-150 absolutely, and under a
+    # flush-to-zero / denormals-are-zero mode (set process-wide by some libraries) by up to 2^-126 per
+    # operation and per operand (the float64 -> float32 conversion included). An entry goes through at most
+    # 4n + depth + 4 operations; an operand's error reaches it times the other operand (at most max|a|),
+    # and later roundings scale earlier errors by at most 1 + gamma <= 2: per entry
+    # 2^-125 (4n + depth + 4) (3 + 2 max|a|), m times that in the 2-norm (||E||_2 <= m max|e_ij|).
+    err = err + math.sqrt(2.0) * m * (4 * n + depth + 4) * 2.0**-125 * (3.0 + 2.0 * amax)
     return gram, _up(err)
 
 
@@ -140,8 +144,11 @@ def _collatz_rho(factor: np.ndarray) -> np.ndarray:
     For any positive x, ``rho(M) <= max_i (M x)_i / x_i`` when M >= 0 (``rho(M) = rho(D^-1 M D) <=
     ||D^-1 M D||_inf`` with ``D = diag(x)``). A few power steps choose x; every entry is kept at least
     1e-3 of the largest so that x stays positive. The moduli are formed as ``sqrt(re^2 + im^2)`` (within
-    ``3u`` relatively, plus ``1e-18`` absolutely for squares that underflow); the two float32 products of
-    nonnegative terms are covered by a relative ``gamma_{2k+8}``. Non-finite entries give ``inf``.
+    ``3u`` relatively, plus ``1e-18`` absolutely for squares that underflow, flushed to zero included:
+    ``sqrt(2 * 2^-126) < 1e-18``); the two float32 products of nonnegative terms are covered by a relative
+    ``gamma_{2k+8}``, and their underflow (at most ``2^-126`` per operation and operand, flush-to-zero
+    included; at most ``3k`` operations per entry of each product, entries of ``x`` in ``[1e-3, 1]``) by an
+    absolute term on the ratio: ``1e3 * 12 k 2^-126 (1 + k bmax)^2``. Non-finite entries give ``inf``.
     """
     f, k, _ = factor.shape
     b = np.sqrt(factor.real * factor.real + factor.imag * factor.imag)  # float32 moduli
@@ -155,6 +162,8 @@ def _collatz_rho(factor: np.ndarray) -> np.ndarray:
     ratio = (y[:, :, 0].astype(np.float64) / x[:, :, 0].astype(np.float64)).max(axis=1)
     ratio = np.where(np.isfinite(ratio), ratio, np.inf)
     ratio = ratio * (1.0 + 3.0 * U32) ** 2 / (1.0 - gamma32(2 * k + 8))
+    bmax = b.reshape(f, -1).max(axis=1, initial=0.0).astype(np.float64) * (1.0 + 4.0 * U32) + 1e-18
+    ratio = ratio + 1e3 * 12.0 * k * 2.0**-126 * (1.0 + k * bmax) ** 2  # underflow (flush-to-zero too)
     # ||B_true|| <= ||B + 1e-18 J|| <= sqrt(rho) + 1e-18 k (J: all ones; the underflow allowance)
     return _up((np.sqrt(ratio) * (1 + 1e-15) + 1e-18 * k) ** 2, 1e-15)
 
@@ -207,9 +216,13 @@ def _factor32(gram: np.ndarray, err: np.ndarray, mu: np.ndarray, scale: float) -
     if ok.any():
         rho = _collatz_rho(h[ok] if not ok.all() else h)  # the factors (one triangle; clean=1 zeroed the other)
         diag_err = U32 * np.abs(diag[ok]).max(axis=1).astype(np.float64) / (1.0 - U32)
-        # Gradual underflow (absolute 2^-150 per rounding, at most k + 2 per entry of R^H R): generously
-        # k (k + 4) 2^-140 (1 + scale) in the 2-norm.
-        under = k * (k + 4) * 2.0**-140 * (1.0 + scale)
+        # Underflow: at most 2^-126 per operation and operand (gradual underflow: 2^-150; a flush-to-zero /
+        # denormals-are-zero mode: 2^-126), at most 4 (k + 4) real operations per entry of R^H R, each error
+        # scaled by at most 2 (later roundings) times an operand or a pivot, |r_ij|, r_jj <= 1 + h_jj
+        # (as r_jj^2 + sum_i |r_ij|^2 = h_jj up to rounding): per entry 2^-123 (k + 4) (1 + max h_jj); twice
+        # that, k times, in the 2-norm. ``scale`` (about the entries' size) keeps the term from vanishing.
+        hmax = np.abs(diag[ok]).max(axis=1).astype(np.float64)
+        under = k * 8.0 * (k + 4) * 2.0**-126 * (2.0 + 2.0 * np.maximum(hmax, scale))
         gam = gamma32(k + 1, complex_=True)
         total = mu[live][ok].astype(np.float64) + diag_err + gam * rho + err[live][ok] + under
         bound[live[ok]] = _up(total, 1e-15)
