@@ -243,7 +243,7 @@ def local_radii(
     todo = np.flatnonzero(correct & pred_ok & (out < (cap if bisect_steps > 0 else grid[-1] if grid else -1.0)))
     for idx in _chunks(todo):
         xs = np.asarray(x[int(idx[0]) : int(idx[-1]) + 1])[idx - idx[0]]
-        first = crown.first_layer(xs)
+        first = _first_layer_per_sample(crown, xs)
         alive = np.ones(len(idx), dtype=bool)
         failed_at = np.full(len(idx), cap)  # the first eps that failed (the cap where none did)
         slack_lo = np.full(len(idx), np.nan)  # min lb - allowance where the bound verified lo (to aim the steps)
@@ -321,6 +321,15 @@ def local_radii(
             "time_s": round(time.perf_counter() - t0, 4),
         },
     )
+
+
+def _first_layer_per_sample(crown: CrownL2 | CrownConv, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``crown.first_layer`` one sample at a time. A matrix product's rows can differ in their last bits with the
+    number of rows (BLAS takes other kernels for a few rows than for many), and every bound of a sample starts
+    from these values: computed per sample, no verdict at a near tie depends on which samples share its batch,
+    so ``--shard`` parts (whose batches differ) merge into exactly one run's radii."""
+    parts = [crown.first_layer(xs[i : i + 1]) for i in range(len(xs))]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _grid_below(grid: Sequence[float], failed_at: np.ndarray) -> np.ndarray:
