@@ -191,3 +191,18 @@ def test_monotone_in_the_incoming_radius(seed: int) -> None:
         assert np.all(a >= r1) and np.all(b >= r2)
         bad = np.flatnonzero(b < a)
         assert not bad.size, [(int(i), r1[i], r2[i], a[i], b[i]) for i in bad]
+
+
+def test_a_huge_last_eps_keeps_the_report_valid_json() -> None:
+    """``--eps 1e308``: the bracket's cap (2x the last eps) overflowed to inf, which the JSON report wrote as
+    ``Infinity`` (no JSON number). The cap stays finite and nothing is certified by the overflowing bound."""
+    import json
+    import warnings
+
+    crown = _chain(0, [4, 8, 3])
+    x, logits, y = _data(crown, 0, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the bound overflows at such radii (and verifies nothing there)
+        res = _run(crown, x, logits, y, np.zeros(6), [0.1, 1e308], [(np.zeros(6), 0.0)])
+    json.dumps(res.meta, allow_nan=False)
+    assert np.all(res.radius < 1e308)
