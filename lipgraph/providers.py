@@ -153,10 +153,10 @@ DENORMAL_AS_ZERO = "session.set_denormal_as_zero"  # ONNX Runtime's session opti
 
 def thread_flushes_subnormals() -> bool:
     """Whether this thread's float unit flushes float32 subnormal numbers: results to zero (FTZ) or operands read as
-    zero (DAZ). The mode belongs to the thread, not to a session, and the threads it starts inherit it: creating an
-    ONNX Runtime session with ``session.set_denormal_as_zero`` sets it on the creating thread for good (seen with ORT
-    1.32: a later plain CPU session then reads a subnormal Gemm ``alpha`` and subnormal inputs as zero), and so do
-    ``torch.set_flush_denormal(True)`` and libraries built with ``-ffast-math``."""
+    zero (DAZ). The mode belongs to the thread, not to a session, and the threads it starts inherit it: when the first
+    ONNX Runtime session of a process sets ``session.set_denormal_as_zero``, the creating thread keeps FTZ + DAZ for
+    good (seen with ORT 1.32: a later plain CPU session there reads subnormal inputs and a subnormal Gemm ``alpha``
+    as zero); ``torch.set_flush_denormal(True)`` and libraries built with ``-ffast-math`` set it too."""
     import numpy as np
 
     out = np.array([2.0**-127, 2.0**-126], dtype=np.float32) * np.array([4.0, 0.5], dtype=np.float32)

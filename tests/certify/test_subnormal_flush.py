@@ -190,8 +190,8 @@ def test_subnormal_mode_reads_the_session() -> None:
     assert subnormal_mode(plain) == "gradual"
     so = ort.SessionOptions()
     so.add_session_config_entry("session.set_denormal_as_zero", "1")
-    # created on a thread of its own: such a session sets FTZ + DAZ on the thread that creates it, for good, and
-    # every later certify on that thread would refuse (tests/adversarial/test_review_flush.py)
+    # created on a thread of its own: as the first session of a process, such a session sets FTZ + DAZ on the
+    # thread that creates it for good, and every later certify there would refuse (test_review_flush.py)
     box: list = []
     worker = threading.Thread(
         target=lambda: box.append(ort.InferenceSession(model.SerializeToString(), sess_options=so, providers=[CPU]))
