@@ -177,6 +177,7 @@ def certify(
         parse_providers,
         subnormal_mode,
         tf32_operand_roundoff,
+        thread_flushes_subnormals,
     )
     from lipgraph.rules import load_rules
     from lipgraph.tail import find_tail
@@ -188,6 +189,14 @@ def certify(
         local_mode = parse_local_mode(local_bounds)
     except ValueError as exc:
         raise LipgraphError(str(exc)) from None
+    if thread_flushes_subnormals():
+        # lipgraph's own float64 analysis would read subnormal inputs, constants and attributes as zero too: the
+        # network and the points it bounds would not be the ones ONNX Runtime is given
+        raise LipgraphError(
+            "this thread flushes subnormal floats to zero (set by an ONNX Runtime session with "
+            "session.set_denormal_as_zero, torch.set_flush_denormal(True) or a library built with -ffast-math); "
+            "certify in a process that does not set it"
+        )
     prov = resolve_providers(providers)
     request = parse_providers(providers)
     tf32_roundoff = tf32_operand_roundoff() if check_precision(precision) == "tf32" else 0.0

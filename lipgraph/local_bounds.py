@@ -54,6 +54,7 @@ SPAN = 4096  # rows of the data read at once for one batch (a stream view is rea
 METHOD = "crown-l2"
 _SQRT2_UP = float(np.nextafter(math.sqrt(2.0), math.inf))
 _EPS64 = 2.0**-53
+_FLOAT_MAX = float(np.finfo(np.float64).max)
 
 
 def parse_local_mode(value: str | None) -> str:
@@ -121,13 +122,14 @@ def local_radii(
     improved = {e: 0 for e in grid}
     refuted_count = {e: 0 for e in grid}
     bis = {"evaluations": 0, "samples_raised": 0}
-    cap = local_bisect.CAP_FACTOR * grid[-1] if grid else 0.0
+    # finite even above 1e308 / CAP_FACTOR: the cap is reported in JSON, where inf is no number
+    cap = min(local_bisect.CAP_FACTOR * grid[-1], _FLOAT_MAX) if grid else 0.0
     pred_ok = np.argmax(logits, axis=1) == target if logits.shape[1] > 1 else np.zeros(len(out), bool)
     # samples whose radius is below the cap: the bisection may reach it even where no grid eps is left to try
     todo = np.flatnonzero(correct & pred_ok & (out < (cap if bisect_steps > 0 else grid[-1] if grid else -1.0)))
     for idx in _chunks(todo):
         xs = np.asarray(x[int(idx[0]) : int(idx[-1]) + 1])[idx - idx[0]]
-        first = crown.first_layer(xs)
+        first = _first_layer_per_sample(crown, xs)
         alive = np.ones(len(idx), dtype=bool)
         failed_at = np.full(len(idx), cap)  # the first eps that failed (the cap where none did)
         slack_lo = np.full(len(idx), np.nan)  # min lb - allowance where the bound verified lo (to aim the steps)
@@ -205,6 +207,13 @@ def local_radii(
             "time_s": round(time.perf_counter() - t0, 4),
         },
     )
+
+
+def _first_layer_per_sample(crown: CrownL2 | CrownConv, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``crown.first_layer`` per sample: BLAS rounds a few rows otherwise than many, and no verdict at a near tie may
+    depend on which samples share the batch (``--shard`` parts, whose batches differ, merge exactly)."""
+    parts = [crown.first_layer(xs[i : i + 1]) for i in range(len(xs))]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _grid_below(grid: Sequence[float], failed_at: np.ndarray) -> np.ndarray:

@@ -84,6 +84,11 @@ def merge_partials(docs: list[dict[str, Any]], extra_eps: list[float] = ()) -> C
                 )
         if d["meta"].get("model_sha256") != first["meta"].get("model_sha256"):
             raise LipgraphError(f"'{d['_path']}' and '{first['_path']}' certify different models (sha256)")
+        if _settings(d) != _settings(first):
+            raise LipgraphError(
+                f"'{d['_path']}' and '{first['_path']}' were certified with other settings "
+                f"({_settings(d)} vs {_settings(first)}); they are not parts of one run"
+            )
     seen = sorted(int(d["shard"][0]) for d in docs)
     if any(int(d["shard"][1]) != count for d in docs) or seen != list(range(1, count + 1)):
         missing = sorted(set(range(1, count + 1)) - set(seen))
@@ -140,13 +145,27 @@ def merge_partials(docs: list[dict[str, Any]], extra_eps: list[float] = ()) -> C
     )
 
 
+def _settings(doc: dict[str, Any]) -> dict[str, Any]:
+    """What decides a part's radii beyond its samples: the per-pair and local bounds' modes, the bracketing steps
+    and the float model. Parts that differ here would merge into no single run's result, and the merged report
+    would describe the first part's settings only."""
+    meta = doc.get("meta") or {}
+    local, pairs, flt = meta.get("local_bounds") or {}, meta.get("pair_bounds") or {}, meta.get("float_error") or {}
+    return {
+        "local_bounds": local.get("mode"),
+        "radius_steps": (local.get("bisection") or {}).get("steps"),
+        "tight_pairs": pairs.get("mode"),
+        "float_model": [flt.get(k) for k in ("subnormals", "unit_roundoff", "dot_operand_roundoff")],
+    }
+
+
 def _sum_local_counts(meta: dict[str, Any], docs: list[dict[str, Any]]) -> None:
     """The per-sample local bounds' counts (lipgraph.local_bounds) over every part, not the first part's."""
     parts = [d["meta"].get("local_bounds") or {} for d in docs]
     if not all(p.get("used") for p in parts):
         return
     merged = dict(parts[0])
-    for key in ("samples_checked", "samples_improved"):
+    for key in ("samples_checked", "samples_improved", "samples_refuted_by_attack"):
         merged[key] = {e: sum(int(p.get(key, {}).get(e, 0)) for p in parts) for e in parts[0].get(key, {})}
     merged["samples_from_local"] = sum(int(p.get("samples_from_local", 0)) for p in parts)
     if all(isinstance(p.get("bisection"), dict) for p in parts):  # radii checked between grid points

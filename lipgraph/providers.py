@@ -151,6 +151,18 @@ def ensure_precision_covered(precision: str, float_error: dict[str, Any] | None,
 DENORMAL_AS_ZERO = "session.set_denormal_as_zero"  # ONNX Runtime's session option that turns on FTZ + DAZ
 
 
+def thread_flushes_subnormals() -> bool:
+    """Whether this thread's float unit flushes float32 subnormal numbers: results to zero (FTZ) or operands read as
+    zero (DAZ). The mode belongs to the thread, not to a session, and the threads it starts inherit it: when the first
+    ONNX Runtime session of a process sets ``session.set_denormal_as_zero``, the creating thread keeps FTZ + DAZ for
+    good (seen with ORT 1.32: a later plain CPU session there reads subnormal inputs and a subnormal Gemm ``alpha``
+    as zero); ``torch.set_flush_denormal(True)`` and libraries built with ``-ffast-math`` set it too."""
+    import numpy as np
+
+    out = np.array([2.0**-127, 2.0**-126], dtype=np.float32) * np.array([4.0, 0.5], dtype=np.float32)
+    return not (out[0] == np.float32(2.0**-125) and out[1] == np.float32(2.0**-127))
+
+
 def subnormal_mode(session: Any) -> str:
     """How the float error model must treat numbers below float32's normal range for an ONNX Runtime session.
 
@@ -159,7 +171,7 @@ def subnormal_mode(session: Any) -> str:
     subnormal operands as zero, whatever ``use_tf32`` says (docs/floating-point.md, "Underflow"). The flush model
     bounds gradual underflow too, so it is never wrong to choose it."""
     providers = list(session.get_providers())
-    if not providers or providers[0] != CPU:
+    if not providers or providers[0] != CPU or thread_flushes_subnormals():
         return "flush"
     with contextlib.suppress(Exception):  # ORT raises when the entry was never set
         if str(session.get_session_options().get_session_config_entry(DENORMAL_AS_ZERO)) == "1":

@@ -231,7 +231,15 @@ def _operands_read_as_zero(graph: Graph, node: Node, ins: list[State | None]) ->
     node's Lipschitz factor carries to its output like any earlier error (for a product ``w x`` with subnormal
     ``x`` that is ``|w| tau``, summed over the weights). The node's own rounding is still bounded with the
     magnitudes of the unflushed values, which are entrywise at least as large. A constant with subnormal entries
-    would make the GPU compute another network, whose distance to this one no factor bounds: refused."""
+    would make the GPU compute another network, whose distance to this one no factor bounds: refused. So is a
+    subnormal float attribute (ONNX stores them as float32): a Gemm ``alpha`` read as zero drops the product."""
+    for key, value in node.attrs.items():
+        vals = value if isinstance(value, (list, tuple)) else [value]
+        if vals and all(type(v) is float for v in vals) and has_subnormal(np.asarray(vals), 2.0**-24):
+            raise NoFloatBound(
+                f"the attribute '{key}' of {node.op_type} '{node.name}' is subnormal, which a GPU kernel may read as "
+                "zero; set it to zero in the model, or certify on the CPU provider"
+            )
     out: list[State | None] = []
     for name, st in zip(node.inputs, ins, strict=True):
         t = graph.tensors.get(name) if name else None
