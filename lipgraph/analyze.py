@@ -16,7 +16,7 @@ from lipgraph.errors import LipgraphError, Refusal, Refuse, UnsupportedModelErro
 from lipgraph.graph import FLOAT_TYPES, Graph, Node
 from lipgraph.graph_build import build_graph
 from lipgraph.loader import load_model, model_sha256
-from lipgraph.norms import values_discarded
+from lipgraph.norms import lapack, values_discarded
 from lipgraph.rules.registry import Bound, RuleContext, lookup
 
 
@@ -127,6 +127,7 @@ def analyze(
     from lipgraph.rules import load_rules
 
     load_rules()
+    lapack.reset_used()
     t0 = time.perf_counter()
     if isinstance(model, onnx.ModelProto):
         proto, sha = model, model_sha256(model)
@@ -152,6 +153,8 @@ def analyze(
         "versions": versions(),
         "time_bound_s": round(elapsed, 4),
     }
+    if lapack.backend_used() is not None:  # which LAPACK potrf the Cholesky certificates ran on
+        meta["potrf_backend"] = lapack.backend_used()
     return Analysis(float(bound), nodes, graph.warnings + warnings_, meta, graph, tensor_bounds)
 
 
