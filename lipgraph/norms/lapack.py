@@ -3,15 +3,17 @@
 The certificates of :mod:`lipgraph.norms.stack_sv` and :mod:`lipgraph.norms.stack_sv32` factorise one
 matrix per frequency in place. ``scipy.linalg.lapack`` does that, but importing ``scipy.linalg`` costs
 0.25-0.35 s (its package ``__init__`` pulls in most of scipy), a tenth of a CIFAR ResNet-18's analysis.
-The OpenBLAS that numpy itself loads holds the same LAPACK routines, so this module calls them there.
+The OpenBLAS libraries that the numpy and scipy wheels ship hold the same LAPACK routines, so this module
+calls them there directly.
 
 Backends, in order of preference (the first that loads and passes its self-check is used):
 
-1. ``ctypes``: ``?potrf`` of the OpenBLAS library numpy loaded (numpy 2.x wheels ship ``scipy_openblas``
-   with symbols such as ``scipy_zpotrf_64_``). The symbol's suffix names its integer width (``64_``:
-   ILP64); that width is checked against the library's own configuration string (``USE64BITINT``) and the
-   routine is run once on a known stack (a matrix that must pass, compared with numpy's ``cholesky``,
-   and one that must fail) before it is trusted.
+1. ``ctypes``: ``?potrf`` of the OpenBLAS library bundled with scipy's wheel (loaded without importing
+   scipy), else of the one numpy loaded (numpy 2.x wheels ship ``scipy_openblas64`` with symbols such as
+   ``scipy_zpotrf_64_``); see :data:`CTYPES_PACKAGES` for the measured reason of the order. The symbol's
+   suffix names its integer width (``64_``: ILP64); that width is checked against the library's own
+   configuration string (``USE64BITINT``) and the routine is run once on a known stack (a matrix that
+   must pass, compared with numpy's ``cholesky``, and one that must fail) before it is trusted.
 2. ``numpy-gufunc``: numpy's own batched ``cholesky_lo`` gufunc (a copy per matrix, NaN for failures).
 3. ``scipy``: ``scipy.linalg.lapack`` (imports ``scipy.linalg``).
 
@@ -30,6 +32,7 @@ entries "completes" with ``info = 0`` and a NaN factor. So a factorisation count
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -54,50 +57,64 @@ _CONFIG = {
     "{}_": "openblas_get_config",
 }
 
+# Whose bundled OpenBLAS the ctypes backend tries, in order. scipy's first: measured on this project's
+# machine (one thread, the stacks of a CIFAR ResNet-18's certificate) its OpenBLAS 0.3.30 ``?potrf`` took
+# 0.49 s where numpy's 0.3.31 (ILP64) took 0.55 s (10-30% slower for k <= 256, equal at 512); loading it
+# costs 1.3 ms and imports nothing of scipy. numpy's, already loaded, where scipy ships none.
+CTYPES_PACKAGES = ("scipy", "numpy")
+
 # (potrf over one C-contiguous stack in place -> info per matrix, name); resolved once, on first use.
 _Factor = Callable[[np.ndarray], np.ndarray]
 _backend: tuple[_Factor, str] | None = None
 _used: str | None = None
 
 
-def _numpy_openblas_paths() -> list[Path]:
-    """The OpenBLAS shared libraries that numpy loaded (or ships beside itself), most likely first."""
-    here = Path(np.__file__).resolve().parent
-    folders = (here.parent / "numpy.libs", here / ".dylibs")  # where numpy's wheels put their OpenBLAS
+def _bundled_openblas(package: str) -> list[Path]:
+    """The OpenBLAS shared libraries a package's wheel ships beside itself, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return []
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    here = Path(next(iter(spec.submodule_search_locations))).resolve()
     found: list[Path] = []
-    maps = Path("/proc/self/maps")
-    if maps.exists():  # Linux: the library numpy actually loaded, by path (not scipy's own copy)
-        for line in maps.read_text().splitlines():
-            path = line.split(" ", 5)[-1].strip() if line.count(" ") >= 5 else ""
-            inside = any(path.startswith(str(f) + os.sep) for f in folders)
-            if inside and "openblas" in path.lower() and Path(path) not in found:
-                found.append(Path(path))
-    for folder in folders:
+    for folder in (here.parent / f"{package}.libs", here / ".dylibs"):  # Linux / macOS wheels
         if folder.is_dir():
-            found += [p for p in sorted(folder.iterdir()) if "openblas" in p.name.lower() and p not in found]
+            found += [p for p in sorted(folder.iterdir()) if "openblas" in p.name.lower() and ".so" in p.name]
+            found += [p for p in sorted(folder.iterdir()) if "openblas" in p.name.lower() and p.suffix == ".dylib"]
     return found
 
 
-def _ctypes_backend() -> tuple[_Factor, str] | None:
-    """``potrf`` from numpy's OpenBLAS through ctypes, or None (no library, unverified symbols)."""
-    for path in _numpy_openblas_paths():
+def _ctypes_backend(packages: tuple[str, ...] = CTYPES_PACKAGES) -> tuple[_Factor, str] | None:
+    """``potrf`` through ctypes from the first bundled OpenBLAS whose symbols, integer width and self-check
+    pass, or None."""
+    for package in packages:
+        for path in _bundled_openblas(package):
+            made = _ctypes_library(path)
+            if made is not None and _self_check(made[0]):
+                return made[0], f"ctypes {package}: {made[1]}"
+    return None
+
+
+def _ctypes_library(path: Path) -> tuple[_Factor, str] | None:
+    try:
+        lib = ctypes.CDLL(str(path))  # numpy's is already loaded: dlopen hands back the same copy
+    except OSError:
+        return None
+    for template, ilp64 in _SYMBOLS:
         try:
-            lib = ctypes.CDLL(str(path))  # already loaded by numpy: dlopen hands back the same copy
-        except OSError:
+            fns = {dt: getattr(lib, template.format(f"{c}potrf")) for dt, c in _LETTER.items()}
+            get_config = getattr(lib, _CONFIG[template])
+        except AttributeError:
             continue
-        for template, ilp64 in _SYMBOLS:
-            try:
-                fns = {dt: getattr(lib, template.format(f"{c}potrf")) for dt, c in _LETTER.items()}
-                get_config = getattr(lib, _CONFIG[template])
-            except AttributeError:
-                continue
-            get_config.restype = ctypes.c_char_p
-            get_config.argtypes = []
-            config = (get_config() or b"").decode(errors="replace")
-            if ("USE64BITINT" in config) != ilp64:  # the integer width must be the library's own
-                continue
-            factor = _ctypes_factor(fns, ctypes.c_int64 if ilp64 else ctypes.c_int32)
-            return factor, f"ctypes {path.name} {template.format('?potrf')} ({'ILP64' if ilp64 else 'LP64'})"
+        get_config.restype = ctypes.c_char_p
+        get_config.argtypes = []
+        config = (get_config() or b"").decode(errors="replace")
+        if ("USE64BITINT" in config) != ilp64:  # the integer width must be the library's own
+            continue
+        factor = _ctypes_factor(fns, ctypes.c_int64 if ilp64 else ctypes.c_int32)
+        return factor, f"{path.name} {template.format('?potrf')} ({'ILP64' if ilp64 else 'LP64'})"
     return None
 
 
@@ -163,6 +180,8 @@ def _scipy_backend() -> tuple[_Factor, str] | None:
 
 _MAKERS: dict[str, Callable[[], tuple[_Factor, str] | None]] = {
     "ctypes": _ctypes_backend,
+    "ctypes-scipy": lambda: _ctypes_backend(("scipy",)),
+    "ctypes-numpy": lambda: _ctypes_backend(("numpy",)),
     "numpy": _gufunc_backend,
     "scipy": _scipy_backend,
 }
@@ -206,7 +225,8 @@ def _resolve() -> tuple[_Factor, str]:
 
 
 def use_backend(name: str | None) -> str | None:
-    """Force a backend (``ctypes``, ``numpy`` or ``scipy``; None: resolve again). For tests and debugging.
+    """Force a backend (``ctypes``, ``ctypes-scipy``, ``ctypes-numpy``, ``numpy`` or ``scipy``; None: resolve
+    again). For tests and debugging; ``LIPGRAPH_POTRF`` (a comma-separated order) does the same.
 
     Returns the backend's description, or None when it is not available here (nothing changes then).
     """
