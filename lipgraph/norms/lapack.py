@@ -58,7 +58,7 @@ _CONFIG = {
 }
 
 # Whose bundled OpenBLAS the ctypes backend tries, in order. scipy's first: measured on this project's
-# machine (one thread, the 3,149 stacks of a CIFAR ResNet-18's certificate) its OpenBLAS 0.3.30 ``?potrf``
+# machine (one thread, the 3,149 factorisations of a CIFAR ResNet-18 certificate) its OpenBLAS 0.3.30 ``?potrf``
 # took 0.51 s where numpy's 0.3.31 (ILP64) took 0.56 s (10-30% slower for k <= 256, equal at 512); loading
 # it costs 1.3 ms and imports nothing of scipy. numpy's, already loaded, where scipy ships none. The order
 # is only about speed: every library is verified and self-checked the same way.
