@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from lipgraph.errors import LipgraphError, Refusal, Refuse, UnsupportedModelErro
 from lipgraph.graph import FLOAT_TYPES, Graph, Node
 from lipgraph.graph_build import build_graph
 from lipgraph.loader import load_model, model_sha256
-from lipgraph.norms import values_discarded
+from lipgraph.norms import lapack, values_discarded
 from lipgraph.rules.registry import Bound, RuleContext, lookup
 
 
@@ -82,33 +83,81 @@ class Analysis:
         }
 
 
-def versions() -> dict[str, str]:
+# Distributions that install each module (the GPU and other builds of onnxruntime install the same module).
+_DISTRIBUTIONS = {
+    "scipy": ("scipy",),
+    "networkx": ("networkx",),
+    "onnxruntime": (
+        "onnxruntime",
+        "onnxruntime-gpu",
+        "onnxruntime-directml",
+        "onnxruntime-openvino",
+        "onnxruntime-training",
+        "onnxruntime-silicon",
+        "ort-nightly",
+        "ort-nightly-gpu",
+    ),
+}
+
+
+def _module_version(module: str) -> str:
+    """The version of ``module`` without importing it (importing scipy and onnxruntime costs 25 ms or more).
+
+    An imported module reports its own ``__version__``; otherwise the installed distribution's metadata
+    answers. When several distributions provide the module (onnxruntime and onnxruntime-gpu side by side)
+    the metadata cannot tell which one Python would import: the module is imported then.
+    """
+    import importlib
+    import importlib.util
     from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as _dist_version
+    from importlib.metadata import version as dist_version
 
-    import networkx
-    import scipy
+    loaded = sys.modules.get(module)
+    if loaded is not None and getattr(loaded, "__version__", None):
+        return str(loaded.__version__)
+    try:
+        if importlib.util.find_spec(module) is None:
+            return "not installed"
+    except (ImportError, ValueError):
+        return "not installed"
+    found = []
+    for dist in _DISTRIBUTIONS.get(module, (module,)):
+        try:
+            found.append(dist_version(dist))
+        except PackageNotFoundError:
+            continue
+    if len(set(found)) == 1:
+        return found[0]
+    try:  # no metadata, or several distributions disagree: ask the module itself
+        return str(getattr(importlib.import_module(module), "__version__", "unknown"))
+    except ImportError:
+        return "not installed"
 
+
+def versions() -> dict[str, str]:
+    """Versions of lipgraph and its dependencies, read without importing the ones not yet imported."""
     from lipgraph.version import __version__
 
-    out = {
+    return {
         "lipgraph": __version__,
         "onnx": onnx.__version__,
         "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "networkx": networkx.__version__,
+        "scipy": _module_version("scipy"),
+        "networkx": _module_version("networkx"),
+        "click": _click_version(),
+        "onnxruntime": _module_version("onnxruntime"),
     }
-    try:  # click.__version__ is deprecated (click 8.2+); ask the installed distribution
-        out["click"] = _dist_version("click")
-    except PackageNotFoundError:
-        out["click"] = "unknown"
-    try:
-        import onnxruntime
 
-        out["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        out["onnxruntime"] = "not installed"
-    return out
+
+def _click_version() -> str:
+    """click.__version__ is deprecated (click 8.2+): ask the installed distribution."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("click")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def analyze(
@@ -127,6 +176,7 @@ def analyze(
     from lipgraph.rules import load_rules
 
     load_rules()
+    lapack.reset_used()
     t0 = time.perf_counter()
     if isinstance(model, onnx.ModelProto):
         proto, sha = model, model_sha256(model)
@@ -152,6 +202,8 @@ def analyze(
         "versions": versions(),
         "time_bound_s": round(elapsed, 4),
     }
+    if lapack.backend_used() is not None:  # which LAPACK potrf the Cholesky certificates ran on
+        meta["potrf_backend"] = lapack.backend_used()
     return Analysis(float(bound), nodes, graph.warnings + warnings_, meta, graph, tensor_bounds)
 
 

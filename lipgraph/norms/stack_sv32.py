@@ -36,6 +36,8 @@ import math
 
 import numpy as np
 
+from lipgraph.norms.lapack import cholesky_inplace
+
 U32 = float(2.0**-24)  # unit roundoff of float32
 # A-priori estimate of rho(|R|^T |R|) / mu for the float32 Cholesky factor of mu I - G (k x k): measured
 # 0.45 sqrt(k) to 0.5 sqrt(k) on ResNet layers (k = 64 ... 512); sqrt(k) is assumed, so the shift rarely
@@ -198,8 +200,6 @@ def _factor32(gram: np.ndarray, err: np.ndarray, mu: np.ndarray, scale: float) -
     (module docstring); ``scale`` (the size of the entries, about ``mu``) sizes the underflow term.
     Returns (factorisation completed, bound; ``inf`` where it did not).
     """
-    from scipy.linalg import lapack
-
     f, k, _ = gram.shape
     bound = np.full(f, np.inf)
     live = np.flatnonzero(mu > 0)
@@ -209,10 +209,7 @@ def _factor32(gram: np.ndarray, err: np.ndarray, mu: np.ndarray, scale: float) -
     d = np.arange(k)
     diag = mu[live][:, None] + h[:, d, d].real  # mu - g_ii, rounded to float32
     h[:, d, d] = diag
-    ok = np.zeros(live.size, dtype=bool)
-    for j in range(live.size):
-        _, info = lapack.cpotrf(h[j].T, lower=0, overwrite_a=1, clean=1)
-        ok[j] = info == 0
+    ok = cholesky_inplace(h, clean=True)  # finite positive pivots only (a NaN pivot fails)
     if ok.any():
         rho = _collatz_rho(h[ok] if not ok.all() else h)  # the factors (one triangle; clean=1 zeroed the other)
         diag_err = U32 * np.abs(diag[ok]).max(axis=1).astype(np.float64) / (1.0 - U32)

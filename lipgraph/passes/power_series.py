@@ -75,9 +75,35 @@ def _adds_running_sum(graph: Graph, node: Node, t: str) -> bool:
     return is_std(node, "Add") and all(graph.is_variable(i) for i in node.inputs)
 
 
+def _may_start(graph: Graph, start: Node, x: str) -> bool:
+    """A structural condition every chain starting at ``start`` meets (no weights read): the operator is
+    square, and its output reaches, through scalar and bias ops, an Add of ``x``.
+
+    :func:`_match` reads the weights of every linear reader of ``x`` (a float64 copy of each kernel) before
+    it looks at the Adds; this walks the same path as :func:`_step_op`'s first step and its Add test, so
+    it is False only where :func:`_match` would return None (on a CIFAR ResNet-18: 0.06 s -> 0 of passes).
+    """
+    zs, ys = known_shape(graph, x), known_shape(graph, start.outputs[0]) if start.outputs else None
+    if zs is None or ys != zs:
+        return False
+    t = start.outputs[0]
+    while True:
+        readers = graph.consumers(t)
+        if any(is_std(r, "Add") and sorted(r.inputs) == sorted([x, t]) for r in readers):
+            return True
+        if len(readers) != 1 or graph.is_graph_output(t):
+            return False
+        r = readers[0]
+        if exact_scalar(graph, r, t) is None and not (is_bias_add(graph, r, t) and not _adds_running_sum(graph, r, t)):
+            return False
+        t = r.outputs[0]
+
+
 def _match(graph: Graph, start: Node) -> tuple[str, str, list[Node], LinearOp, list[Fraction]] | None:
     x = start.inputs[0] if start.inputs else ""
     if not x or not graph.is_variable(x):
+        return None
+    if not _may_start(graph, start, x):
         return None
     parts: list[Node] = []
     coefs: list[Fraction] = [Fraction(1)]

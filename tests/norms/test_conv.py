@@ -153,3 +153,23 @@ def test_gram_eig_path_is_sound_and_tight():
     exact = exact_norm("Conv", w, (1, 100, 4), pads=[1, 1])
     circ = conv_circulant_bound(w, 1, [1], [1], [1], [1], [4])
     assert exact * (1 - TOL) <= circ.value <= exact * 1.10
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_lmt_may_beat_decides_against_the_exact_lmt_value(seed):
+    """The LMT screen stops early, but it must still say "may beat" for any value above
+    sqrt(overlap) ||W_mat|| (exact SVD), and "cannot" for one clearly below it."""
+    import math
+
+    from lipgraph.norms.conv import _lmt_may_beat
+    from lipgraph.norms.conv_geometry import ConvGeometry
+
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((16, 8, 3, 3))
+    w[0] *= 1 + 2 * seed  # some kernels with one dominant output channel
+    geo = ConvGeometry((8, 8), (1, 1), (1, 1), (1, 1), (1, 1))
+    lmt = 3.0 * float(np.linalg.svd(w.reshape(16, -1), compute_uv=False)[0])  # overlap 9 for 3 x 3, stride 1
+    assert _lmt_may_beat(w, 1, geo, lmt * (1 + 1e-6))
+    assert _lmt_may_beat(w, 1, geo, math.inf)
+    assert not _lmt_may_beat(w, 1, geo, lmt * 0.5)
+    assert not _lmt_may_beat(w, 1, geo, 0.0)

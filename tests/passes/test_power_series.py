@@ -140,3 +140,60 @@ def test_property_general_coefficients_sound(seed, terms, muls, skewed):
         bound = analyze(model).bound
     exact = exact_norm(model, shape)
     assert bound >= exact * (1 - 1e-7) - 1e-9, (bound, exact)
+
+
+def _residual_block(channels: int = 4, size: int = 6):
+    """Conv -> Relu -> Conv -> Add(x): a residual block, which is no power series (Relu in the chain)."""
+    rng = np.random.default_rng(0)
+    inits = {
+        "w1": rng.standard_normal((channels, channels, 3, 3)),
+        "w2": rng.standard_normal((channels, channels, 3, 3)),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("Conv", ["r", "w2"], ["b"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        helper.make_node("Add", ["x", "b"], ["y"]),
+    ]
+    return make_model(
+        nodes, [("x", [1, channels, size, size])], ["y"], {k: v.astype(np.float32) for k, v in inits.items()}
+    )
+
+
+def test_structural_prefilter_never_rejects_a_chain(monkeypatch):
+    """``_may_start`` (no weights read) is False only where the full match fails: compare the pass's
+    per-node answers with and without it on chains, near-misses and a residual block."""
+    from lipgraph.passes import power_series as ps
+
+    rng = np.random.default_rng(1)
+    k = skew(rng.standard_normal((3, 3, 3, 3)))
+    models = [
+        series_model(k, 5, 3)[0],
+        series_model(k, 5, 2, tap_term=True)[0],
+        series_model(k, 5, 3, pads=[1, 0, 1, 2])[0],
+        series_model(rng.standard_normal((4, 4)), 0, 3, dense=True)[0],
+        series_model(k, 5, 4, muls=[0.5, -2.0, 3.0, 1.0])[0],
+        _residual_block(),
+    ]
+    seen_true = 0
+    for model in models:
+        g = build_graph(model)
+        starts = [n for n in g.nodes if n.op_type in ("Conv", "MatMul", "Gemm")]
+        with_filter = [ps._match(g, n) is not None for n in starts]
+        monkeypatch.setattr(ps, "_may_start", lambda graph, start, x: True)
+        without = [ps._match(g, n) is not None for n in starts]
+        monkeypatch.undo()
+        assert with_filter == without
+        seen_true += sum(without)
+    assert seen_true >= 3  # the chains were matched (the comparison is not vacuous)
+
+
+def test_residual_block_weights_not_read(monkeypatch):
+    """A ResNet-style block is rejected by structure alone: no float64 copy of its kernels is made."""
+    from lipgraph.passes import power_series as ps
+
+    calls = []
+    orig = ps.linear_op
+    monkeypatch.setattr(ps, "linear_op", lambda graph, node: calls.append(node.name) or orig(graph, node))
+    assert "PowerSeries" not in fused(_residual_block())
+    assert calls == []
