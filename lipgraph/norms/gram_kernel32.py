@@ -18,12 +18,13 @@ product and the blocked inner sum of the stacked-tap product (``depth = b + c``:
 then ``c`` block results added one by one, :func:`lipgraph.norms.stack_sv32.blocked_product32`), the
 accumulation of at most ``T`` blocks into ``R_delta`` (``T``), the twiddle (computed in float64 within
 ``32 d 2^-53`` of exact (:func:`lipgraph.norms.conv_gram._offset_twiddles`), then rounded to float32: an
-absolute ``2u`` on a number of modulus at most 1: 3), and the product and sum of the D-term DFT (``D``). So the real part errs by at most
-``gamma_K (S S^T)_ij`` with ``K = D + depth + T + 8`` and ``S = sum_q |P_q|`` (entrywise), because the
-absolute terms add up to ``sum_delta sum_{q-q'=delta} (|P_q| |P_q'|^T)_ij = (S S^T)_ij``; the complex entry
-by ``sqrt(2)`` times that, and as ``|E| <= sqrt(2) gamma_K S S^T`` entrywise,
-``||E||_2 <= sqrt(2) gamma_K rho(S S^T)`` with ``rho(S S^T) <= min(||S||_F^2, max_i (S (S^T 1))_i)``
-(Frobenius, and Collatz-Wielandt with the all-ones vector), evaluated in float64 with a relative margin.
+absolute ``2u`` on a number of modulus at most 1: 3), and the product and sum of the D-term DFT (``D``).
+So the real part errs by at most ``gamma_K (S S^T)_ij`` with ``K = D + depth + T + 8`` and
+``S = sum_q |P_q|`` (entrywise), because the absolute terms add up to
+``sum_delta sum_{q-q'=delta} (|P_q| |P_q'|^T)_ij = (S S^T)_ij``; the complex entry by ``sqrt(2)`` times
+that, and as ``|E| <= sqrt(2) gamma_K S S^T`` entrywise, ``||E||_2 <= sqrt(2) gamma_K rho(S S^T)`` with
+``rho(S S^T) <= min(||S||_F^2, max_i (S (S^T 1))_i)`` (Frobenius, and Collatz-Wielandt with the all-ones
+vector), evaluated in float64 with a relative margin.
 
 Underflow. Gradual underflow adds an absolute ``2^-150`` per rounding, and a flush-to-zero/denormals-are-zero
 mode (set process-wide by some libraries) up to ``2^-126`` per operation and per operand. A weight's

@@ -165,7 +165,9 @@ def _collatz_rho(factor: np.ndarray) -> np.ndarray:
     bmax = b.reshape(f, -1).max(axis=1, initial=0.0).astype(np.float64) * (1.0 + 4.0 * U32) + 1e-18
     ratio = ratio + 1e3 * 12.0 * k * 2.0**-126 * (1.0 + k * bmax) ** 2  # underflow (flush-to-zero too)
     # ||B_true|| <= ||B + 1e-18 J|| <= sqrt(rho) + 1e-18 k (J: all ones; the underflow allowance)
-    return _up((np.sqrt(ratio) * (1 + 1e-15) + 1e-18 * k) ** 2, 1e-15)
+    out = _up((np.sqrt(ratio) * (1 + 1e-15) + 1e-18 * k) ** 2, 1e-15)
+    # A NaN modulus reaches bmax (NaN) after the ratio was checked: inf, as promised, not NaN.
+    return np.where(np.isfinite(out), out, np.inf)
 
 
 def chol32_estimate(k: int) -> float:
