@@ -109,12 +109,14 @@ def _rho_abs(s: np.ndarray, taps: int) -> float:
     """Upper bound of ``rho(S S^T)`` for ``S = sum_q |P_q|`` (m x n) as summed in float64 over ``taps`` taps:
     ``min(||S||_F^2, max_i (S S^T 1)_i)`` (Frobenius; Collatz-Wielandt with the all-ones vector).
 
-    Sums of nonnegative float64 terms (S itself, then these): a relative ``gamma_{m+n+T+8}`` (float64)
-    covers their rounding, with a factor 4 to spare."""
+    Sums of nonnegative float64 terms (S itself, then these), each covered by a relative ``gamma`` (float64)
+    of its number of terms with a factor 4 to spare: ``m n + T + 8`` for the Frobenius norm (a sum of
+    ``m n`` squares: an all-positive rank-one S with small entries that a BLAS dot drops came out 8e-13
+    below ``rho`` with the ``m + n`` count alone), ``m + n + T + 8`` for the row sums."""
     m, n = s.shape
-    fro2 = float(np.vdot(s, s))
-    rows = float((s @ s.sum(axis=0)).max(initial=0.0))
-    return float(_up(min(fro2, rows), 4 * (m + n + taps + 8) * 2.0**-53))
+    fro2 = float(_up(float(np.vdot(s, s)), 4 * (m * n + taps + 8) * 2.0**-53))
+    rows = float(_up(float((s @ s.sum(axis=0)).max(initial=0.0)), 4 * (m + n + taps + 8) * 2.0**-53))
+    return min(fro2, rows)
 
 
 def gram_kernel32(pk: np.ndarray) -> GramKernel32 | None:

@@ -61,14 +61,15 @@ def abs_gram_bound(re: np.ndarray, im: np.ndarray) -> float:
     """An upper bound of ``rho(|A| |A|^T)`` for ``A = re + i im`` (the componentwise Gram error's factor).
 
     The smaller of ``||A||_F^2`` and ``max_i (|A| (|A|^T 1))_i`` (Collatz-Wielandt with the ones vector);
-    evaluated in float64 on nonnegative terms, so a relative ``gamma_{m+n+8}`` (float64) covers it.
+    evaluated in float64 on nonnegative terms, so a relative ``gamma`` (float64) of each sum's number of
+    terms covers it, with a factor 4 to spare: ``m n + 8`` for the Frobenius norm (``m n`` squares),
+    ``m + n + 8`` for the row sums.
     """
     m, n = re.shape
     mod = np.sqrt(re * re + im * im)  # float64 moduli (a few ulps: in the slack below)
-    fro2 = float(np.vdot(mod, mod))
-    rows = float((mod @ mod.sum(axis=0)).max())
-    slack = (m + n + 8) * 2.0**-53 * 4
-    return float(_up(min(fro2, rows), slack))
+    fro2 = float(_up(float(np.vdot(mod, mod)), (m * n + 8) * 2.0**-53 * 4))
+    rows = float(_up(float((mod @ mod.sum(axis=0)).max()), (m + n + 8) * 2.0**-53 * 4))
+    return min(fro2, rows)
 
 
 # Inner length of each float32 product: longer inner dimensions are split into blocks of this length whose

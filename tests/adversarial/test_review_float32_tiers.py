@@ -3,12 +3,14 @@ direct symbols; ``gram_kernel32``, the autocorrelation path) and of the twiddles
 
 Each check compares against an independent oracle: mpmath (120 bits) for the twiddles and a tiny layer, numpy's
 FFT of the phase kernel with float64 Gram matrices for every frequency, the float64 SVD of every symbol, and
-float64 eigensolves of the Cholesky factors' moduli. Two holes were found and fixed with these tests:
+float64 eigensolves of the Cholesky factors' moduli. Three holes were found and fixed with these tests:
 
 * the twiddles of ``conv_gram._offset_twiddles`` (and ``conv_fft._twiddles``) err by up to 14.4 ulps on one
   axis and 28.5 on two, beyond the ``(8d + 4)`` ulps the float64 allowances counted (now ``TWIDDLE_ULPS d``);
 * a weight of ``2^33`` or more overflowed the float32 Lanczos ranking of both tiers, and numpy's tridiagonal
-  eigensolve raised ``LinAlgError`` instead of a bound (the autocorrelation tier admits weights up to 2^40).
+  eigensolve raised ``LinAlgError`` instead of a bound (the autocorrelation tier admits weights up to 2^40);
+* the float64 ``rho(S S^T)`` bounds of both tiers gave the ``m n``-term Frobenius sum a margin for ``m + n`` terms:
+  a rank-one S whose small squares the BLAS dot drops came out below ``rho`` (by 8e-13 relative).
 """
 
 from __future__ import annotations
@@ -187,6 +189,24 @@ def test_float32_cholesky_just_below_the_maximum_is_covered_when_it_completes(k)
 
 # --------------------------------------------------------------------------------------------
 # The float32 autocorrelation (gram_kernel32) against the FFT oracle
+
+
+def test_rho_bounds_cover_a_rank_one_sum_whose_small_squares_a_blas_dot_drops():
+    """rho(S S^T) of a rank-one S is exactly ||S||_F^2, so the Frobenius branch of both tiers' rho bounds has no
+    slack beyond its rounding margin. S = a 1^T with a = (1, e, ..., e) and e^2 just under half an ulp of the dot's
+    partial sums: the BLAS dot drops the m n small squares (up to 8e-13 relative on this machine), more than the
+    old ``m + n`` margin covered. Oracle: the exact rational value of ||a||^2 ||1||^2."""
+    from fractions import Fraction
+
+    m, n = 1000, 1000
+    for lanes in (1, 4, 8, 16, 32, 64):  # partial sums of n / lanes: whichever the dot's accumulators hold
+        e = math.sqrt(0.49 * float(np.spacing(float(n) / lanes)))
+        a = np.full(m, e)
+        a[0] = 1.0
+        s = np.outer(a, np.ones(n))
+        exact = (1 + (m - 1) * Fraction(e) ** 2) * n
+        assert Fraction(gram_kernel32._rho_abs(s, 1)) >= exact, lanes
+        assert Fraction(stack_sv32.abs_gram_bound(s, np.zeros_like(s))) >= exact, lanes
 
 
 def _biased_positive(shape, rng) -> np.ndarray:
