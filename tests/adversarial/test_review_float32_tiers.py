@@ -433,3 +433,81 @@ def test_phase_kernel_of_a_float32_weight_is_float64():
     w = np.random.default_rng(0).standard_normal((8, 8, 3, 3)).astype(np.float32)
     assert phase_kernel(w, 1, (2, 2), (1, 1)).dtype == np.float64
     assert _fft_symbols(phase_kernel(w, 1, (1, 1), (1, 1)), (4, 4)).dtype == np.complex128
+
+
+# --------------------------------------------------------------------------------------------
+# Real flush-to-zero / denormals-are-zero arithmetic (MXCSR bits set in this thread), not an emulation
+
+_MXCSR_C = r"""
+#include <xmmintrin.h>
+unsigned int ftz_daz_on(void) { unsigned int old = _mm_getcsr(); _mm_setcsr(old | 0x8040u); return old; }
+void mxcsr_set(unsigned int v) { _mm_setcsr(v); }
+"""
+
+
+def _mxcsr_lib(tmp_path):
+    import ctypes
+    import platform
+    import shutil
+    import subprocess
+
+    if platform.machine() not in ("x86_64", "AMD64") or shutil.which("cc") is None:
+        pytest.skip("needs an x86-64 C compiler to set MXCSR")
+    src = tmp_path / "mxcsr.c"
+    src.write_text(_MXCSR_C)
+    lib = tmp_path / "libmxcsr.so"
+    subprocess.run(["cc", "-O1", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    so = ctypes.CDLL(str(lib))
+    so.ftz_daz_on.restype = ctypes.c_uint
+    so.mxcsr_set.argtypes = [ctypes.c_uint]
+    return so
+
+
+def test_gram_kernel32_allowance_holds_under_real_flush_to_zero(tmp_path):
+    """Weights of about 2^-64: their float32 products (2^-128) are subnormal and, with FTZ and DAZ set in MXCSR,
+    flushed by the BLAS kernels themselves. The allowance must cover the Gram matrices computed that way (oracle:
+    the FFT Gram matrices, computed after the mode is restored), and the flush must be visible (beyond what
+    gradual underflow could lose)."""
+    so = _mxcsr_lib(tmp_path)
+    pk = np.random.default_rng(12).standard_normal((1, 16, 24, 3, 3)) * 2.0**-64
+    grid = (5, 5)
+    freqs = np.indices(grid).reshape(2, -1).T
+    old = so.ftz_daz_on()
+    try:
+        gk = gram_kernel32.gram_kernel32(pk)
+        got = gram_kernel32.gram_symbols32(gk, freqs, grid).astype(np.complex128)
+        flushed = np.float32(2.0**-140) * np.float32(1.0) == 0  # a subnormal result flushed: FTZ really on
+    finally:
+        so.mxcsr_set(old)
+    assert flushed
+    want = _exact_grams(pk, grid)
+    dist = max(float(np.linalg.norm(got[i] - want[i], 2)) for i in range(len(got)))
+    gradual = math.sqrt(2) * 16 * (25 * (9 * 24 + 9) + 58) * 2.0**-149 * 3
+    print(f"FTZ: error / allowance = {dist / gk.err:.3g}, error / gradual-underflow term = {dist / gradual:.3g}")
+    assert gradual < dist <= gk.err
+
+
+def test_float32_cholesky_bound_holds_under_real_flush_to_zero(tmp_path):
+    """Gram matrices near the tier's smallest target (2^-60) with off-diagonal parts of 2^-135 (flushed): every
+    certified bound is at least the exact largest eigenvalue, also with FTZ/DAZ on during the factorisation and
+    the Collatz-Wielandt products."""
+    so = _mxcsr_lib(tmp_path)
+    rng = np.random.default_rng(13)
+    k, scale = 40, 2.0**-59
+    mats = []
+    for top in (0.5, 0.9, 0.99):
+        q, _ = np.linalg.qr(rng.standard_normal((k, k)) + 1j * rng.standard_normal((k, k)))
+        g = (q * (np.concatenate([[top], rng.uniform(0, 0.4, k - 1)]) * scale)) @ q.conj().T
+        tiny = (rng.standard_normal((k, k)) + 1j * rng.standard_normal((k, k))) * 2.0**-135
+        mats.append(g + tiny + tiny.conj().T)
+    g = np.stack(mats)
+    g32 = g.astype(np.complex64)
+    err = np.array([float(np.linalg.norm(g32[i].astype(np.complex128) - g[i], 2)) * 1.01 for i in range(3)])
+    old = so.ftz_daz_on()
+    try:
+        ok, bound = stack_sv32.cholesky32_below(g32, err, scale)
+    finally:
+        so.mxcsr_set(old)
+    lam = np.linalg.eigvalsh(g)[:, -1]
+    assert ok.any()
+    assert np.all(~ok | (lam <= bound))
