@@ -106,7 +106,8 @@ def certify_two_tiers(
 ) -> tuple[float, dict[str, int]]:
     """Steps 2-4 of the module docstring: a sound upper bound of ``max_f lambda_max(exact Gram_f)``.
 
-    ``gram`` (complex64) are the float32 Gram matrices, each within ``err[f]`` (2-norm) of the exact Gram of
+    ``gram`` (complex64) are the float32 Gram matrices, each (the Hermitian completion of its lower triangle
+    and real diagonal, which is what the float32 Cholesky reads) within ``err[f]`` (2-norm) of the exact Gram of
     the symbol ``symbols64([f])`` (float64, or of the exact symbol that float64 one is within the caller's DFT
     allowance of); ``symbols64(idx)`` returns the float64 symbols ``(len(idx), mg, cp)`` of the matrices
     ``idx``, formed only for the few frequencies float64 has to decide (``chunk`` at a time). The bound is

@@ -196,8 +196,12 @@ def cholesky32_below(gram: np.ndarray, err: np.ndarray, target: float) -> tuple[
 def _factor32(gram: np.ndarray, err: np.ndarray, mu: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Per matrix: factorise ``H = fl32(mu_f I - G_f)`` and, where it completes, bound ``lambda_max(exact)``.
 
-    LAPACK ``cpotrf`` works in place on one triangle (G is exactly Hermitian, so either triangle is the
-    same matrix). The bound is ``mu + u max|mu - g_ii| + gamma_c rho(|R|^T |R|) + err + underflow``
+    LAPACK ``cpotrf`` works in place on one triangle: the lower one of G (the upper of the transposed view).
+    gram32's G is exactly Hermitian; the autocorrelation tier's is not (its DFT sums the two triangles in
+    different orders), but its allowance holds entrywise, so ``err`` covers the Hermitian completion of the
+    triangle read. An entry of the other triangle is never read, NaN or not.
+
+    The bound is ``mu + u max|mu - g_ii| + gamma_c rho(|R|^T |R|) + err + underflow``
     (module docstring); ``scale`` (the size of the entries, about ``mu``) sizes the underflow term.
     Returns (factorisation completed, bound; ``inf`` where it did not).
     """
