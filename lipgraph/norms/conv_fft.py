@@ -22,6 +22,7 @@ from lipgraph.norms.conv_geometry import (
     output_size,
 )
 from lipgraph.norms.conv_gram import (
+    TWIDDLE_ULPS,
     drop_zero_lines,
     gram_kernel,
     gram_kernel_allowance,
@@ -110,7 +111,8 @@ def _twiddles(freqs: np.ndarray, qshape: Sequence[int], grid: Sequence[int]) -> 
     """cos and sin of ``2 pi sum_d u_d q_d / N_d`` for every (frequency u, tap q): two (F, T) arrays.
 
     Per axis the integer ``u_d q_d mod N_d`` is reduced exactly before the angle is formed, and the
-    per-axis factors are multiplied as complex numbers, so each twiddle is within a few ulps.
+    per-axis factors are multiplied as complex numbers, so each twiddle is within ``TWIDDLE_ULPS d`` ulps
+    (the derivation of :func:`lipgraph.norms.conv_gram._offset_twiddles`: the same expression).
     """
     taps = np.indices(tuple(qshape)).reshape(len(qshape), -1)  # (d, T)
     tw = np.ones((freqs.shape[0], taps.shape[1]), dtype=np.complex128)
@@ -126,16 +128,17 @@ def _dft_allowance(pk: np.ndarray) -> float:
     Each symbol entry is a sum of T products of a weight and a twiddle, computed as two real dot
     products. A dot product of length T in any summation order errs by at most ``gamma_T`` times
     the sum of the absolute products (Higham, Accuracy and Stability, sec. 3.1); each twiddle is
-    within ``~4 d u`` of exact (d per-axis exponentials, d - 1 complex products). So every entry
-    errs by at most ``(T + 8 d + 4) u ||P_ij||_1`` per real part, and
-    ``||E(u)||_2 <= ||E(u)||_F <= 2 (T + 8 d + 4) u sqrt(sum_ij ||P_ij||_1^2)`` (factor 2 >= sqrt 2
+    within ``TWIDDLE_ULPS d u`` of exact (d per-axis exponentials, d - 1 complex products). So every
+    entry errs by at most ``(T + TWIDDLE_ULPS d + 4) u ||P_ij||_1`` per real part, and
+    ``||E(u)||_2 <= ||E(u)||_F <= 2 (T + TWIDDLE_ULPS d + 4) u sqrt(sum_ij ||P_ij||_1^2)`` (factor 2 >= sqrt 2
     for the two parts plus slack). Typically ~1e-14 relative.
     """
     d = pk.ndim - 3
     t = math.prod(pk.shape[3:])
     l1 = np.abs(pk).sum(axis=tuple(range(3, pk.ndim)))  # (g, mg, cp)
     per_group = np.sqrt((l1 * l1).sum(axis=(1, 2)))
-    coeff = 2.0 * (t + 8 * d + 4) * EPS64 / (1.0 - (t + 8 * d + 4) * EPS64)
+    k = t + TWIDDLE_ULPS * d + 4
+    coeff = 2.0 * k * EPS64 / (1.0 - k * EPS64)
     return float(coeff * float(per_group.max(initial=0.0)) * (1 + 4 * EPS64))
 
 

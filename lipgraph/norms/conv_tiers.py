@@ -81,12 +81,33 @@ def tiered_gram_bound(pk: np.ndarray, freqs: np.ndarray, grid: Sequence[int]) ->
     return certify_two_tiers(gram, err, lambda idx: re[idx] + 1j * im[idx], chunk)
 
 
+def _rank_estimates(gram: np.ndarray) -> np.ndarray:
+    """Estimates (not bounds) of every matrix's largest eigenvalue, to rank them: float32 Lanczos.
+
+    Where the float32 recurrence overflows (Gram entries above about 2^63, which both tiers admit: a single
+    weight of 2^33 does it; the autocorrelation tier takes weights up to 2^40), numpy's tridiagonal eigensolve
+    meets NaN and raises; the largest diagonal entry (in float64, NaN read as inf) ranks them instead, an
+    estimate within a factor k of the largest eigenvalue. Soundness does not depend on the ranking."""
+    k = gram.shape[1]
+    with np.errstate(over="ignore", invalid="ignore"):
+        try:
+            est = lanczos_top(gram, steps=min(k, LANCZOS32_STEPS))
+        except np.linalg.LinAlgError:
+            est = None
+    if est is not None and bool(np.all(np.isfinite(est))):
+        return est
+    d = np.arange(k)
+    diag = gram[:, d, d].real.astype(np.float64).max(axis=1, initial=0.0)
+    return np.where(np.isnan(diag), np.inf, diag)
+
+
 def certify_two_tiers(
     gram: np.ndarray, err: np.ndarray, symbols64: Callable[[np.ndarray], np.ndarray], chunk: int
 ) -> tuple[float, dict[str, int]]:
     """Steps 2-4 of the module docstring: a sound upper bound of ``max_f lambda_max(exact Gram_f)``.
 
-    ``gram`` (complex64) are the float32 Gram matrices, each within ``err[f]`` (2-norm) of the exact Gram of
+    ``gram`` (complex64) are the float32 Gram matrices, each (the Hermitian completion of its lower triangle
+    and real diagonal, which is what the float32 Cholesky reads) within ``err[f]`` (2-norm) of the exact Gram of
     the symbol ``symbols64([f])`` (float64, or of the exact symbol that float64 one is within the caller's DFT
     allowance of); ``symbols64(idx)`` returns the float64 symbols ``(len(idx), mg, cp)`` of the matrices
     ``idx``, formed only for the few frequencies float64 has to decide (``chunk`` at a time). The bound is
@@ -96,7 +117,7 @@ def certify_two_tiers(
     k = gram.shape[1]
     # Estimates (not bounds) rank the frequencies: those within the float32 allowances of the top one
     # cannot be shown below it in float32 and go to float64 directly.
-    est = lanczos_top(gram, steps=min(k, LANCZOS32_STEPS))
+    est = _rank_estimates(gram)
     top = float(est.max())
     band = float(err.max()) / max(top, 1e-300) + chol32_estimate(k)
     order = np.argsort(-est, kind="stable")

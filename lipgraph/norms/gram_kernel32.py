@@ -17,13 +17,14 @@ sine, ``|t| <= 1``); along its way each term meets: the rounding of both weights
 product and the blocked inner sum of the stacked-tap product (``depth = b + c``: blocks of ``b`` terms,
 then ``c`` block results added one by one, :func:`lipgraph.norms.stack_sv32.blocked_product32`), the
 accumulation of at most ``T`` blocks into ``R_delta`` (``T``), the twiddle (computed in float64 within
-``(8d + 4) 2^-53`` of exact, then rounded to float32: an absolute ``2u`` on a number of modulus at most 1:
-3), and the product and sum of the D-term DFT (``D``). So the real part errs by at most
-``gamma_K (S S^T)_ij`` with ``K = D + depth + T + 8`` and ``S = sum_q |P_q|`` (entrywise), because the
-absolute terms add up to ``sum_delta sum_{q-q'=delta} (|P_q| |P_q'|^T)_ij = (S S^T)_ij``; the complex entry
-by ``sqrt(2)`` times that, and as ``|E| <= sqrt(2) gamma_K S S^T`` entrywise,
-``||E||_2 <= sqrt(2) gamma_K rho(S S^T)`` with ``rho(S S^T) <= min(||S||_F^2, max_i (S (S^T 1))_i)``
-(Frobenius, and Collatz-Wielandt with the all-ones vector), evaluated in float64 with a relative margin.
+``32 d 2^-53`` of exact (:func:`lipgraph.norms.conv_gram._offset_twiddles`), then rounded to float32: an
+absolute ``2u`` on a number of modulus at most 1: 3), and the product and sum of the D-term DFT (``D``).
+So the real part errs by at most ``gamma_K (S S^T)_ij`` with ``K = D + depth + T + 8`` and
+``S = sum_q |P_q|`` (entrywise), because the absolute terms add up to
+``sum_delta sum_{q-q'=delta} (|P_q| |P_q'|^T)_ij = (S S^T)_ij``; the complex entry by ``sqrt(2)`` times
+that, and as ``|E| <= sqrt(2) gamma_K S S^T`` entrywise, ``||E||_2 <= sqrt(2) gamma_K rho(S S^T)`` with
+``rho(S S^T) <= min(||S||_F^2, max_i (S (S^T 1))_i)`` (Frobenius, and Collatz-Wielandt with the all-ones
+vector), evaluated in float64 with a relative margin.
 
 Underflow. Gradual underflow adds an absolute ``2^-150`` per rounding, and a flush-to-zero/denormals-are-zero
 mode (set process-wide by some libraries) up to ``2^-126`` per operation and per operand. A weight's
@@ -108,12 +109,14 @@ def _rho_abs(s: np.ndarray, taps: int) -> float:
     """Upper bound of ``rho(S S^T)`` for ``S = sum_q |P_q|`` (m x n) as summed in float64 over ``taps`` taps:
     ``min(||S||_F^2, max_i (S S^T 1)_i)`` (Frobenius; Collatz-Wielandt with the all-ones vector).
 
-    Sums of nonnegative float64 terms (S itself, then these): a relative ``gamma_{m+n+T+8}`` (float64)
-    covers their rounding, with a factor 4 to spare."""
+    Sums of nonnegative float64 terms (S itself, then these), each covered by a relative ``gamma`` (float64)
+    of its number of terms with a factor 4 to spare: ``m n + T + 8`` for the Frobenius norm (a sum of
+    ``m n`` squares: an all-positive rank-one S with small entries that a BLAS dot drops came out 8e-13
+    below ``rho`` with the ``m + n`` count alone), ``m + n + T + 8`` for the row sums."""
     m, n = s.shape
-    fro2 = float(np.vdot(s, s))
-    rows = float((s @ s.sum(axis=0)).max(initial=0.0))
-    return float(_up(min(fro2, rows), 4 * (m + n + taps + 8) * 2.0**-53))
+    fro2 = float(_up(float(np.vdot(s, s)), 4 * (m * n + taps + 8) * 2.0**-53))
+    rows = float(_up(float((s @ s.sum(axis=0)).max(initial=0.0)), 4 * (m + n + taps + 8) * 2.0**-53))
+    return min(fro2, rows)
 
 
 def gram_kernel32(pk: np.ndarray) -> GramKernel32 | None:

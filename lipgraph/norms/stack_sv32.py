@@ -63,14 +63,15 @@ def abs_gram_bound(re: np.ndarray, im: np.ndarray) -> float:
     """An upper bound of ``rho(|A| |A|^T)`` for ``A = re + i im`` (the componentwise Gram error's factor).
 
     The smaller of ``||A||_F^2`` and ``max_i (|A| (|A|^T 1))_i`` (Collatz-Wielandt with the ones vector);
-    evaluated in float64 on nonnegative terms, so a relative ``gamma_{m+n+8}`` (float64) covers it.
+    evaluated in float64 on nonnegative terms, so a relative ``gamma`` (float64) of each sum's number of
+    terms covers it, with a factor 4 to spare: ``m n + 8`` for the Frobenius norm (``m n`` squares),
+    ``m + n + 8`` for the row sums.
     """
     m, n = re.shape
     mod = np.sqrt(re * re + im * im)  # float64 moduli (a few ulps: in the slack below)
-    fro2 = float(np.vdot(mod, mod))
-    rows = float((mod @ mod.sum(axis=0)).max())
-    slack = (m + n + 8) * 2.0**-53 * 4
-    return float(_up(min(fro2, rows), slack))
+    fro2 = float(_up(float(np.vdot(mod, mod)), (m * n + 8) * 2.0**-53 * 4))
+    rows = float(_up(float((mod @ mod.sum(axis=0)).max()), (m + n + 8) * 2.0**-53 * 4))
+    return min(fro2, rows)
 
 
 # Inner length of each float32 product: longer inner dimensions are split into blocks of this length whose
@@ -167,7 +168,9 @@ def _collatz_rho(factor: np.ndarray) -> np.ndarray:
     bmax = b.reshape(f, -1).max(axis=1, initial=0.0).astype(np.float64) * (1.0 + 4.0 * U32) + 1e-18
     ratio = ratio + 1e3 * 12.0 * k * 2.0**-126 * (1.0 + k * bmax) ** 2  # underflow (flush-to-zero too)
     # ||B_true|| <= ||B + 1e-18 J|| <= sqrt(rho) + 1e-18 k (J: all ones; the underflow allowance)
-    return _up((np.sqrt(ratio) * (1 + 1e-15) + 1e-18 * k) ** 2, 1e-15)
+    out = _up((np.sqrt(ratio) * (1 + 1e-15) + 1e-18 * k) ** 2, 1e-15)
+    # A NaN modulus reaches bmax (NaN) after the ratio was checked: inf, as promised, not NaN.
+    return np.where(np.isfinite(out), out, np.inf)
 
 
 def chol32_estimate(k: int) -> float:
@@ -195,8 +198,12 @@ def cholesky32_below(gram: np.ndarray, err: np.ndarray, target: float) -> tuple[
 def _factor32(gram: np.ndarray, err: np.ndarray, mu: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Per matrix: factorise ``H = fl32(mu_f I - G_f)`` and, where it completes, bound ``lambda_max(exact)``.
 
-    LAPACK ``cpotrf`` works in place on one triangle (G is exactly Hermitian, so either triangle is the
-    same matrix). The bound is ``mu + u max|mu - g_ii| + gamma_c rho(|R|^T |R|) + err + underflow``
+    LAPACK ``cpotrf`` works in place on one triangle: the lower one of G (the upper of the transposed view).
+    gram32's G is exactly Hermitian; the autocorrelation tier's is not (its DFT sums the two triangles in
+    different orders), but its allowance holds entrywise, so ``err`` covers the Hermitian completion of the
+    triangle read. An entry of the other triangle is never read, NaN or not.
+
+    The bound is ``mu + u max|mu - g_ii| + gamma_c rho(|R|^T |R|) + err + underflow``
     (module docstring); ``scale`` (the size of the entries, about ``mu``) sizes the underflow term.
     Returns (factorisation completed, bound; ``inf`` where it did not).
     """
