@@ -131,6 +131,12 @@ def _child(model: str, old_root: str | None, out: str) -> None:
     from lipgraph.rules import load_rules
 
     load_rules()  # imports are process start-up, not analysis: outside the timed region (the CLI pays them once)
+    try:  # the process setting the `lipgraph` command makes before it runs (trees from before it have none)
+        from lipgraph.allocator import keep_freed_memory
+
+        allocator = keep_freed_memory()
+    except ImportError:
+        allocator = False
     t0, c0 = time.perf_counter(), time.process_time()
     res: dict[str, Any] = {}
     try:
@@ -140,6 +146,7 @@ def _child(model: str, old_root: str | None, out: str) -> None:
     res["analyze_s"] = round(time.perf_counter() - t0, 3)
     res["analyze_cpu_s"] = round(time.process_time() - c0, 3)
     res["gflop"] = round(flops[0] / 1e9, 2)
+    res["keeps_freed_memory"] = allocator
     import lipgraph
 
     res["lipgraph"] = str(Path(lipgraph.__file__).parent)  # which tree ran (the old one for the old column)

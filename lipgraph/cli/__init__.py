@@ -114,4 +114,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
+    """The ``lipgraph`` command's process: the allocator setting of :mod:`lipgraph.allocator`, then :func:`main`."""
+    from lipgraph.allocator import keep_freed_memory
+
+    keep_freed_memory()
     sys.exit(main())

@@ -13,7 +13,8 @@ per-frequency blocks, computed as the DFT of the kernel's autocorrelation.
 Rounding (Higham 2002, sec. 3.1 and 3.5, any summation order). Write ``S = sum_q |P_q|`` (entrywise).
 ``fl(R_delta)`` sums at most T products of inner length n: its entries err by at most
 ``gamma_{n+T} sum_{q-q'=delta} (|P_q| |P_q'|^T)_ij``. Each real part of ``fl(G(w))`` is a dot product of
-length D of those with twiddles that are within ``TWIDDLE_ULPS d u`` of exact (:func:`_offset_twiddles`; the
+length D of those (or, pairing ``delta`` with ``-delta``, of ``(D + 1) / 2`` sums of two: :func:`gram_symbols`) with
+twiddles that are within ``TWIDDLE_ULPS d u`` of exact (:func:`_offset_twiddles`; the
 symbol's own DFT uses the same twiddles), so per real part the entry errs by at most ``c (S S^T)_ij`` with
 ``c = gamma_{D + n + T + TWIDDLE_ULPS d + 8}``, since ``sum_delta sum_{q-q'=delta} |P_q| |P_q'|^T = S S^T``. The complex
 entry errs by ``sqrt(2) c (S S^T)_ij`` and ``||E||_2 <= sqrt(2) c ||S||_F^2``.
@@ -144,14 +145,47 @@ def gram_kernel_allowance(gk: GramKernel) -> float:
     return float(np.nextafter(math.sqrt(2.0) * gamma * gk.s_fro2 * (1 + 8 * EPS64), np.inf))
 
 
+def _paired_offsets(deltas: np.ndarray) -> tuple[int, np.ndarray, np.ndarray] | None:
+    """(index of the zero offset, indices of the offsets ``delta > 0`` in lexicographic order, indices of their
+    negations), or None where the table is not symmetric (every offset with its negation, zero among them)."""
+    index = {tuple(int(v) for v in dl): k for k, dl in enumerate(deltas)}
+    zero = index.get((0,) * deltas.shape[1])
+    pos = [k for k, dl in enumerate(deltas) if tuple(int(v) for v in dl) > (0,) * deltas.shape[1]]
+    neg = [index.get(tuple(-int(v) for v in deltas[k])) for k in pos]
+    if zero is None or any(k is None for k in neg) or 1 + 2 * len(pos) != deltas.shape[0]:
+        return None
+    return zero, np.asarray(pos, dtype=np.intp), np.asarray(neg, dtype=np.intp)
+
+
 def gram_symbols(gk: GramKernel, freqs: np.ndarray, grid: Sequence[int]) -> Iterator[np.ndarray]:
-    """The Gram matrices ``(chunk * groups, m, m)`` (complex128, Hermitian) at ``freqs``, chunk by chunk."""
+    """The Gram matrices ``(chunk * groups, m, m)`` (complex128, Hermitian) at ``freqs``, chunk by chunk.
+
+    The offsets come in pairs ``delta, -delta`` with ``R_{-delta} = R_delta^T`` (exactly, in exact arithmetic)
+    and conjugate twiddles ``c - i s``, ``c + i s`` (``c + i s`` the twiddle of ``delta``), so
+    ``Re G = R_0 + sum_{delta > 0} c (R_delta + R_delta^T)`` and ``Im G = sum_{delta > 0} s (R_delta - R_delta^T)``:
+    half the DFT's products. Rounding: ``fl(R_delta)^T`` stands for ``R_{-delta}`` (its error is the transpose
+    of ``fl(R_delta)``'s, within the same ``gamma_{n+T}`` budget of the offset ``-delta``), the sum or difference
+    adds one rounding per term and each dot product is ``(D + 1) / 2`` long, so every term meets at most
+    ``(D + 1) / 2 + 1 <= D`` roundings there (``D >= 3``; ``D = 1`` has no pair): the allowance of
+    :func:`gram_kernel_allowance` holds as it is. A table without that symmetry (never built here) takes the
+    plain D-term DFT."""
     g, n_off, m = gk.r.shape[:3]
-    flat = np.moveaxis(gk.r, 1, 0).reshape(n_off, g * m * m)  # (D, g*m*m)
     chunk = max(1, _GRAM_CHUNK_ENTRIES // max(1, g * m * m))
+    pairs = _paired_offsets(gk.deltas)
+    if pairs is None:
+        flat = np.moveaxis(gk.r, 1, 0).reshape(n_off, g * m * m)  # (D, g*m*m)
+        re_part, im_part, offsets = flat, flat, gk.deltas
+    else:
+        zero, pos, _ = pairs
+        r_pos = gk.r[:, pos]  # (g, P, m, m)
+        r_pos_t = np.swapaxes(r_pos, 2, 3)
+        re_part = np.concatenate([gk.r[:, zero : zero + 1], r_pos + r_pos_t], axis=1)
+        re_part = np.moveaxis(re_part, 1, 0).reshape(1 + pos.size, g * m * m)
+        im_part = np.moveaxis(r_pos - r_pos_t, 1, 0).reshape(pos.size, g * m * m)
+        offsets = np.concatenate([gk.deltas[zero : zero + 1], gk.deltas[pos]])
     for f0 in range(0, freqs.shape[0], chunk):
-        cos, sin = _offset_twiddles(freqs[f0 : f0 + chunk], gk.deltas, grid)
+        cos, sin = _offset_twiddles(freqs[f0 : f0 + chunk], offsets, grid)
         out = np.empty((cos.shape[0], g * m * m), dtype=np.complex128)
-        out.real = cos @ flat
-        out.imag = sin @ flat
+        out.real = cos @ re_part
+        out.imag = sin @ im_part if pairs is None else sin[:, 1:] @ im_part
         yield np.swapaxes(out.reshape(-1, g, m, m), 0, 1).reshape(-1, m, m)

@@ -218,3 +218,22 @@ def test_in_place_cholesky_stack_rejects_near_misses_and_reads_one_triangle(comp
     assert ok_messy.all()
     ok_sub, _ = stack_sv._cholesky_stack(g, np.array([int(np.argmax(lam))]), top * (1 - 1e-7))
     assert not ok_sub.any()  # a subset (the copy path) rejects the maximum just the same
+
+
+def test_paired_dft_matches_the_plain_one_and_asymmetric_tables_take_the_plain_one(monkeypatch):
+    """The DFT that pairs each offset with its negation gives the plain D-term DFT's matrices (to rounding, far
+    inside the allowance); a table without that symmetry is not paired."""
+    rng = np.random.default_rng(5)
+    pk = rng.standard_normal((2, 24, 30, 3, 2))
+    gk = conv_gram.gram_kernel(pk)
+    assert conv_gram._paired_offsets(gk.deltas) is not None
+    assert conv_gram._paired_offsets(gk.deltas + np.array([1, 0])) is None
+    assert conv_gram._paired_offsets(gk.deltas[1:]) is None
+    grid = (7, 5)
+    freqs = np.indices(grid).reshape(2, -1).T
+    paired = np.concatenate(list(conv_gram.gram_symbols(gk, freqs, grid)))
+    monkeypatch.setattr(conv_gram, "_paired_offsets", lambda deltas: None)
+    plain = np.concatenate(list(conv_gram.gram_symbols(gk, freqs, grid)))
+    err = conv_gram.gram_kernel_allowance(gk)
+    assert 0 < np.abs(paired - plain).max() <= 1e-3 * err  # two computations, the same matrices to rounding
+    assert np.abs(paired - np.conj(np.swapaxes(paired, 1, 2))).max() <= 1e-3 * err  # Hermitian to rounding
