@@ -40,8 +40,6 @@ LANCZOS32_STEPS = 8
 _MAX_BYTES32 = 2**28
 # Complex entries of symbols formed per chunk (float64: 64 MiB).
 _CHUNK_ENTRIES = 4_000_000
-# Entries of the float64 symbol parts formed at once for the float32 Gram matrices (8 MiB per part).
-_PARTS_ENTRIES = 1_000_000
 
 
 def symbol_parts(pk: np.ndarray, freqs: np.ndarray, grid: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -80,34 +78,10 @@ def tiered_gram_bound(pk: np.ndarray, freqs: np.ndarray, grid: Sequence[int]) ->
     The caller adds the float64 symbols' DFT allowance to the singular value. Returns (bound, how many
     frequencies each precision certified).
     """
-    g, mg, cp = pk.shape[:3]
-    n_freq = freqs.shape[0]
-    k = min(mg, cp)
-    # The float64 symbols are formed a few frequencies at a time and dropped once their float32 Gram matrices
-    # are formed; the few that float64 decides are formed again (one DFT product each). Holding all of them
-    # (a ResNet's 512-channel layer: 54 MiB) while the float32 stacks are factorised raised the peak working
-    # set, every page of which is faulted in once.
-    gram = np.empty((g * n_freq, k, k), dtype=np.complex64)
-    err = np.empty(g * n_freq)
-    step = max(1, _PARTS_ENTRIES // max(1, g * mg * cp))
-    for f0 in range(0, n_freq, step):
-        re, im = symbol_parts(pk, freqs[f0 : f0 + step], grid)
-        part, part_err = gram32(re, im)  # group-major: (group, frequency of this chunk)
-        nf = re.shape[0] // g
-        for grp in range(g):
-            gram[grp * n_freq + f0 : grp * n_freq + f0 + nf] = part[grp * nf : (grp + 1) * nf]
-            err[grp * n_freq + f0 : grp * n_freq + f0 + nf] = part_err[grp * nf : (grp + 1) * nf]
-        del re, im, part
-
-    def symbols64(idx: np.ndarray) -> np.ndarray:
-        # Matrix i is (group i // F, frequency i % F): one symbol product per distinct frequency.
-        fs, inv = np.unique(idx % n_freq, return_inverse=True)
-        re, im = symbol_parts(pk, freqs[fs], grid)
-        sel = (idx // n_freq) * fs.size + inv.reshape(-1)
-        return re[sel] + 1j * im[sel]
-
-    chunk = max(1, _CHUNK_ENTRIES // max(1, mg * cp))
-    return certify_two_tiers(gram, err, symbols64, chunk)
+    re, im = symbol_parts(pk, freqs, grid)
+    gram, err = gram32(re, im)
+    chunk = max(1, _CHUNK_ENTRIES // max(1, pk.shape[1] * pk.shape[2]))
+    return certify_two_tiers(gram, err, lambda idx: re[idx] + 1j * im[idx], chunk)
 
 
 def _rank_estimates(gram: np.ndarray) -> np.ndarray:
