@@ -202,7 +202,11 @@ def _cholesky_stack(gram: np.ndarray, idx: np.ndarray, mu: float) -> tuple[np.nd
     k = gram.shape[1]
     is_complex = np.iscomplexobj(gram)
     # A copy (one pass when every matrix is asked for), factorised in place.
-    h = np.negative(gram) if len(idx) == gram.shape[0] else -gram[idx]
+    if len(idx) == gram.shape[0]:
+        h = np.negative(gram)
+    else:  # the indexed copy, negated in place (not a second stack)
+        h = gram[idx]
+        np.negative(h, out=h)
     d = np.arange(k)
     diag = mu + np.real(h[:, d, d])  # mu - g_ii (the negation above is exact)
     h[:, d, d] = diag
