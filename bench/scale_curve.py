@@ -111,9 +111,9 @@ def _count_work(flops: list[float]) -> None:
         flops[0] += 4.0 * f * min(m, n) ** 2 * max(m, n)
         return orig_g32(re, im)
 
-    def f32(g: Any, err: Any, mu: Any, scale: float) -> Any:
+    def f32(g: Any, err: Any, mu: Any, scale: float, *rows: Any) -> Any:
         flops[0] += 4.0 / 3.0 * g.shape[1] ** 3 * int((mu > 0).sum())
-        return orig_f32(g, err, mu, scale)
+        return orig_f32(g, err, mu, scale, *rows)
 
     conv_tiers.gram32, stack_sv32._factor32, conv_tiers.gram_stack = g32, f32, gram
 

@@ -29,6 +29,10 @@ SVD_MAX_SIDE = 24
 # matrices (on sigma_1 that is about tol / 2): the price of certifying by factorisation.
 CHOLESKY_TOL = 1e-4
 LANCZOS_STEPS = 30
+# Lanczos runs stop early once their top Ritz values change by less than this (relative) between checks
+# every LANCZOS_CHECK steps: the trial value then moves by about as much, far below CHOLESKY_TOL.
+LANCZOS_RTOL = 1e-12
+LANCZOS_CHECK = 5
 # Underflow allowance per matrix entry (gradual underflow adds absolute errors of this order).
 _TINY = 1e-290
 
@@ -77,11 +81,32 @@ def gram_stack(mats: np.ndarray) -> tuple[np.ndarray, float]:
     return gram, err
 
 
+def _real_view(a: np.ndarray) -> np.ndarray:
+    """Rows of ``a`` as real vectors (a complex row of length k: 2k reals), without a copy."""
+    return a.view(a.real.dtype) if np.iscomplexobj(a) else a
+
+
+def _tridiagonal_top(alphas: np.ndarray, betas: np.ndarray) -> np.ndarray:
+    """Largest eigenvalue of each real symmetric tridiagonal matrix (diagonals ``alphas``, off ``betas[:, :-1]``)."""
+    f, j = alphas.shape
+    tri = np.zeros((f, j, j))
+    idx = np.arange(j)
+    tri[:, idx, idx] = alphas
+    tri[:, idx[:-1], idx[1:]] = betas[:, : j - 1]
+    tri[:, idx[1:], idx[:-1]] = betas[:, : j - 1]
+    return np.linalg.eigvalsh(tri)[:, -1]
+
+
 def lanczos_top(full: np.ndarray, steps: int = LANCZOS_STEPS, seed: int = 0) -> np.ndarray:
     """Estimates (NOT bounds) of the largest eigenvalue of each Hermitian matrix: batched Lanczos.
 
     Plain three-term recurrence without reorthogonalisation: the largest Ritz value converges first
-    and is all that is used (to pick the trial value of the certificate).
+    and is all that is used (to pick the trial value of the certificate). Every :data:`LANCZOS_CHECK`
+    steps the top Ritz values are computed; once none of them moved by more than :data:`LANCZOS_RTOL`
+    relatively since the last check, the run stops (measured on a CIFAR ResNet-18: most of its 60 runs
+    stop at step 10-20 of 30, with trial values equal to 1e-13 relatively). Per step: one batched
+    product and in-place updates; the inner products of complex rows are real dot products of their
+    real views (``Re(v^H w) = v_re . w_re + v_im . w_im``), one ``einsum`` each.
     """
     f, k, _ = full.shape
     steps = max(1, min(steps, k))
@@ -89,28 +114,33 @@ def lanczos_top(full: np.ndarray, steps: int = LANCZOS_STEPS, seed: int = 0) -> 
     v = rng.standard_normal((f, k)).astype(full.dtype)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     v_prev = np.zeros_like(v)
-    real = np.zeros(0, dtype=full.dtype).real.dtype  # the recurrence keeps the matrices' precision
-    beta = np.zeros(f, dtype=real)
+    beta = np.zeros(f, dtype=np.zeros(0, dtype=full.dtype).real.dtype)  # the matrices' precision
     alphas = np.zeros((f, steps))
     betas = np.zeros((f, steps))
+    last: np.ndarray | None = None
     for j in range(steps):
         w = np.matmul(full, v[:, :, None])[:, :, 0]
-        alpha = np.real(np.sum(np.conj(v) * w, axis=1)).astype(real)
-        w = w - alpha[:, None] * v - beta[:, None] * v_prev
-        beta = np.linalg.norm(w, axis=1)
+        alpha = np.einsum("ij,ij->i", _real_view(v), _real_view(w))
+        w -= alpha[:, None] * v
+        w -= beta[:, None] * v_prev
+        wr = _real_view(w)
+        beta = np.sqrt(np.einsum("ij,ij->i", wr, wr))
         alphas[:, j] = alpha
         betas[:, j] = beta
         ok = beta > 1e-12 * (np.abs(alpha) + 1e-300)
-        # An invariant subspace was found: its Ritz values are exact; stop that recurrence.
         v_prev = v
-        v = np.where(ok[:, None], w / np.where(ok, beta, 1.0)[:, None], 0.0)
-        beta = np.where(ok, beta, 0.0)
-    tri = np.zeros((f, steps, steps))
-    idx = np.arange(steps)
-    tri[:, idx, idx] = alphas
-    tri[:, idx[:-1], idx[1:]] = betas[:, :-1]
-    tri[:, idx[1:], idx[:-1]] = betas[:, :-1]
-    return np.linalg.eigvalsh(tri)[:, -1]
+        if ok.all():
+            w /= beta[:, None]
+            v = w
+        else:  # an invariant subspace was found: its Ritz values are exact; stop that recurrence
+            v = np.where(ok[:, None], w / np.where(ok, beta, 1.0)[:, None], 0.0)
+            beta = np.where(ok, beta, 0.0)
+        if (j + 1) % LANCZOS_CHECK == 0 and j + 1 < steps:
+            top = _tridiagonal_top(alphas[:, : j + 1], betas[:, : j + 1])
+            if last is not None and bool(np.all(np.abs(top - last) <= LANCZOS_RTOL * np.abs(top))):
+                return top
+            last = top
+    return _tridiagonal_top(alphas, betas)
 
 
 def _estimate_top(gram: np.ndarray, candidates: int = 4) -> np.ndarray:
@@ -172,7 +202,11 @@ def _cholesky_stack(gram: np.ndarray, idx: np.ndarray, mu: float) -> tuple[np.nd
     k = gram.shape[1]
     is_complex = np.iscomplexobj(gram)
     # A copy (one pass when every matrix is asked for), factorised in place.
-    h = np.negative(gram) if len(idx) == gram.shape[0] else -gram[idx]
+    if len(idx) == gram.shape[0]:
+        h = np.negative(gram)
+    else:  # the indexed copy, negated in place (not a second stack)
+        h = gram[idx]
+        np.negative(h, out=h)
     d = np.arange(k)
     diag = mu + np.real(h[:, d, d])  # mu - g_ii (the negation above is exact)
     h[:, d, d] = diag
