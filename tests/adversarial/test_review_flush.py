@@ -21,30 +21,15 @@ from lipgraph.errors import LipgraphError
 from lipgraph.floaterr import float_error_model
 from lipgraph.floaterr.chain_sample import chain_sample_bound
 from lipgraph.providers import CPU, CUDA
-
-TAU = np.float32(2.0**-126)
-
-
-def _ftz(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float32)
-    return np.where(np.abs(v) < TAU, np.float32(0.0), v)
-
-
-def _gemm(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    """``x @ w.T + b`` in float32, every operand, product and partial sum below tau flushed to zero."""
-    x, w = _ftz(x), _ftz(w)
-    acc = np.zeros((x.shape[0], w.shape[0]), np.float32)
-    for k in range(x.shape[1]):
-        acc = _ftz(acc + _ftz(x[:, k : k + 1] * w[None, :, k]))
-    return acc if b is None else _ftz(acc + _ftz(b)[None])
+from tests.helpers.ftz import TAU, ftz, gemm_ftz_daz
 
 
 def _emulate(ws: list[np.ndarray], bs: list[np.ndarray | None], x: np.ndarray) -> np.ndarray:
     h = np.asarray(x, np.float32)
     for k, (w, b) in enumerate(zip(ws, bs, strict=True)):
-        h = _gemm(h, w, b)
+        h = gemm_ftz_daz(h, w, b)
         if k < len(ws) - 1:
-            h = _ftz(np.maximum(h, np.float32(0.0)))
+            h = ftz(np.maximum(h, np.float32(0.0)))
     return h
 
 

@@ -24,26 +24,12 @@ from onnx import TensorProto, helper, numpy_helper
 from lipgraph.certify import certify
 from lipgraph.floaterr import float_error_model
 from lipgraph.providers import CPU, CUDA
+from tests.helpers.ftz import TAU, ftz, gemm_ftz_daz
 
-TAU = np.float32(2.0**-126)
 S = 2.0**-127
 N = 16
 A = 2.0**24
 C = 1.9 * N * A * S
-
-
-def _ftz(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float32)
-    return np.where(np.abs(v) < TAU, np.float32(0.0), v)
-
-
-def _gemm_ftz_daz(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    """``x @ w.T + b`` in float32 with every operand, product and partial sum below tau flushed to zero."""
-    x, w = _ftz(x), _ftz(w)
-    acc = np.zeros((x.shape[0], w.shape[0]), np.float32)
-    for k in range(x.shape[1]):
-        acc = _ftz(acc + _ftz(x[:, k : k + 1] * w[None, :, k]))
-    return acc if b is None else _ftz(acc + _ftz(b)[None])
 
 
 def _model() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
@@ -69,8 +55,8 @@ def _model() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
 
 
 def _emulated_logits(weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    h = _ftz(np.maximum(_gemm_ftz_daz(x, weights["w1"], None), np.float32(0.0)))
-    return _gemm_ftz_daz(h, weights["w2"], weights["b2"])
+    h = ftz(np.maximum(gemm_ftz_daz(x, weights["w1"], None), np.float32(0.0)))
+    return gemm_ftz_daz(h, weights["w2"], weights["b2"])
 
 
 class _EmulatedCudaSession:

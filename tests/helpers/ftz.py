@@ -1,0 +1,22 @@
+"""Float32 arithmetic of a GPU kernel in flush-to-zero + denormals-are-zero mode, emulated in numpy: every
+operand, product and partial sum below the smallest normal number (2^-126) reads as zero."""
+
+from __future__ import annotations
+
+import numpy as np
+
+TAU = np.float32(2.0**-126)
+
+
+def ftz(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float32)
+    return np.where(np.abs(v) < TAU, np.float32(0.0), v)
+
+
+def gemm_ftz_daz(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """``x @ w.T + b`` in float32, every operand, product and partial sum below tau flushed to zero."""
+    x, w = ftz(x), ftz(w)
+    acc = np.zeros((x.shape[0], w.shape[0]), np.float32)
+    for k in range(x.shape[1]):
+        acc = ftz(acc + ftz(x[:, k : k + 1] * w[None, :, k]))
+    return acc if b is None else ftz(acc + ftz(b)[None])
