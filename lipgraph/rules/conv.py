@@ -12,6 +12,11 @@ from lipgraph.norms.circular import circular_conv_norm
 from lipgraph.norms.conv import conv_bound, conv_transpose_bound, resolve_pads
 from lipgraph.rules.registry import LIPGRAPH_DOMAIN, Bound, RuleContext, rule
 
+# max |w| * sqrt(entries) above which the conv certificates' float64 arithmetic could overflow: the Gram
+# matrices hold squares of the weights (up to this squared), and LAPACK's eigensolvers square their entries
+# again to scale (2^960 < 2^1024 leaves room for the dimension factors)
+_MAX_WEIGHT_SCALE = 2.0**240
+
 
 def _weight(ctx: RuleContext) -> np.ndarray:
     if not ctx.is_variable(0):
@@ -26,6 +31,14 @@ def _weight(ctx: RuleContext) -> np.ndarray:
         raise Refuse(f"conv weight of rank {w.ndim}; expected (M, C/group, k1, ...)")
     if not np.all(np.isfinite(w)):
         raise Refuse("the conv weight has non-finite entries")
+    # The certificates square the weights (Gram matrices of the symbols): past this size a sum of squares
+    # leaves float64's range and the factorisations meet infinities. Such a weight is refused by name.
+    amax = float(np.abs(w).max(initial=0.0))
+    if amax * math.sqrt(w.size) > _MAX_WEIGHT_SCALE:
+        raise Refuse(
+            f"the conv weight's entries (max |w| = {amax:.3g}) are too large for its float64 certificate "
+            "(its Gram matrices would overflow); rescale the layer"
+        )
     ks = ctx.attr("kernel_shape")
     if ks and tuple(int(k) for k in ks) != tuple(w.shape[2:]):
         raise Refuse(f"kernel_shape {list(ks)} does not match the weight's spatial shape {list(w.shape[2:])}")
@@ -62,7 +75,6 @@ def _finish(ctx: RuleContext, nb: NormBound, warnings: list[str]) -> Bound:
     )
 
 
-
 def _common_attrs(ctx: RuleContext) -> tuple[np.ndarray, int, int, list[int], list[int]]:
     """Weight, spatial rank, group, strides and dilations shared by Conv and ConvTranspose."""
     w = _weight(ctx)
@@ -75,6 +87,7 @@ def _common_attrs(ctx: RuleContext) -> tuple[np.ndarray, int, int, list[int], li
     if groups < 1:
         raise Refuse(f"group={groups} must be positive")
     return w, d, groups, list(strides), list(dilations)
+
 
 @rule("Conv")
 def conv(ctx: RuleContext) -> Bound:

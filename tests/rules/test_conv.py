@@ -334,3 +334,27 @@ def test_two_layer_conv_model_end_to_end():
         x = rng.standard_normal(a1.shape[1])
         jac = a2 @ (a1 * (a1 @ x > 0)[:, None])
         assert relu_bound >= np.linalg.svd(jac, compute_uv=False)[0] * (1 - TOL)
+
+
+def _double_conv_model(w: np.ndarray, spatial: tuple[int, ...]) -> onnx.ModelProto:
+    """A float64 Conv (float32 cannot hold the weights of the range test below)."""
+    in_shape = [1, w.shape[1], *spatial]
+    x = helper.make_tensor_value_info("x", TensorProto.DOUBLE, in_shape)
+    y = helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)
+    node = helper.make_node("Conv", ["x", "W"], ["y"], name="big_conv", pads=[1] * (2 * len(spatial)))
+    graph = helper.make_graph([node], "g", [x], [y], initializer=[numpy_helper.from_array(w, "W")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize(("shape", "spatial"), [((4, 3, 3, 3), (6, 6)), ((160, 160, 3, 3), (8, 8))])
+def test_huge_weights_get_their_bound_or_a_clear_refusal(shape, spatial):
+    """Weights just inside the float64 range of the conv certificates (their Gram matrices square them) give the
+    scaled bound; beyond it the node is refused by name with the reason, never numpy's 'did not converge'. The
+    second shape takes the autocorrelation path (160 channels), the first the small exact one."""
+    base = _weight(shape, 5)
+    unit = lipgraph.analyze(_double_conv_model(base, spatial)).nodes[0].bound
+    inside = 0.5 * 2.0**240 / (np.abs(base).max() * np.sqrt(base.size))
+    big = lipgraph.analyze(_double_conv_model(base * inside, spatial)).nodes[0].bound
+    assert np.isfinite(big) and unit * inside * (1 - 1e-6) <= big <= unit * inside * 1.001
+    with pytest.raises(UnsupportedModelError, match="big_conv.*too large for its float64 certificate"):
+        lipgraph.analyze(_double_conv_model(base * 4.0 * inside, spatial))
