@@ -11,7 +11,9 @@ kept for requests above 32 MiB, the heap trimmed only above 1 GiB free, and nump
 0.15 s (91,000 faults). Nothing the analysis computes changes, only where its memory comes from; the peak
 (the largest working set) is the same, the process simply does not give memory back between two arrays.
 
-Only the command (``lipgraph.cli.run``) does this: a library should not change a host program's allocator.
+Only the ``lipgraph bound`` command (``lipgraph.cli.run``) does this: a library should not change a host
+program's allocator, and ``certify`` streams data larger than memory, where memory handed back between batches
+matters more than the faults saved (its bound runs beside inference anyway).
 It is skipped where the user tunes glibc's allocator through its environment variables (theirs win), on
 other platforms and C libraries, and with ``LIPGRAPH_KEEP_FREED_MEMORY=0``.
 """

@@ -113,9 +113,20 @@ def main(argv: list[str] | None = None) -> int:
     return int(rv or 0)
 
 
-def run() -> None:
-    """The ``lipgraph`` command's process: the allocator setting of :mod:`lipgraph.allocator`, then :func:`main`."""
-    from lipgraph.allocator import keep_freed_memory
+# Subcommands whose process keeps freed memory for reuse (lipgraph.allocator): the analysis alone. certify streams
+# data larger than memory, where memory given back between batches matters more than the page faults saved.
+KEEPS_FREED_MEMORY = ("bound",)
 
-    keep_freed_memory()
+
+def _subcommand(args: list[str]) -> str | None:
+    return next((a for a in args if not a.startswith("-")), None)
+
+
+def run() -> None:
+    """The ``lipgraph`` command's process: the allocator setting of :mod:`lipgraph.allocator` for
+    :data:`KEEPS_FREED_MEMORY`, then :func:`main`."""
+    if _subcommand(sys.argv[1:]) in KEEPS_FREED_MEMORY:
+        from lipgraph.allocator import keep_freed_memory
+
+        keep_freed_memory()
     sys.exit(main())
