@@ -21,6 +21,7 @@ import mmap
 import os
 import re
 import struct
+import threading
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,7 +71,9 @@ class _MappedRows:
     Pages of a file mapping count in the process's resident memory once touched, so after each batch
     the pages of the previous one are handed back (``madvise(MADV_DONTNEED)``: for a read-only file
     mapping they are simply dropped and would be read again from the file if touched). Without this,
-    streaming a 6 GB file would show a 6 GB peak resident size, though the kernel could reclaim it.
+    streaming a 6 GB file would show a 6 GB peak resident size, though the kernel could reclaim it. Each thread
+    hands back its own previous batch: certify reads the data in two threads at once (inference, and the
+    per-sample float bounds beside it), and one shared "previous batch" lost the other thread's pages.
     """
 
     def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype, where: str):
@@ -82,7 +85,7 @@ class _MappedRows:
             if size < need:
                 raise DataError(f"{where} is truncated ({size} bytes, the header promises {need})")
             self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
-        self._last: tuple[int, int] | None = None
+        self._last: dict[int, tuple[int, int]] = {}  # per reading thread: the byte range of its previous batch
 
     def __call__(self, a: int, b: int) -> np.ndarray:
         b = self.shape[0] if b is None else min(b, self.shape[0])
@@ -91,17 +94,17 @@ class _MappedRows:
         start = self.offset + a * self.row_bytes
         if self.mm is None or count == 0:
             return np.zeros((max(b - a, 0), *self.shape[1:]), dtype=self.dtype)
-        self._last = (start, start + count * self.dtype.itemsize)
+        self._last[threading.get_ident()] = (start, start + count * self.dtype.itemsize)
         return np.frombuffer(self.mm, dtype=self.dtype, count=count, offset=start).reshape((b - a, *self.shape[1:]))
 
     def _release(self) -> None:
-        if self._last is None or not hasattr(self.mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        last = self._last.pop(threading.get_ident(), None)
+        if last is None or not hasattr(self.mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
             return
         page = mmap.PAGESIZE
-        lo = self._last[0] // page * page
+        lo = last[0] // page * page
         with contextlib.suppress(OSError, ValueError):  # only a memory figure depends on it
-            self.mm.madvise(mmap.MADV_DONTNEED, lo, self._last[1] - lo)  # type: ignore[union-attr]
-        self._last = None
+            self.mm.madvise(mmap.MADV_DONTNEED, lo, last[1] - lo)  # type: ignore[union-attr]
 
 
 def _read_npy_header(f: Any, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
