@@ -21,7 +21,7 @@ from lipgraph.errors import LipgraphError
 from lipgraph.floaterr import float_error_model
 from lipgraph.floaterr.chain_sample import chain_sample_bound
 from lipgraph.providers import CPU, CUDA
-from tests.helpers.ftz import TAU, ftz, gemm_ftz_daz
+from tests.helpers.ftz import TAU, CudaSessionStub, ftz, gemm_ftz_daz
 
 
 def _emulate(ws: list[np.ndarray], bs: list[np.ndarray | None], x: np.ndarray) -> np.ndarray:
@@ -71,16 +71,6 @@ def _model(nodes: list, inits: list, n_in: int, out: str, n_out: int) -> onnx.Mo
     onnx.checker.check_model(model)
     return model
 
-
-class _Session:
-    """Reports the CUDA provider (so certify selects the flush model) and computes with ``fn``."""
-
-    def __init__(self, fn):  # noqa: ANN001
-        self.fn = fn
-
-    def get_providers(self) -> list[str]:
-        return [CUDA, CPU]
-
     def get_provider_options(self) -> dict[str, dict[str, str]]:
         return {CUDA: {"use_tf32": "0", "cudnn_conv_algo_search": "DEFAULT", "device_id": "0"}, CPU: {}}
 
@@ -92,7 +82,7 @@ class _Session:
 def _on_emulated_gpu(monkeypatch: pytest.MonkeyPatch, fn) -> None:  # noqa: ANN001
     from lipgraph import inference
 
-    monkeypatch.setattr(inference.Runner, "_open", lambda self, names: _Session(fn))
+    monkeypatch.setattr(inference.Runner, "_open", lambda self, names: CudaSessionStub(fn))
 
 
 def _cases() -> dict[str, tuple[list[np.ndarray], list[np.ndarray | None], np.ndarray]]:

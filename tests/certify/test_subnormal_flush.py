@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from lipgraph.certify import certify
 from lipgraph.floaterr import float_error_model
 from lipgraph.providers import CPU, CUDA
-from tests.helpers.ftz import TAU, ftz, gemm_ftz_daz
+from tests.helpers.ftz import TAU, CudaSessionStub, ftz, gemm_ftz_daz
 
 S = 2.0**-127
 N = 16
@@ -58,16 +58,6 @@ def _emulated_logits(weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarra
     h = ftz(np.maximum(gemm_ftz_daz(x, weights["w1"], None), np.float32(0.0)))
     return gemm_ftz_daz(h, weights["w2"], weights["b2"])
 
-
-class _EmulatedCudaSession:
-    """Reports the CUDA provider's name (as a CUDA session would) and computes in FTZ + DAZ float32."""
-
-    def __init__(self, weights: dict[str, np.ndarray]):
-        self.weights = weights
-
-    def get_providers(self) -> list[str]:
-        return [CUDA, CPU]
-
     def get_provider_options(self) -> dict[str, dict[str, str]]:
         return {CUDA: {"use_tf32": "0", "cudnn_conv_algo_search": "DEFAULT", "device_id": "0"}, CPU: {}}
 
@@ -81,7 +71,9 @@ def emulated_gpu(monkeypatch: pytest.MonkeyPatch) -> dict[str, np.ndarray]:
     from lipgraph import inference
 
     model, weights = _model()
-    monkeypatch.setattr(inference.Runner, "_open", lambda self, names: _EmulatedCudaSession(weights))
+    monkeypatch.setattr(
+        inference.Runner, "_open", lambda self, names: CudaSessionStub(lambda x: _emulated_logits(weights, x))
+    )
     weights["model"] = model  # type: ignore[assignment]
     return weights
 
