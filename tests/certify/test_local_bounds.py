@@ -161,24 +161,10 @@ def test_groupsort_and_other_non_chains_are_left_alone() -> None:
 
 def test_cli_reports_local_bounds_in_json_text_and_per_sample(digits_mlp, tmp_path, capsys) -> None:
     out, text = tmp_path / "r.json", tmp_path / "r.txt"
-    rc = main(
-        [
-            "certify",
-            str(digits_mlp.onnx_path),
-            "--data",
-            str(digits_mlp.npz_path),
-            "--eps",
-            "0.2",
-            "--tight-pairs",
-            "off",
-            "--per-sample",
-            "-o",
-            f"json={out}",
-            "-o",
-            f"text={text}",
-            "-q",
-        ]
-    )
+    # the same run at eps 0.2 (per-pair bounds off, rows per sample), with the given extra options
+    base = ["certify", str(digits_mlp.onnx_path), "--data", str(digits_mlp.npz_path), "--eps", "0.2"]
+    base += ["--tight-pairs", "off", "--per-sample", "-q", "-o", f"json={out}"]
+    rc = main([*base, "-o", f"text={text}"])
     assert rc == 0, capsys.readouterr().err
     rep = json.loads(out.read_text())
     lb = rep["meta"]["local_bounds"]
@@ -194,24 +180,7 @@ def test_cli_reports_local_bounds_in_json_text_and_per_sample(digits_mlp, tmp_pa
     )
     assert rc == 2
     # --radius-steps 0: the local radii are grid values again, and no step is counted
-    rc = main(
-        [
-            "certify",
-            str(digits_mlp.onnx_path),
-            "--data",
-            str(digits_mlp.npz_path),
-            "--eps",
-            "0.2",
-            "--tight-pairs",
-            "off",
-            "--per-sample",
-            "--radius-steps",
-            "0",
-            "-o",
-            f"json={out}",
-            "-q",
-        ]
-    )
+    rc = main([*base, "--radius-steps", "0"])
     assert rc == 0, capsys.readouterr().err
     rep = json.loads(out.read_text())
     assert rep["meta"]["local_bounds"]["bisection"]["evaluations"] == 0
