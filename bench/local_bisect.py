@@ -5,8 +5,12 @@ and with the default bisection, and compares the median radius, certified accura
 time and the number of bound evaluations; then attacks every raised radius with L2 PGD (gradients from a torch copy
 of the chain, every candidate point judged by ONNX Runtime in float32) and counts flips inside.
 
-    nice -n 10 python bench/local_bisect.py [--model /tmp/pairs_mnist/plain.onnx]
-        [--data /tmp/pairs_mnist/plain.test.npz] [--limit 1000] [--eps 0.25 0.5 1.0] --out local_bisect.json
+    nice -n 10 python bench/local_bisect.py [--model M.onnx --data M.test.npz] [--limit 1000]
+        [--eps 0.25 0.5 1.0] [--out local_bisect.json]
+
+Without ``--model`` the bench trains its own model first: a plain (no Lipschitz control) 784-128-128-10 ReLU MLP
+(``lipgraph train`` arch ``mlp``, 3 epochs, seed 0, one thread, about a minute) on the MNIST file of
+bench/train_mnist.py (``--dataset``), kept in ``--cache`` (default /tmp/lipgraph-bench) and reused by later runs.
 
 Writes bench/results/<out>.
 """
@@ -69,14 +73,39 @@ def _pgd_flips(
     return int(flipped.sum())
 
 
+def own_model(dataset: str, cache: Path, epochs: int = 3) -> tuple[str, str]:
+    """Train (once; later runs reuse the file) the bench's model: a plain 784-128-128-10 ReLU MLP on MNIST."""
+    from lipgraph.train.loop import TrainConfig
+    from lipgraph.train.pipeline import run
+
+    cache.mkdir(parents=True, exist_ok=True)
+    model = cache / f"local_bisect-mlp-plain-e{epochs}.onnx"
+    test = model.with_suffix(".test.npz")
+    if not (model.exists() and test.exists()):
+        print(f"training the bench's model into {model} ...", file=sys.stderr)
+        cfg = TrainConfig(arch="mlp", method="plain", epochs=epochs, seed=0)
+        run(cfg, dataset, str(model), test_out=str(test), threads=1)
+    return str(model), str(test)
+
+
 def main() -> None:
+    sys.path.insert(0, str(HERE))
+    from train_mnist import DEFAULT_MNIST
+
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="/tmp/pairs_mnist/plain.onnx")
-    ap.add_argument("--data", default="/tmp/pairs_mnist/plain.test.npz")
+    ap.add_argument("--model", default=None, help="an ONNX classifier (default: train the bench's own MLP)")
+    ap.add_argument("--data", default=None, help="its test .npz (x, y); needed with --model")
+    ap.add_argument("--dataset", default=str(DEFAULT_MNIST), help="MNIST .npz for the bench's own model")
+    ap.add_argument("--cache", default="/tmp/lipgraph-bench", help="where the bench's own model is kept")
     ap.add_argument("--limit", type=int, default=1000)
     ap.add_argument("--eps", type=float, nargs="+", default=[0.25, 0.5, 1.0])
+    ap.add_argument("--steps", type=int, default=None, help="bracketing steps (default: certify's, --radius-steps)")
     ap.add_argument("--out", default="local_bisect.json")
     args = ap.parse_args()
+    if args.model is None:
+        args.model, args.data = own_model(args.dataset, Path(args.cache))
+    elif args.data is None:
+        ap.error("--model needs --data (its test split, an .npz with x and y)")
     from threadpoolctl import threadpool_limits
 
     from lipgraph import local_bisect, pairs
@@ -89,7 +118,8 @@ def main() -> None:
     rows = {}
     with threadpool_limits(1):
         certify(args.model, x[:8], y[:8], eps=args.eps, providers="cpu")  # warm-up: imports, first session
-        for label, steps in (("grid", 0), ("bisection", local_bisect.BISECT_STEPS)):
+        steps_default = local_bisect.BISECT_STEPS if args.steps is None else args.steps
+        for label, steps in (("grid", 0), ("bisection", steps_default)):
             orig, local_bisect.BISECT_STEPS = local_bisect.BISECT_STEPS, steps
             pairs._CACHE.clear()  # per-pair bounds are memoised per model in-process: time both runs cold
             try:
@@ -132,6 +162,7 @@ def main() -> None:
         "data": args.data,
         "samples": len(x),
         "eps": args.eps,
+        "steps": steps_default,
         "rows": {k: {kk: vv for kk, vv in v.items() if kk != "radii"} for k, v in rows.items()},
         "median_radius_ratio": ratio_r,
         "local_time_ratio": ratio_t,
