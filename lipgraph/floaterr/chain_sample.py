@@ -11,61 +11,35 @@ ReLU / LeakyReLU, reshapes) this module evaluates the a-priori dot-product bound
 sample-independent slope ``d`` gives ``error(x') <= e(x) + d ||x' - x||``. Rounding counts are the walk's
 (``lipgraph.floaterr.local``). A second bound ``e_x``, valid at x alone, counts only the products whose
 float operand may be nonzero at x. Derivation: docs/floating-point.md ("A per-sample bound for chains").
+Reading the chain's ops from the graph: ``lipgraph.floaterr.chain_ops``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnx
 
+from lipgraph.floaterr.chain_ops import NotAChainForFloat, read_chain_ops
 from lipgraph.floaterr.state import (
-    ZERO,
     NoFloatBound,
-    State,
     check_subnormals,
     daz_norm,
     dot_gamma,
     gamma,
     has_subnormal,
-    schur,
     underflow_norm,
 )
-from lipgraph.graph import Graph, Node
-from lipgraph.norms.conv_apply import ConvNotSupported, conv2d_linear
+from lipgraph.graph import Graph
 
 U64 = 2.0**-53
-_SHAPE_OPS = {"Flatten", "Reshape", "Identity", "Dropout", "Squeeze", "Unsqueeze"}
 _SLACK = 1.0 + 1e-9  # the O(layers) float64 roundings of the recursion itself (nonnegative sums)
 # float64 multiply-adds the bound may spend on a whole data set (two passes of each affine op, numpy on the
 # bound's thread beside ONNX Runtime): an MNIST MLP on 10,000 images needs ~2.4e9; large conv nets keep the walk
 MAX_WORK = 2e10
-
-
-class NotAChainForFloat(Exception):
-    """The model is not a chain this module handles; the message says why (the walk's bound stays)."""
-
-
-@dataclass
-class _Op:
-    """One node of the chain. ``kind``: "dot", "add", "relu", "leaky", "shape"."""
-
-    kind: str
-    name: str
-    out_shape: tuple[int, ...]  # per sample
-    factor: float = 1.0  # the real node's Lipschitz factor (the bound rule's, rounding included)
-    lin: Callable[[np.ndarray], np.ndarray] | None = None  # x -> W x (batched, float64)
-    abs_lin: Callable[[np.ndarray], np.ndarray] | None = None  # x -> |W| x
-    bias: np.ndarray | None = None  # |b| for terms, b for the value (broadcastable per sample)
-    abs_norm: float = 0.0  # upper bound of || |W| ||_2 (Schur test)
-    n: int = 0  # roundings counted in the accumulator (as the walk counts them)
-    inner: int = 0  # the products among them (each output's dot-product length)
-    alpha: float = 0.0  # LeakyRelu slope
-    consts: tuple[np.ndarray, ...] = ()  # the constants it reads (weights, biases, added constants)
 
 
 @dataclass
@@ -90,7 +64,7 @@ class ChainFloatModel:
         self.u, self.u_dot = u, u_dot
         # "flush": every op may read subnormal operands as zero (the walk's DAZ term, lipgraph.floaterr.walk)
         self.flush = check_subnormals(subnormals) == "flush"
-        self.ops = _extract(graph, logits)
+        self.ops = read_chain_ops(graph, logits)
         if self.flush:
             for op in self.ops:
                 for c in op.consts:
@@ -199,160 +173,6 @@ def _norm_up(v: np.ndarray) -> np.ndarray:
     flat = v.reshape(len(v), -1)
     k = flat.shape[1]
     return np.sqrt(np.einsum("ij,ij->i", flat, flat)) * (1.0 + gamma(k + 4, U64))
-
-
-def _extract(graph: Graph, logits: str) -> list[_Op]:
-    from lipgraph.floaterr.walk import _factors
-
-    cur = graph.input_name
-    shape = graph.shape_of(cur)
-    if shape is None or any(d is None for d in shape) or shape[0] != 1:
-        raise NotAChainForFloat(f"the input '{cur}' has no fixed per-sample shape")
-    ops: list[_Op] = []
-    while cur != logits:
-        users = graph.consumers(cur)
-        if len(users) != 1:
-            raise NotAChainForFloat(f"'{cur}' feeds {len(users)} nodes")
-        node = users[0]
-        var = [k for k, i in enumerate(node.inputs) if i and graph.is_variable(i)]
-        if node.domain != "ai.onnx" or var != [0] or len(node.outputs) != 1:
-            raise NotAChainForFloat(f"{node.op_type} '{node.name}' is not an op of a chain")
-        out = node.outputs[0]
-        t = graph.tensors.get(out)
-        if t is None or t.elem_type != onnx.TensorProto.FLOAT:
-            raise NotAChainForFloat(f"'{out}' is not a float32 tensor")
-        out_shape = graph.shape_of(out)
-        if out_shape is None or any(d is None for d in out_shape):
-            raise NotAChainForFloat(f"no fixed shape for '{out}'")
-        per = tuple(int(d) for d in out_shape[1:])  # type: ignore[arg-type]
-        try:
-            factor = _factors(graph, node, [State(ZERO, ZERO, ZERO, 0)] + [None] * (len(node.inputs) - 1))[0][0]
-        except NoFloatBound as exc:
-            raise NotAChainForFloat(str(exc)) from None
-        try:
-            ops.append(_node_op(graph, node, per, factor))
-        except ValueError as exc:  # a constant that does not broadcast to the output, an odd Conv
-            raise NotAChainForFloat(f"{node.op_type} '{node.name}': {exc}") from None
-        cur = out
-    if not any(op.kind == "dot" for op in ops):
-        raise NotAChainForFloat("no affine op")
-    return ops
-
-
-def _const(graph: Graph, node: Node, i: int) -> np.ndarray | None:
-    if i >= len(node.inputs) or not node.inputs[i]:
-        return None
-    t = graph.tensors.get(node.inputs[i])
-    if t is None or t.variable or t.value is None:
-        raise NotAChainForFloat(f"{node.op_type} '{node.name}' has a non-constant operand")
-    return np.asarray(t.value, dtype=np.float64)
-
-
-def _node_op(graph: Graph, node: Node, per: tuple[int, ...], factor: float) -> _Op:
-    op, attrs = node.op_type, node.attrs
-    if op in _SHAPE_OPS:
-        return _Op("shape", node.name, per)
-    if op == "Relu":
-        return _Op("relu", node.name, per)
-    if op == "LeakyRelu":
-        alpha = float(attrs.get("alpha", 0.01))
-        if not 0.0 <= alpha <= 1.0:
-            raise NotAChainForFloat(f"LeakyRelu '{node.name}' with alpha {alpha} outside [0, 1]")
-        return _Op("leaky", node.name, per, alpha=alpha)
-    if op in ("Add", "Sub"):
-        c = _const(graph, node, 1)
-        assert c is not None
-        b = np.broadcast_to(c if op == "Add" else -c, (1, *per)) if c.ndim <= len(per) + 1 else None
-        if b is None or b.shape != (1, *per):
-            raise NotAChainForFloat(f"{op} '{node.name}': the constant does not broadcast to the output")
-        return _Op("add", node.name, per, bias=np.array(b), consts=(c,))
-    if op == "Gemm":
-        return _gemm(graph, node, per, factor)
-    if op == "MatMul":
-        w = _const(graph, node, 1)
-        if w is None or w.ndim != 2:
-            raise NotAChainForFloat(f"MatMul '{node.name}' without a constant 2-D weight")
-        return _dense_op(node.name, per, factor, w, None, int(w.shape[0]))
-    if op == "Conv":
-        return _conv(graph, node, per, factor)
-    raise NotAChainForFloat(f"{op} '{node.name}' has no per-sample float model here")
-
-
-def _gemm(graph: Graph, node: Node, per: tuple[int, ...], factor: float) -> _Op:
-    attrs = node.attrs
-    if int(attrs.get("transA", 0)):
-        raise NotAChainForFloat(f"Gemm '{node.name}' with transA")
-    w = _const(graph, node, 1)
-    if w is None or w.ndim != 2:
-        raise NotAChainForFloat(f"Gemm '{node.name}' without a constant matrix")
-    if int(attrs.get("transB", 0)):
-        w = w.T
-    alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
-    if alpha != 1.0 or beta != 1.0:  # a scaled Gemm would add float64 roundings to the reference values
-        raise NotAChainForFloat(f"Gemm '{node.name}' with alpha {alpha}, beta {beta}")
-    c = _const(graph, node, 2)
-    bias = None if c is None else np.array(np.broadcast_to(c, (1, *per)))
-    return _dense_op(node.name, per, factor, w, bias, int(w.shape[0]) + (1 if c is not None else 0) + 2)
-
-
-def _dense_op(
-    name: str, per: tuple[int, ...], factor: float, w: np.ndarray, bias: np.ndarray | None, roundings: int
-) -> _Op:
-    """``x @ w (+ bias)`` with ``roundings`` float operations per output (the walk's count for the op)."""
-    aw = np.abs(w)
-    return _Op(
-        "dot",
-        name,
-        per,
-        factor,
-        lambda x, w=w: x @ w,
-        lambda x, aw=aw: x @ aw,
-        bias,
-        schur(aw, aw.sum(axis=1), aw.sum(axis=0)),
-        roundings,
-        int(w.shape[0]),
-        consts=(w,) if bias is None else (w, bias),
-    )
-
-
-def _conv(graph: Graph, node: Node, per: tuple[int, ...], factor: float) -> _Op:
-    w = _const(graph, node, 1)
-    if w is None or w.ndim != 4:
-        raise NotAChainForFloat(f"Conv '{node.name}' is not a 2-D Conv with a constant kernel")
-    b = _const(graph, node, 2)
-    attrs = dict(node.attrs)
-    aw = np.abs(w)
-
-    def lin(x: np.ndarray, k: np.ndarray = w) -> np.ndarray:
-        return conv2d_linear(x, k, attrs)[0]
-
-    def abs_lin(x: np.ndarray, k: np.ndarray = aw) -> np.ndarray:
-        return conv2d_linear(x, k, attrs)[0]
-
-    try:
-        lin(np.zeros((1, *[int(d) for d in graph.shape_of(node.inputs[0])[1:]])))  # type: ignore[index, union-attr]
-    except (ConvNotSupported, TypeError) as exc:
-        raise NotAChainForFloat(f"Conv '{node.name}': {exc}") from None
-    g = int(attrs.get("group", 1))
-    spatial = (2, 3)
-    rows = aw.sum(axis=(1, *spatial))
-    per_g = aw.shape[0] // g
-    cols = np.concatenate([aw[j * per_g : (j + 1) * per_g].sum(axis=(0, *spatial)) for j in range(g)])
-    bias = None if b is None else np.array(np.broadcast_to(b.reshape(1, -1, 1, 1), (1, *per)))
-    n = int(np.prod(w.shape[1:])) + (1 if b is not None else 0)
-    return _Op(
-        "dot",
-        node.name,
-        per,
-        factor,
-        lin,
-        abs_lin,
-        bias,
-        schur(aw, rows, cols),
-        n,
-        int(np.prod(w.shape[1:])),
-        consts=(w,) if b is None else (w, b),
-    )
 
 
 @dataclass
