@@ -331,3 +331,88 @@ def test_groupsort_like_near_miss_sound(perm_off: bool, axis: int) -> None:
         return
     low, f64 = lower_estimate(model, [1, D], n_points=4)
     assert sound(bound, low, f64), (perm_off, axis, bound, low)
+
+
+# ------------------------------------------------------------------------------------ fold_scale
+
+
+def _fold_case(case: str) -> onnx.ModelProto:
+    """Conv / affine / activation chains near the fold_scale pass's patterns (4 channels, 5x5)."""
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((4, 4, 3, 3)).astype(np.float32)
+    s = rng.uniform(0.2, 3.0, 4).astype(np.float32)
+    inits: dict[str, np.ndarray] = {"w": w, "w2": w.copy()}
+    conv = dict(pads=[1, 1, 1, 1], kernel_shape=[3, 3])
+    if case == "scale on the spatial axis before conv":
+        inits["s"] = rng.uniform(0.2, 3.0, (1, 1, 5, 1)).astype(np.float32)
+        nodes = [helper.make_node("Mul", ["x", "s"], ["m"]), helper.make_node("Conv", ["m", "w"], ["y"], **conv)]
+    elif case == "negative scale across Tanh":
+        inits["s"] = (s * np.array([1, -1, 1, -1], np.float32)).reshape(1, 4, 1, 1)
+        nodes = [
+            helper.make_node("Mul", ["x", "s"], ["m"]),
+            helper.make_node("Tanh", ["m"], ["t"]),
+            helper.make_node("Conv", ["t", "w"], ["y"], **conv),
+        ]
+    elif case == "negative scale across LeakyRelu(-0.5)":
+        inits["s"] = (-s).reshape(1, 4, 1, 1)
+        nodes = [
+            helper.make_node("Mul", ["x", "s"], ["m"]),
+            helper.make_node("LeakyRelu", ["m"], ["t"], alpha=-0.5),
+            helper.make_node("Conv", ["t", "w"], ["y"], **conv),
+        ]
+    elif case == "scale shared by two convs, one also read raw":
+        inits["s"] = s.reshape(1, 4, 1, 1)
+        nodes = [
+            helper.make_node("Mul", ["x", "s"], ["m"]),
+            helper.make_node("Conv", ["m", "w"], ["a"], **conv),
+            helper.make_node("Conv", ["x", "w"], ["b"], **conv),
+            helper.make_node("Add", ["a", "b"], ["y"]),
+        ]
+    elif case == "grouped conv after per-channel scale":
+        inits["wg"] = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
+        inits["s"] = s.reshape(1, 4, 1, 1)
+        nodes = [
+            helper.make_node("Mul", ["x", "s"], ["m"]),
+            helper.make_node("Conv", ["m", "wg"], ["y"], group=2, **conv),
+        ]
+    elif case == "BatchNorm with a zero variance and tiny eps":
+        inits.update(g=s, b=np.zeros(4, np.float32), mu=np.zeros(4, np.float32), var=np.array([0, 1, 1, 1], np.float32))
+        nodes = [
+            helper.make_node("Conv", ["x", "w"], ["c"], **conv),
+            helper.make_node("BatchNormalization", ["c", "g", "b", "mu", "var"], ["y"], epsilon=1e-12),
+        ]
+    elif case == "Div by a per-channel constant before conv":
+        inits["s"] = s.reshape(1, 4, 1, 1)
+        nodes = [helper.make_node("Div", ["x", "s"], ["m"]), helper.make_node("Conv", ["m", "w"], ["y"], **conv)]
+    elif case == "Sub with the input second":
+        inits["s"] = s.reshape(1, 4, 1, 1)
+        nodes = [helper.make_node("Sub", ["s", "x"], ["m"]), helper.make_node("Conv", ["m", "w"], ["y"], **conv)]
+    else:
+        raise AssertionError(case)
+    for k in list(inits):
+        if not any(k in n.input for n in nodes):
+            del inits[k]
+    return make_model(nodes, [("x", [1, 4, 5, 5])], ["y"], inits)
+
+
+FOLD_CASES = [
+    "scale on the spatial axis before conv",
+    "negative scale across Tanh",
+    "negative scale across LeakyRelu(-0.5)",
+    "scale shared by two convs, one also read raw",
+    "grouped conv after per-channel scale",
+    "BatchNorm with a zero variance and tiny eps",
+    "Div by a per-channel constant before conv",
+    "Sub with the input second",
+]
+
+
+@pytest.mark.parametrize("case", FOLD_CASES)
+def test_fold_scale_near_miss_sound(case: str) -> None:
+    model = _fold_case(case)
+    try:
+        bound = _bound(model)
+    except LipgraphError:
+        return
+    low, f64 = lower_estimate(model, [1, 4, 5, 5], n_points=2)
+    assert sound(bound, low, f64), (case, bound, low)
