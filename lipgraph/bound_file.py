@@ -65,11 +65,61 @@ def read_bound_report(path: str | os.PathLike[str]) -> dict[str, Any]:
         ) from None
     bound = doc.get("lipschitz_bound") if isinstance(doc, dict) else None
     meta = doc.get("meta") if isinstance(doc, dict) else None
-    if not isinstance(bound, (int, float)) or not isinstance(meta, dict) or not isinstance(doc.get("nodes"), list):
+    if not _is_number(bound) or not isinstance(meta, dict) or not isinstance(doc.get("nodes"), list):
         raise LipgraphError(f"'{p}' is not a lipgraph bound report (no lipschitz_bound / meta / nodes)")
-    if not (math.isfinite(float(bound)) and float(bound) >= 0):
-        raise LipgraphError(f"'{p}' holds the bound {bound}; only a finite bound can certify")
+    if not _is_bound(bound):
+        raise LipgraphError(f"'{p}' holds the bound {str(bound)[:40]}; only a finite bound can certify")
+    _check_fields(doc, meta, p)
     return doc
+
+
+def _is_number(v: Any) -> bool:
+    # JSON true/false load as bool, a subclass of int: `true` is not a bound
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_bound(v: Any) -> bool:
+    try:
+        return _is_number(v) and math.isfinite(float(v)) and float(v) >= 0
+    except OverflowError:  # an integer beyond float range
+        return False
+
+
+def _check_fields(doc: dict[str, Any], meta: dict[str, Any], p: Path) -> None:
+    """Refuse, as one line, a report whose fields do not have the types `lipgraph bound` writes.
+
+    The per-node cumulative bounds are read by the affine tail of the pairwise radii; a NaN, negative or
+    non-numeric one is a damaged file, not a claim (a smaller finite value is the user's claim, like the bound).
+    """
+    from lipgraph.version import __version__
+
+    def bad(what: str) -> LipgraphError:
+        return LipgraphError(f"'{p}' is not a well-formed lipgraph bound report ({what})")
+
+    if not isinstance(meta.get("model_sha256"), str):
+        raise bad("meta.model_sha256 is not a string")
+    if meta.get("input") is not None and not isinstance(meta.get("input"), str):
+        raise bad("meta.input is not a string")
+    shape = meta.get("input_shape")
+    if shape is not None and not (
+        isinstance(shape, list) and all(d == "?" or (_is_number(d) and isinstance(d, int) and d >= 1) for d in shape)
+    ):
+        raise bad("meta.input_shape is not a list of positive sizes and '?'")
+    versions = meta.get("versions")
+    made_by = versions.get("lipgraph") if isinstance(versions, dict) else None
+    if made_by != __version__:
+        # Rows are matched to the rebuilt graph's nodes by name: another version's passes may fuse and name
+        # nodes differently, so its cumulative bounds could land on other tensors.
+        raise LipgraphError(
+            f"the bound in '{p}' was made by lipgraph {made_by}, this is {__version__}; rerun `lipgraph bound`"
+        )
+    if not isinstance(doc.get("warnings", []), list):
+        raise bad("warnings is not a list")
+    for row in doc["nodes"]:
+        if not isinstance(row, dict) or not isinstance(row.get("name"), str):
+            raise bad("a node row without a name")
+        if "cumulative" in row and not _is_bound(row["cumulative"]):
+            raise bad(f"node '{row['name']}' has the cumulative bound {row['cumulative']!r}")
 
 
 def load_bound(
@@ -96,14 +146,14 @@ def load_bound(
     bounds: dict[str, float] = {graph.input_name: 1.0}
     by_name = {n.name: n for n in graph.nodes}
     for row in doc["nodes"]:
-        node = by_name.get(row.get("name")) if isinstance(row, dict) else None
-        if node is not None and node.outputs and isinstance(row.get("cumulative"), (int, float)):
+        node = by_name.get(row["name"])
+        if node is not None and node.outputs and "cumulative" in row:
             bounds[node.outputs[0]] = float(row["cumulative"])
     bounds[graph.output_name] = float(doc["lipschitz_bound"])
     meta["bound_file"] = str(path)
     return LoadedAnalysis(
         float(doc["lipschitz_bound"]),
-        [_Row(r) for r in doc["nodes"] if isinstance(r, dict)],
+        [_Row(r) for r in doc["nodes"]],
         [str(w) for w in doc.get("warnings", [])],
         meta,
         graph,

@@ -91,6 +91,9 @@ def _check_external_paths(model: onnx.ModelProto, base_dir: Path) -> None:
 def load_model(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, str]:
     """Load an ONNX model file and return it with the sha256 of its bytes.
 
+    For a model with external data the digest also covers the bytes of every external tensor as loaded
+    (so it is then not the plain ``sha256sum`` of the .onnx file).
+
     External data is read only from files inside the model's folder; anything else is refused.
     """
     p = Path(path)
@@ -104,7 +107,7 @@ def load_model(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, str]:
     if size >= _MAX_MODEL_BYTES:
         raise ModelLoadError(f"model file '{p}' is over 2 GiB; store its weights as external data")
     raw = p.read_bytes()
-    digest = hashlib.sha256(raw).hexdigest()
+    h = hashlib.sha256(raw)
     try:
         model = onnx.ModelProto()
         model.ParseFromString(raw)
@@ -112,7 +115,8 @@ def load_model(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, str]:
         raise ModelLoadError(f"'{p}' is not a readable ONNX model ({type(exc).__name__})") from None
     if not model.HasField("graph") or not model.graph.node:
         raise ModelLoadError(f"'{p}' holds no ONNX graph with nodes; is it an ONNX model file?")
-    if _external_tensors(model):
+    external = _external_tensors(model)
+    if external:
         _check_external_paths(model, p.parent)
         from onnx.external_data_helper import load_external_data_for_model
 
@@ -120,7 +124,15 @@ def load_model(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, str]:
             load_external_data_for_model(model, str(p.parent.resolve()))
         except (OSError, ValueError, onnx.checker.ValidationError) as exc:
             raise ModelLoadError(f"cannot read the external data of '{p}': {exc}") from None
-    return model, digest
+        # The weights live in other files: the digest must cover them, or a bound computed for one set of
+        # weights would be accepted (`certify --bound`, `merge`) for another. Hash the bytes as loaded (not
+        # re-read from disk), so that a file swapped after loading cannot slip in between hash and use.
+        h.update(b"\0lipgraph-external-data\0")
+        for tensor in external:
+            name = tensor.name.encode()
+            h.update(len(name).to_bytes(8, "little") + name)
+            h.update(len(tensor.raw_data).to_bytes(8, "little") + tensor.raw_data)
+    return model, h.hexdigest()
 
 
 def model_sha256(model: onnx.ModelProto) -> str:
