@@ -187,6 +187,9 @@ def _npz_member_reader(path: Path, zf: zipfile.ZipFile, name: str) -> tuple[Read
             raise DataError(f"{where}: the archive's local header is damaged")
         name_len, extra_len = struct.unpack("<HH", local[26:30])
         offset = info.header_offset + 30 + name_len + extra_len + header_len
+        need = header_len + int(dtype.itemsize) * int(np.prod(shape, dtype=np.int64))
+        if min(info.file_size, info.compress_size) < need:  # else the rows would run on into the next member
+            raise DataError(f"{where} is truncated ({info.file_size} bytes, the header promises {need})")
         return _FileRows(path, offset, tuple(shape), dtype, where, fortran), tuple(shape), dtype
     if fortran:
         # Rows of a compressed Fortran-ordered array are spread over the whole stream: read it whole (rare:

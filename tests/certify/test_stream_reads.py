@@ -181,3 +181,19 @@ def test_certify_never_maps_the_data_file(tmp_path: Path, capsys, digits_mlp, mo
         rc = main([str(a) for a in [*args, "-o", tmp_path / "r.json"]])
         assert rc in (0, 1), capsys.readouterr().err
         assert len(checks) >= 2 * (len(x) // 256) and not any(checks), data
+
+
+def test_a_stored_member_shorter_than_its_header_is_refused_not_read_into_the_archive(tmp_path: Path):
+    """The archive goes on after a stored member (the central directory): a member one row short must not be
+    completed with those bytes."""
+    import io
+    import zipfile
+
+    x = np.arange(300, dtype=np.float32).reshape(300, 1)
+    buf = io.BytesIO()
+    np.save(buf, x)
+    with zipfile.ZipFile(tmp_path / "short.npz", "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("x.npy", buf.getvalue()[:-4])  # the header says 300 rows; 299 follow it
+    assert (tmp_path / "short.npz").stat().st_size > len(buf.getvalue())  # the file itself is long enough
+    with pytest.raises(DataError, match="truncated"):
+        open_data(tmp_path / "short.npz")
