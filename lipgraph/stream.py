@@ -131,9 +131,11 @@ class _FileRows:
     def _pread(self, buf: memoryview, pos: int) -> int:
         if hasattr(os, "preadv"):
             return os.preadv(self.fd, [buf], pos)
-        with self._lock:  # one file position shared by the threads
+        with self._lock:  # no positional read here (Windows): one file position, shared by the threads
             os.lseek(self.fd, pos, os.SEEK_SET)
-            return os.readv(self.fd, [buf])
+            got = os.read(self.fd, len(buf))
+        buf[: len(got)] = got
+        return len(got)
 
 
 def _read_npy_header(f: Any, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:

@@ -55,6 +55,38 @@ def test_every_source_gives_the_files_exact_bytes(tmp_path: Path, order: str, dt
             assert got.tobytes() == x[a:b].tobytes(), (name, a, b)  # bytes: NaN-safe and sign-of-zero exact
 
 
+def test_reads_without_os_preadv_are_exact_from_many_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Where there is no positional read (Windows), reads share the file position under a lock."""
+    import time
+
+    monkeypatch.delattr(os, "preadv", raising=False)
+    real_lseek = os.lseek
+
+    def lseek_then_yield(fd: int, pos: int, how: int) -> int:  # invites another thread in between seek and read
+        out = real_lseek(fd, pos, how)
+        time.sleep(0.0005)
+        return out
+
+    monkeypatch.setattr(os, "lseek", lseek_then_yield)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2000, 33)).astype(">f8")
+    np.save(tmp_path / "x.npy", x)
+    ds = open_data(tmp_path / "x.npy")
+    bad: list[str] = []
+
+    def work(k: int) -> None:
+        for start in range(k * 13 % 200, 2000, 200):
+            if ds.x.read(start, start + 200).tobytes() != x[start : start + 200].tobytes():
+                bad.append(f"thread {k} rows {start}")
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert bad == []
+
+
 def test_stored_npz_member_is_read_in_place_not_decoded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     if not hasattr(os, "preadv"):
         pytest.skip("no os.preadv here")
