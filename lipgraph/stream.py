@@ -2,9 +2,10 @@
 
 Sources (all read with ``allow_pickle=False``; object arrays are refused):
 
-* ``.npy``: memory-mapped (``numpy.load(mmap_mode="r")``);
+* ``.npy``: each batch is read from the file at its offset (``os.preadv``) into a new array;
 * ``.npz``: each member's ``.npy`` header is parsed from the archive; an uncompressed (stored) member is
-  memory-mapped at its offset in the file, a compressed one is decompressed sequentially batch by batch;
+  read like an ``.npy`` at its offset in the file, a compressed one is decompressed sequentially batch by
+  batch;
 * a directory of ``.npy`` shards: ``x_000.npy, x_001.npy, ...`` (inputs; any key of ``X_KEYS`` as the
   prefix) and optionally ``y_000.npy, ...`` (labels), concatenated in name order.
 
@@ -16,12 +17,11 @@ be) and ``min`` / ``max`` over what was read. A shard view (``--shard K/N``) kee
 
 from __future__ import annotations
 
-import contextlib
-import mmap
 import os
 import re
 import struct
 import threading
+import weakref
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,46 +65,77 @@ def _check_dtype(dtype: np.dtype, where: str) -> None:
         raise DataError(f"{where} has dtype {dtype}; lipgraph needs a numeric array")
 
 
-class _MappedRows:
-    """Rows of a C-ordered array stored at ``offset`` in a file, through a read-only memory map.
+class _FileRows:
+    """Rows ``[a, b)`` of an array stored at ``offset`` in a file, read with positional reads into fresh buffers.
 
-    Pages of a file mapping count in the process's resident memory once touched, so after each batch
-    the pages of the previous one are handed back (``madvise(MADV_DONTNEED)``: for a read-only file
-    mapping they are simply dropped and would be read again from the file if touched). Without this,
-    streaming a 6 GB file would show a 6 GB peak resident size, though the kernel could reclaim it. Each thread
-    hands back its own previous batch: certify reads the data in two threads at once (inference, and the
-    per-sample float bounds beside it), and one shared "previous batch" lost the other thread's pages.
+    No memory map: pages of a file mapping count in the process's resident set once touched, and whichever
+    stage touched them last (the inference, the per-sample float bounds, the local bounds, a view some stage
+    kept) decides when they leave it, so the peak resident size of a streamed run followed the file's size
+    and the threads' timing. A positional read (``os.preadv``) copies the batch from the page cache into a
+    new array that is freed with the batch; the page cache itself is not this process's memory. The file
+    stays open (the header was checked against this file, not whatever a later name lookup finds), and
+    reads from several threads need no lock: each read names its offset.
+
+    Exact bytes: the buffer has the file's dtype (byte order included); a Fortran-ordered array is read as
+    one run of ``b - a`` items per position of a sample, then transposed (the values numpy's map gave).
+    A file shorter than its header says is refused here, and a read that comes back short (the file shrank
+    since) raises :class:`~lipgraph.errors.DataError` too.
     """
 
-    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype, where: str):
-        self.shape, self.dtype, self.offset = shape, dtype, offset
-        self.row_bytes = int(dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64)))
+    def __init__(
+        self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype, where: str, fortran: bool = False
+    ):
+        self.shape, self.dtype, self.offset, self.fortran, self.where = shape, dtype, offset, fortran, where
+        self.sample_items = int(np.prod(shape[1:], dtype=np.int64))
+        self.row_bytes = int(dtype.itemsize) * self.sample_items
         need = offset + self.row_bytes * shape[0]
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size < need:
-                raise DataError(f"{where} is truncated ({size} bytes, the header promises {need})")
-            self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
-        self._last: dict[int, tuple[int, int]] = {}  # per reading thread: the byte range of its previous batch
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        try:
+            size = os.fstat(fd).st_size
+        except OSError:
+            os.close(fd)
+            raise
+        if size < need:
+            os.close(fd)
+            raise DataError(f"{where} is truncated ({size} bytes, the header promises {need})")
+        self.fd = fd
+        self._lock = threading.Lock()  # only for the seek + read fallback where os.preadv is missing
+        weakref.finalize(self, os.close, fd)
 
-    def __call__(self, a: int, b: int) -> np.ndarray:
-        b = self.shape[0] if b is None else min(b, self.shape[0])
-        self._release()
-        count = max(b - a, 0) * (self.row_bytes // max(self.dtype.itemsize, 1))
-        start = self.offset + a * self.row_bytes
-        if self.mm is None or count == 0:
-            return np.zeros((max(b - a, 0), *self.shape[1:]), dtype=self.dtype)
-        self._last[threading.get_ident()] = (start, start + count * self.dtype.itemsize)
-        return np.frombuffer(self.mm, dtype=self.dtype, count=count, offset=start).reshape((b - a, *self.shape[1:]))
+    def __call__(self, a: int, b: int | None) -> np.ndarray:
+        n = self.shape[0]
+        b = n if b is None else min(b, n)
+        a = max(min(a, b), 0)
+        rows = b - a
+        if not self.fortran:
+            out = np.empty((rows, *self.shape[1:]), dtype=self.dtype)
+            self._read_into(out, self.offset + a * self.row_bytes)
+            return out
+        # Fortran order: item (i, j) of the (n, samples' items) matrix sits at (j * n + i); rows a..b of
+        # column j are one contiguous run.
+        cols = np.empty((self.sample_items, rows), dtype=self.dtype)
+        isz = self.dtype.itemsize
+        for j in range(self.sample_items if rows else 0):
+            self._read_into(cols[j], self.offset + (j * n + a) * isz)
+        return cols.reshape((*self.shape[:0:-1], rows)).T  # (rows, *shape[1:]) in Fortran order
 
-    def _release(self) -> None:
-        last = self._last.pop(threading.get_ident(), None)
-        if last is None or not hasattr(self.mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
-            return
-        page = mmap.PAGESIZE
-        lo = last[0] // page * page
-        with contextlib.suppress(OSError, ValueError):  # only a memory figure depends on it
-            self.mm.madvise(mmap.MADV_DONTNEED, lo, last[1] - lo)  # type: ignore[union-attr]
+    def _read_into(self, out: np.ndarray, pos: int) -> None:
+        view = memoryview(out).cast("B")
+        done = 0
+        while done < len(view):
+            got = self._pread(view[done:], pos + done)
+            if got <= 0:
+                raise DataError(f"{self.where} is truncated (a read at byte {pos + done} found the end of the file)")
+            done += got
+
+    def _pread(self, buf: memoryview, pos: int) -> int:
+        if hasattr(os, "preadv"):
+            return os.preadv(self.fd, [buf], pos)
+        with self._lock:  # no positional read here (Windows): one file position, shared by the threads
+            os.lseek(self.fd, pos, os.SEEK_SET)
+            got = os.read(self.fd, len(buf))
+        buf[: len(got)] = got
+        return len(got)
 
 
 def _read_npy_header(f: Any, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -128,26 +159,28 @@ def _npy_reader(path: Path) -> tuple[Reader, tuple[int, ...], np.dtype]:
     except OSError as exc:
         raise DataError(f"cannot read '{path}' as .npy ({str(exc).splitlines()[0] or type(exc).__name__})") from None
     _check_dtype(dtype, where)
-    if fortran or len(shape) == 0:  # rows are not contiguous: numpy's own (strided) map
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        return (lambda a, b: np.asarray(arr[a:b])), tuple(arr.shape), arr.dtype
-    return _MappedRows(path, offset, tuple(shape), dtype, where), tuple(shape), dtype
+    if len(shape) == 0:
+        return _scalar_reader(where), (), dtype
+    return _FileRows(path, offset, tuple(shape), dtype, where, fortran), tuple(shape), dtype
+
+
+def _scalar_reader(where: str) -> Reader:
+    def read(a: int, b: int | None) -> np.ndarray:
+        raise DataError(f"{where} is a scalar; expected an array of samples")
+
+    return read
 
 
 def _npz_member_reader(path: Path, zf: zipfile.ZipFile, name: str) -> tuple[Reader, tuple[int, ...], np.dtype]:
-    """Rows of one ``.npz`` member without reading the rest: memory-mapped if stored, else streamed."""
+    """Rows of one ``.npz`` member without reading the rest: read in place if stored, else streamed."""
     info = zf.getinfo(name)
     where = f"'{path}' array '{name[:-4]}'"
     with zf.open(info) as f:
         shape, fortran, dtype = _read_npy_header(f, where)
         header_len = f.tell()
     _check_dtype(dtype, where)
-    if fortran or len(shape) == 0:
-        # Rows of a Fortran-ordered array are not contiguous: read it whole (rare: numpy.savez keeps C order).
-        with zf.open(info) as f:
-            whole = np.lib.format.read_array(f, allow_pickle=False)
-        return (lambda a, b: whole[a:b]), tuple(whole.shape), whole.dtype
-    row_bytes = int(dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64)))
+    if len(shape) == 0:
+        return _scalar_reader(where), (), dtype
     if info.compress_type == zipfile.ZIP_STORED:
         with open(path, "rb") as raw:  # the local file header: 30 bytes + name + extra field
             raw.seek(info.header_offset)
@@ -156,10 +189,28 @@ def _npz_member_reader(path: Path, zf: zipfile.ZipFile, name: str) -> tuple[Read
             raise DataError(f"{where}: the archive's local header is damaged")
         name_len, extra_len = struct.unpack("<HH", local[26:30])
         offset = info.header_offset + 30 + name_len + extra_len + header_len
-        return _MappedRows(path, offset, tuple(shape), dtype, where), tuple(shape), dtype
-    handle = zf.open(info)  # sequential decompression; forward seeks only decompress what they skip
+        need = header_len + int(dtype.itemsize) * int(np.prod(shape, dtype=np.int64))
+        if min(info.file_size, info.compress_size) < need:  # else the rows would run on into the next member
+            raise DataError(f"{where} is truncated ({info.file_size} bytes, the header promises {need})")
+        return _FileRows(path, offset, tuple(shape), dtype, where, fortran), tuple(shape), dtype
+    if fortran:
+        # Rows of a compressed Fortran-ordered array are spread over the whole stream: read it whole (rare:
+        # numpy.savez keeps C order).
+        with zf.open(info) as f:
+            whole = np.lib.format.read_array(f, allow_pickle=False)
+        return (lambda a, b: whole[a:b]), tuple(whole.shape), whole.dtype
+    row_bytes = int(dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64)))
+    # Sequential decompression, one handle per reading thread: a decompressor's state is not safe to share
+    # between threads (certify reads in two at once), and each thread reads forward, so a seek only
+    # decompresses what it skips (a backward seek would start the member over).
+    local_handles = threading.local()
 
-    def read(a: int, b: int) -> np.ndarray:
+    def read(a: int, b: int | None) -> np.ndarray:
+        b = shape[0] if b is None else min(b, shape[0])
+        a = max(min(a, b), 0)
+        handle = getattr(local_handles, "handle", None)
+        if handle is None:
+            handle = local_handles.handle = zf.open(info)
         handle.seek(header_len + a * row_bytes)
         buf = handle.read((b - a) * row_bytes)
         if len(buf) != (b - a) * row_bytes:

@@ -66,14 +66,6 @@ def test_every_source_reads_the_same_rows_and_shards_partition(tmp_path: Path):
     assert open_data(tmp_path / "stored.npz", limit=10).x.shape[0] == 10
 
 
-def test_stored_npz_member_is_memory_mapped_not_read(tmp_path: Path):
-    np.savez(tmp_path / "s.npz", x=np.arange(4000, dtype=np.float64).reshape(1000, 4))
-    ds = open_data(tmp_path / "s.npz")
-    batch = ds.x.read(10, 12)
-    assert batch.base is not None  # a view of the mapping, not a decoded copy of the member
-    np.testing.assert_array_equal(batch, np.arange(40, 48, dtype=np.float64).reshape(2, 4))
-
-
 @pytest.mark.parametrize("text", ["0/4", "5/4", "a/b", "1", ""])
 def test_bad_shard_specs_are_refused(text):
     from lipgraph.errors import DataError
@@ -276,42 +268,3 @@ def test_bound_once_certify_anywhere(tmp_path, capsys):
     assert _cli(capsys, "bound", model, "--input-shape", "1x1x8x8", "-o", text_bound)[0] == 0
     rc, err = _cli(capsys, "certify", model, "--data", tmp_path / "d8.npz", "--bound", text_bound, "-q")
     assert rc == 2 and "not a JSON bound report" in err
-
-
-def test_each_reading_thread_hands_back_its_own_previous_batch(tmp_path: Path):
-    """certify reads a memory-mapped file in two threads at once; each read hands back the pages of the same
-    thread's previous batch (one shared 'previous batch' lost the other thread's, which stayed resident)."""
-    import threading
-
-    from lipgraph.stream import _MappedRows
-
-    path = tmp_path / "x.npy"
-    np.save(path, np.arange(64 * 1024, dtype=np.float32).reshape(64, 1024))  # 4 KiB rows
-    with open(path, "rb") as f:
-        np.lib.format.read_magic(f)
-        np.lib.format.read_array_header_1_0(f)
-        offset = f.tell()
-    rows = _MappedRows(path, offset, (64, 1024), np.dtype(np.float32), "x")
-    released: list[tuple[int, int]] = []
-
-    import mmap
-
-    class Spy(mmap.mmap):
-        def madvise(self, flag, start, length):  # noqa: D102 - records what is handed back, then does it
-            released.append((start, start + length))
-            return super().madvise(flag, start, length)
-
-    with open(path, "rb") as f:
-        rows.mm = Spy(f.fileno(), 0, access=mmap.ACCESS_READ)
-
-    def read(a: int, b: int) -> None:
-        t = threading.Thread(target=lambda: np.testing.assert_array_equal(rows(a, b)[0, :2], [a * 1024, a * 1024 + 1]))
-        t.start()
-        t.join()
-
-    first = rows(0, 8)  # main thread
-    assert first[0, 0] == 0
-    read(8, 16)  # another thread: must not hand back the main thread's batch
-    assert released == []
-    rows(16, 24)  # main thread again: its own previous batch [0, 8) goes back
-    assert len(released) == 1 and released[0][0] <= offset and released[0][1] == offset + 8 * 4096
