@@ -144,6 +144,12 @@ def fit_labels(y: np.ndarray | None, n: int, n_classes: int, source: str = "data
     if y.dtype.kind == "f":
         if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
             raise DataError(f"{source}: labels must be integer class indices (found non-integral values)")
+        outside = (y < 0) | (y >= n_classes)  # before the cast: 1e20 has no int64 value
+        if outside.any():
+            bad = int(np.flatnonzero(outside)[0])
+            raise DataError(
+                f"{source}: label {y[bad]:g} at sample {bad} is outside the model's classes 0..{n_classes - 1}"
+            )
         y = y.astype(np.int64)
     if y.dtype.kind not in "iu":
         raise DataError(f"{source}: labels have dtype {y.dtype}; expected integer class indices")

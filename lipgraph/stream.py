@@ -17,6 +17,7 @@ be) and ``min`` / ``max`` over what was read. A shard view (``--shard K/N``) kee
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import struct
@@ -65,6 +66,20 @@ def _check_dtype(dtype: np.dtype, where: str) -> None:
         raise DataError(f"{where} has dtype {dtype}; lipgraph needs a numeric array")
 
 
+_MAX_BYTES = 2**62  # no file holds more; larger products are crafted headers (and overflow int64 arithmetic)
+
+
+def _check_shape(shape: tuple[int, ...], dtype: np.dtype, where: str) -> None:
+    """A header's shape must describe an array a file can hold: sizes >= 0, at least one value per sample,
+    a byte count that fits (Python integers here, so a crafted ``(3, 2**32, 2**32)`` cannot wrap around)."""
+    if any(not isinstance(d, int) or d < 0 for d in shape):
+        raise DataError(f"{where} has an invalid shape {shape} in its header (sizes must be >= 0)")
+    if len(shape) >= 1 and math.prod(shape[1:]) == 0:
+        raise DataError(f"{where} has shape {shape}: its samples hold no values")
+    if math.prod(shape) * int(dtype.itemsize) >= _MAX_BYTES:
+        raise DataError(f"{where} has shape {shape} in its header: more bytes than any file holds")
+
+
 class _FileRows:
     """Rows ``[a, b)`` of an array stored at ``offset`` in a file, read with positional reads into fresh buffers.
 
@@ -86,7 +101,7 @@ class _FileRows:
         self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype, where: str, fortran: bool = False
     ):
         self.shape, self.dtype, self.offset, self.fortran, self.where = shape, dtype, offset, fortran, where
-        self.sample_items = int(np.prod(shape[1:], dtype=np.int64))
+        self.sample_items = math.prod(shape[1:])  # Python ints: the shape was checked by _check_shape
         self.row_bytes = int(dtype.itemsize) * self.sample_items
         need = offset + self.row_bytes * shape[0]
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
@@ -161,6 +176,7 @@ def _npy_reader(path: Path) -> tuple[Reader, tuple[int, ...], np.dtype]:
     _check_dtype(dtype, where)
     if len(shape) == 0:
         return _scalar_reader(where), (), dtype
+    _check_shape(tuple(shape), dtype, where)
     return _FileRows(path, offset, tuple(shape), dtype, where, fortran), tuple(shape), dtype
 
 
@@ -181,6 +197,7 @@ def _npz_member_reader(path: Path, zf: zipfile.ZipFile, name: str) -> tuple[Read
     _check_dtype(dtype, where)
     if len(shape) == 0:
         return _scalar_reader(where), (), dtype
+    _check_shape(tuple(shape), dtype, where)
     if info.compress_type == zipfile.ZIP_STORED:
         with open(path, "rb") as raw:  # the local file header: 30 bytes + name + extra field
             raw.seek(info.header_offset)
@@ -189,7 +206,7 @@ def _npz_member_reader(path: Path, zf: zipfile.ZipFile, name: str) -> tuple[Read
             raise DataError(f"{where}: the archive's local header is damaged")
         name_len, extra_len = struct.unpack("<HH", local[26:30])
         offset = info.header_offset + 30 + name_len + extra_len + header_len
-        need = header_len + int(dtype.itemsize) * int(np.prod(shape, dtype=np.int64))
+        need = header_len + int(dtype.itemsize) * math.prod(shape)
         if min(info.file_size, info.compress_size) < need:  # else the rows would run on into the next member
             raise DataError(f"{where} is truncated ({info.file_size} bytes, the header promises {need})")
         return _FileRows(path, offset, tuple(shape), dtype, where, fortran), tuple(shape), dtype
@@ -199,7 +216,7 @@ def _npz_member_reader(path: Path, zf: zipfile.ZipFile, name: str) -> tuple[Read
         with zf.open(info) as f:
             whole = np.lib.format.read_array(f, allow_pickle=False)
         return (lambda a, b: whole[a:b]), tuple(whole.shape), whole.dtype
-    row_bytes = int(dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64)))
+    row_bytes = int(dtype.itemsize) * math.prod(shape[1:])
     # Sequential decompression, one handle per reading thread: a decompressor's state is not safe to share
     # between threads (certify reads in two at once), and each thread reads forward, so a seek only
     # decompresses what it skips (a backward seek would start the member over).
@@ -238,12 +255,50 @@ def _concat_reader(parts: list[tuple[Reader, tuple[int, ...], np.dtype]], where:
     return read, (int(starts[-1]), *next(iter(shapes))), next(iter(dtypes))
 
 
-def _shard_files(d: Path, keys: tuple[str, ...]) -> tuple[str | None, list[Path]]:
+def _shard_files(d: Path, keys: tuple[str, ...]) -> tuple[str | None, list[tuple[int, Path]]]:
+    """The first key's shards as (index, path), in the order of the index written in the name (``x_2`` before
+    ``x_10``, whatever the zero padding); a file without an index is index 0. Two files with one index
+    (``x_1.npy`` and ``x_01.npy``) are refused: which one holds those samples would be a guess."""
     for key in keys:
-        files = sorted(p for p in d.iterdir() if p.suffix == ".npy" and re.fullmatch(rf"{key}([_\-.]?\d+)?", p.stem))
-        if files:
-            return key, files
+        found: dict[int, Path] = {}
+        for p in sorted(d.iterdir()):
+            m = re.fullmatch(rf"{key}(?:[_\-.]?(\d+))?", p.stem) if p.suffix == ".npy" else None
+            if m is None:
+                continue
+            index = int(m.group(1) or 0)
+            if index in found:
+                raise DataError(f"'{d}': '{found[index].name}' and '{p.name}' are both shard {index} of '{key}'")
+            found[index] = p
+        if found:
+            return key, sorted(found.items())
     return None, []
+
+
+def _labels_for_shards(
+    d: Path, xs: list[tuple[int, Path]], parts: list[tuple[Reader, tuple, np.dtype]]
+) -> tuple[str | None, np.ndarray | None]:
+    """Label shards paired with the input shards by index: the same indices, the same row counts, else refused
+    (labels shifted onto other inputs would certify the wrong claim)."""
+    y_key, ys = _shard_files(d, Y_KEYS)
+    if not ys:
+        return None, None
+    x_idx, y_idx = [i for i, _ in xs], [i for i, _ in ys]
+    if x_idx != y_idx:
+        only_x = sorted(set(x_idx) - set(y_idx))[:5]
+        only_y = sorted(set(y_idx) - set(x_idx))[:5]
+        raise DataError(
+            f"'{d}': label shards do not match the input shards (inputs without labels: {only_x or 'none'}, "
+            f"labels without inputs: {only_y or 'none'}); write one {y_key}_K.npy per input shard"
+        )
+    labels = []
+    for (index, path), (_, xshape, _) in zip(ys, parts, strict=True):
+        reader, yshape, _ = _npy_reader(path)
+        if len(yshape) == 0 or yshape[0] != xshape[0]:
+            raise DataError(
+                f"'{path}': {yshape[0] if yshape else 'a scalar'} labels for the {xshape[0]} inputs of shard {index}"
+            )
+        labels.append(np.asarray(reader(0, None)))
+    return y_key, np.concatenate(labels)
 
 
 # ------------------------------------------------------------------------------------------------ the view
@@ -375,10 +430,9 @@ def open_data(
                 f"'{p}' is a directory without input shards named like x_000.npy (prefixes: "
                 f"{', '.join(X_KEYS)}); pass an .npz / .npy file or such a directory"
             )
-        reader, shape, dtype = _concat_reader([_npy_reader(f) for f in xs], f"'{p}'")
-        y_key, ys = _shard_files(p, Y_KEYS)
-        if ys:
-            y = np.concatenate([np.asarray(_npy_reader(f)[0](0, None)) for f in ys])  # type: ignore[arg-type]
+        parts = [_npy_reader(f) for _, f in xs]
+        reader, shape, dtype = _concat_reader(parts, f"'{p}'")
+        y_key, y = _labels_for_shards(p, xs, parts)
     elif p.suffix == ".npy":
         x_key = "x"
         reader, shape, dtype = _npy_reader(p)

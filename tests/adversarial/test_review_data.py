@@ -1,8 +1,8 @@
 """Review: the data readers (lipgraph.stream, lipgraph.data) against crafted files.
 
-The checks that hold are plain tests. The holes found are ``xfail(strict=True)`` tests that reproduce them
-(lipgraph/stream.py is being rewritten elsewhere; the fixes belong there): each flips to XPASS, failing the
-run, once fixed, so the marker must then be removed.
+The first checks held from the start; those under "holes" reproduced holes of the memory-mapped
+reader (deflated members read from two threads, label shards paired by name order, negative or overflowing
+header sizes, truncated Fortran files, 0-d labels, stored members shorter than their header) and fail on it.
 """
 
 from __future__ import annotations
@@ -131,11 +131,6 @@ def test_labels(labels: np.ndarray, ok: bool) -> None:
 # ------------------------------------------------------------------------------------ holes (stream.py)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole: stream.py _npz_member_reader shares one ZipExtFile between threads (seek + read unlocked); "
-    "certify reads in two threads, so a deflated .npz gives zlib errors or silently other rows",
-)
 def test_deflated_npz_read_from_two_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Deterministic interleaving: thread A seeks to its rows, thread B then reads other rows, A reads."""
     p = tmp_path / "x.npz"
@@ -184,7 +179,7 @@ def _shards(d: Path, x: np.ndarray, y: np.ndarray, x_names: list[str], y_names: 
         np.save(d / name, y[10 * i : 10 * i + 10])
 
 
-@pytest.mark.xfail(strict=True, reason="hole: stream.py pairs x and y shards by sorted file name, not by index")
+
 def test_label_shards_paired_by_index_not_name_order(tmp_path: Path) -> None:
     x = np.concatenate([X] * 3)[:110]
     y = np.arange(110) % 7
@@ -193,7 +188,7 @@ def test_label_shards_paired_by_index_not_name_order(tmp_path: Path) -> None:
     np.testing.assert_array_equal(ds.y, y)
 
 
-@pytest.mark.xfail(strict=True, reason="hole: stream.py accepts label shards that match no input shard")
+
 def test_missing_label_shard_refused(tmp_path: Path) -> None:
     y = np.arange(40) % 7
     _shards(tmp_path, X, y, [f"x_{i:03d}.npy" for i in range(3)], ["y_000.npy", "y_002.npy", "y_003.npy"])
@@ -201,7 +196,7 @@ def test_missing_label_shard_refused(tmp_path: Path) -> None:
         open_data(tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="hole: stream.py _MappedRows accepts a negative size in the .npy header")
+
 def test_negative_dimension_in_header_refused(tmp_path: Path) -> None:
     p = tmp_path / "x.npy"
     p.write_bytes(_npy_with_header((3, -6), X.tobytes()))
@@ -209,7 +204,7 @@ def test_negative_dimension_in_header_refused(tmp_path: Path) -> None:
         open_data(p)
 
 
-@pytest.mark.xfail(strict=True, reason="hole: stream.py row_bytes overflows int64: ValueError, not a DataError")
+
 def test_header_shape_overflowing_int64(tmp_path: Path) -> None:
     p = tmp_path / "x.npy"
     p.write_bytes(_npy_with_header((3, 2**32, 2**32), X.tobytes()))
@@ -217,7 +212,7 @@ def test_header_shape_overflowing_int64(tmp_path: Path) -> None:
         _all(p)
 
 
-@pytest.mark.xfail(strict=True, reason="hole: stream.py maps a truncated Fortran .npy with numpy: ValueError")
+
 def test_truncated_fortran_npy(tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", np.asfortranarray(X))
     raw = (tmp_path / "x.npy").read_bytes()
@@ -226,18 +221,13 @@ def test_truncated_fortran_npy(tmp_path: Path) -> None:
         open_data(tmp_path / "x.npy")
 
 
-@pytest.mark.xfail(strict=True, reason="hole: stream.py slices 0-d labels of an .npz: IndexError, not a DataError")
+
 def test_scalar_labels_in_npz(tmp_path: Path) -> None:
     np.savez(tmp_path / "d.npz", x=X, y=np.int64(3))
     with pytest.raises(DataError):
         open_data(tmp_path / "d.npz")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole: stream.py maps a stored .npz member by the file's size, not the member's: rows the member "
-    "lacks are read from the next member's bytes (numpy.load refuses the file)",
-)
 def test_stored_npz_member_shorter_than_its_header(tmp_path: Path) -> None:
     p = tmp_path / "liar.npz"
     with zipfile.ZipFile(p, "w", zipfile.ZIP_STORED) as z:
