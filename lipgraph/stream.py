@@ -7,7 +7,8 @@ Sources (all read with ``allow_pickle=False``; object arrays are refused):
   read like an ``.npy`` at its offset in the file, a compressed one is decompressed sequentially batch by
   batch;
 * a directory of ``.npy`` shards: ``x_000.npy, x_001.npy, ...`` (inputs; any key of ``X_KEYS`` as the
-  prefix) and optionally ``y_000.npy, ...`` (labels), concatenated in name order.
+  prefix) and optionally ``y_000.npy, ...`` (labels), concatenated in the order of the index in the name; label
+  shard K belongs to input shard K.
 
 :class:`StreamedInputs` stands in for the input array inside :func:`lipgraph.certify.certify`: ``len``,
 ``shape``, ``dtype``, slicing (returns the batch fitted to the model, checked like a whole array would
