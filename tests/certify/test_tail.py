@@ -148,3 +148,22 @@ def test_single_logit_sigmoid_model_is_recognised() -> None:
     assert np.all(cert.radii <= exact * (1 + 1e-6))
     np.testing.assert_allclose(cert.radii, exact, rtol=1e-4)
     assert any("Sigmoid" in wmsg for wmsg in cert.warnings)
+
+
+@pytest.mark.parametrize("block", [1, 4, 5])
+def test_basis_blocks_give_the_same_matrix(block: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The basis goes through the tail in blocks of columns (memory); any block size gives the matrix of one
+    block (each column is one basis vector's image), the same rounding count, and ONNX Runtime's Jacobian."""
+    import lipgraph.tail as tail_mod
+
+    rng = np.random.default_rng(3)
+    nodes, inits = _affine_chain(rng)
+    m = _model(nodes, inits, ["N", 2, 3], ["N", 16])
+    a = analyze(m)
+    whole = find_tail(a.graph, a.logits_name, a.tensor_bounds)[-1]
+    monkeypatch.setattr(tail_mod, "BASIS_BLOCK", block)
+    blocked = find_tail(a.graph, a.logits_name, a.tensor_bounds)[-1]
+    assert blocked.n_ops == whole.n_ops
+    np.testing.assert_allclose(blocked.matrix, whole.matrix, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(blocked.abs_matrix, whole.abs_matrix, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(blocked.matrix, _ort_jacobian(m, (2, 3)), rtol=1e-4, atol=1e-5)
