@@ -23,7 +23,6 @@ import os
 import re
 import struct
 import threading
-import weakref
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,9 +87,12 @@ class _FileRows:
     stage touched them last (the inference, the per-sample float bounds, the local bounds, a view some stage
     kept) decides when they leave it, so the peak resident size of a streamed run followed the file's size
     and the threads' timing. A positional read (``os.preadv``) copies the batch from the page cache into a
-    new array that is freed with the batch; the page cache itself is not this process's memory. The file
-    stays open (the header was checked against this file, not whatever a later name lookup finds), and
-    reads from several threads need no lock: each read names its offset.
+    new array that is freed with the batch; the page cache itself is not this process's memory.
+
+    The file is opened for each read and closed after it: a directory of thousands of shards would otherwise
+    hold one descriptor per shard (past the usual limit of 1,024 per process). Each open checks that the path
+    still names the file whose header was read (same device and inode), so a file swapped in under the same
+    name is refused rather than read; each read has its own descriptor, so threads share no file position.
 
     Exact bytes: the buffer has the file's dtype (byte order included); a Fortran-ordered array is read as
     one run of ``b - a`` items per position of a sample, then transposed (the values numpy's map gave).
@@ -102,54 +104,62 @@ class _FileRows:
         self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype, where: str, fortran: bool = False
     ):
         self.shape, self.dtype, self.offset, self.fortran, self.where = shape, dtype, offset, fortran, where
+        self.path = path
         self.sample_items = math.prod(shape[1:])  # Python ints: the shape was checked by _check_shape
         self.row_bytes = int(dtype.itemsize) * self.sample_items
         need = offset + self.row_bytes * shape[0]
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        try:
-            size = os.fstat(fd).st_size
-        except OSError:
-            os.close(fd)
-            raise
-        if size < need:
-            os.close(fd)
-            raise DataError(f"{where} is truncated ({size} bytes, the header promises {need})")
-        self.fd = fd
-        self._lock = threading.Lock()  # only for the seek + read fallback where os.preadv is missing
-        weakref.finalize(self, os.close, fd)
+        st = os.stat(path)
+        self.identity = (st.st_dev, st.st_ino)
+        if st.st_size < need:
+            raise DataError(f"{where} is truncated ({st.st_size} bytes, the header promises {need})")
 
     def __call__(self, a: int, b: int | None) -> np.ndarray:
         n = self.shape[0]
         b = n if b is None else min(b, n)
         a = max(min(a, b), 0)
         rows = b - a
-        if not self.fortran:
-            out = np.empty((rows, *self.shape[1:]), dtype=self.dtype)
-            self._read_into(out, self.offset + a * self.row_bytes)
-            return out
-        # Fortran order: item (i, j) of the (n, samples' items) matrix sits at (j * n + i); rows a..b of
-        # column j are one contiguous run.
-        cols = np.empty((self.sample_items, rows), dtype=self.dtype)
-        isz = self.dtype.itemsize
-        for j in range(self.sample_items if rows else 0):
-            self._read_into(cols[j], self.offset + (j * n + a) * isz)
-        return cols.reshape((*self.shape[:0:-1], rows)).T  # (rows, *shape[1:]) in Fortran order
+        fd = self._open()
+        try:
+            if not self.fortran:
+                out = np.empty((rows, *self.shape[1:]), dtype=self.dtype)
+                self._read_into(fd, out, self.offset + a * self.row_bytes)
+                return out
+            # Fortran order: item (i, j) of the (n, samples' items) matrix sits at (j * n + i); rows a..b of
+            # column j are one contiguous run.
+            cols = np.empty((self.sample_items, rows), dtype=self.dtype)
+            isz = self.dtype.itemsize
+            for j in range(self.sample_items if rows else 0):
+                self._read_into(fd, cols[j], self.offset + (j * n + a) * isz)
+            return cols.reshape((*self.shape[:0:-1], rows)).T  # (rows, *shape[1:]) in Fortran order
+        finally:
+            os.close(fd)
 
-    def _read_into(self, out: np.ndarray, pos: int) -> None:
+    def _open(self) -> int:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        except OSError as exc:
+            raise DataError(f"{self.where} can no longer be read ({exc.strerror or type(exc).__name__})") from None
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != self.identity:
+            os.close(fd)
+            raise DataError(f"{self.where} was replaced by another file while lipgraph read it")
+        return fd
+
+    def _read_into(self, fd: int, out: np.ndarray, pos: int) -> None:
         view = memoryview(out).cast("B")
         done = 0
         while done < len(view):
-            got = self._pread(view[done:], pos + done)
+            got = self._pread(fd, view[done:], pos + done)
             if got <= 0:
                 raise DataError(f"{self.where} is truncated (a read at byte {pos + done} found the end of the file)")
             done += got
 
-    def _pread(self, buf: memoryview, pos: int) -> int:
+    @staticmethod
+    def _pread(fd: int, buf: memoryview, pos: int) -> int:
         if hasattr(os, "preadv"):
-            return os.preadv(self.fd, [buf], pos)
-        with self._lock:  # no positional read here (Windows): one file position, shared by the threads
-            os.lseek(self.fd, pos, os.SEEK_SET)
-            got = os.read(self.fd, len(buf))
+            return os.preadv(fd, [buf], pos)
+        os.lseek(fd, pos, os.SEEK_SET)  # no positional read here (Windows): this read's own descriptor
+        got = os.read(fd, len(buf))
         buf[: len(got)] = got
         return len(got)
 

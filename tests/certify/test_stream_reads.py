@@ -229,3 +229,41 @@ def test_a_stored_member_shorter_than_its_header_is_refused_not_read_into_the_ar
     assert (tmp_path / "short.npz").stat().st_size > len(buf.getvalue())  # the file itself is long enough
     with pytest.raises(DataError, match="truncated"):
         open_data(tmp_path / "short.npz")
+
+
+# ------------------------------------------------------------------------------------- open descriptors
+
+
+@pytest.mark.skipif(os.name != "posix", reason="RLIMIT_NOFILE is POSIX")
+def test_more_shards_than_open_file_descriptors(tmp_path: Path) -> None:
+    """A reader holding one descriptor per shard ran out at the process limit (1,024 on most Linux hosts):
+    here 300 shards are read under a limit of 64 descriptors, in a child process so the limit stays there."""
+    import subprocess
+    import sys
+
+    x = np.arange(300 * 2 * 3, dtype=np.float32).reshape(300 * 2, 3)
+    for i in range(300):
+        np.save(tmp_path / f"x_{i}.npy", x[2 * i : 2 * i + 2])
+    code = (
+        "import resource, sys, numpy as np\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
+        "from lipgraph.stream import open_data\n"
+        f"ds = open_data({str(tmp_path)!r})\n"
+        "v = ds.x.fitted((None, 3), np.dtype(np.float32), 'data')\n"
+        f"np.save({str(tmp_path / 'out.bin.npy')!r}, v[0 : len(v)])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "out.bin.npy"), x)
+
+
+def test_a_file_swapped_in_after_opening_is_refused(tmp_path: Path) -> None:
+    """Each read reopens the file by name: the name must still be the file whose header was checked."""
+    p = tmp_path / "x.npy"
+    np.save(p, np.ones((8, 3), np.float32))
+    v = open_data(p).x.fitted((None, 3), np.dtype(np.float32), "data")
+    other = tmp_path / "other.npy"
+    np.save(other, np.full((8, 3), 1e30, np.float32))
+    os.replace(other, p)
+    with pytest.raises(DataError, match="replaced"):
+        v[0:8]
