@@ -108,12 +108,47 @@ def check_positive(value: Any, what: str) -> float:
     return v
 
 
+def check_max_drop(value: Any, what: str) -> float:
+    """A drop is a fraction in [0, 1). 1 would allow every drop (a gate that cannot fail), and is what a
+    user who means "one percentage point" writes: refused, with the fraction to write instead."""
+    v = check_accuracy(value, what)
+    if v >= 1.0:
+        raise LipgraphError(f"{what} must be a fraction below 1 (0.01 = one percentage point); "
+                            f"{value} would allow any drop")
+    return v
+
+
+def eps_thresholds(pairs: Any, what: str) -> dict[float, float]:
+    """``[(eps, acc), ...]`` as a dict; the same eps twice (``0.5`` and ``0.50``, or a flag repeated) is
+    refused: a dict would keep the last threshold silently, possibly the weaker one."""
+    out: dict[float, float] = {}
+    for e, a in pairs:
+        if e in out and out[e] != a:
+            raise LipgraphError(f"{what} gives eps {e:g} twice ({out[e]:g} and {a:g}); give each eps once")
+        out[e] = a
+    return out
+
+
 def parse_eps_acc(text: str) -> tuple[float, float]:
     """``"0.5=0.8"`` -> (0.5, 0.8)."""
     if text.count("=") != 1:
         raise LipgraphError(f"--min-certified-accuracy expects EPS=ACC (e.g. 0.5=0.8), got '{text}'")
     e, a = (s.strip() for s in text.split("="))
     return check_eps(e, f"eps in '{text}'"), check_accuracy(a, f"accuracy in '{text}'")
+
+
+def flag_config(min_cert: tuple[str, ...], min_clean: float | None, max_lip: float | None, baseline: str | None,
+                max_drop: float | None, eps: tuple[float, ...] = ()) -> GateConfig:
+    """The gate flags of `certify` and `merge`, checked (one place, so both commands refuse the same)."""
+    return GateConfig(
+        min_certified_accuracy=eps_thresholds(map(parse_eps_acc, min_cert), "--min-certified-accuracy")
+        if min_cert else None,
+        min_clean_accuracy=check_accuracy(min_clean, "--min-clean-accuracy") if min_clean is not None else None,
+        max_lipschitz=check_positive(max_lip, "--max-lipschitz") if max_lip is not None else None,
+        baseline=baseline,
+        max_drop=check_max_drop(max_drop, "--max-drop") if max_drop is not None else None,
+        eps=list(eps) if eps else None,
+    )
 
 
 def load_config(path: Path) -> GateConfig:
@@ -141,16 +176,15 @@ def load_config(path: Path) -> GateConfig:
         if key == "min-certified-accuracy":
             if not isinstance(value, dict):
                 raise LipgraphError(f'{what} must be a table like {{"0.5" = 0.8}}')
-            cfg.min_certified_accuracy = {
-                check_eps(e, f"eps '{e}' of {what}"): check_accuracy(a, f"accuracy at eps {e} of {what}")
-                for e, a in value.items()
-            }
+            cfg.min_certified_accuracy = eps_thresholds(
+                ((check_eps(e, f"eps '{e}' of {what}"), check_accuracy(a, f"accuracy at eps {e} of {what}"))
+                 for e, a in value.items()), what)
         elif key == "min-clean-accuracy":
             cfg.min_clean_accuracy = check_accuracy(value, what)
         elif key == "max-lipschitz":
             cfg.max_lipschitz = check_positive(value, what)
         elif key == "max-drop":
-            cfg.max_drop = check_accuracy(value, what)
+            cfg.max_drop = check_max_drop(value, what)
         elif key == "baseline":
             if not isinstance(value, str) or not value:
                 raise LipgraphError(f"{what} must be a path string")
@@ -188,6 +222,31 @@ def load_baseline(path: str) -> dict[float, float]:
         raise LipgraphError(f"baseline '{p}' has no 'certified_accuracy' object; is it a certify JSON report?")
     return {check_eps(k, f"eps '{k}' in baseline '{p}'"): check_accuracy(v, f"accuracy at {k} in baseline '{p}'")
             for k, v in ca.items()}
+
+
+def baseline_samples(path: str) -> int | None:
+    """How many samples the baseline report certified (``samples``), or None when it does not say."""
+    try:
+        n = json.loads(Path(path).read_text(encoding="utf-8")).get("samples")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
+def check_labels(cfg: GateConfig, has_labels: bool, data: str) -> None:
+    """Refuse accuracy gates on data without labels. Without labels the model's own predictions are
+    certified, so "certified accuracy" counts robust predictions, right or wrong: labels stored under a
+    key lipgraph does not read (``targets``) would turn a failing gate into a passing one."""
+    if has_labels:
+        return
+    if cfg.min_certified_accuracy:
+        raise LipgraphError(f"--min-certified-accuracy needs labels, but '{data}' has none (y / labels / y_test); "
+                            "without them only the predictions' robustness is measured, right or wrong")
+    if cfg.baseline is not None:
+        raise LipgraphError(f"--baseline compares certified accuracy, which needs labels, but '{data}' has none "
+                            "(y / labels / y_test)")
+    if cfg.min_clean_accuracy is not None:
+        raise LipgraphError(f"--min-clean-accuracy needs labels, but '{data}' has none (y / labels / y_test)")
 
 
 def required_eps(cfg: GateConfig, baseline: dict[float, float] | None) -> list[float]:
@@ -263,3 +322,10 @@ def apply(cert: Any, cfg: GateConfig, baseline: dict[float, float] | None) -> No
 
         accs = {eps_key(e): a for e, a in sorted(baseline.items())}
         cert.baseline = {"path": cfg.baseline, "certified_accuracy": accs}
+        n_old = baseline_samples(cfg.baseline)
+        if n_old is not None and n_old != cert.samples:
+            # Other data (or another --limit): the drops compare accuracies over different samples. Not
+            # refused (a test set may grow), but never silent: every format shows the warnings.
+            cert.warnings = [*cert.warnings, (
+                f"the baseline '{cfg.baseline}' certified {n_old} samples, this run {cert.samples}: its drops "
+                "compare different data; regenerate the baseline on this data")]
