@@ -312,9 +312,29 @@ def evaluate(cert: Any, cfg: GateConfig, baseline: dict[float, float] | None) ->
     return res
 
 
+# What to do about a failed gate, by kind: every output that names a failed gate also says this
+# (JSON ``hint``, the text/Markdown detail, the JUnit failure, SARIF / GitHub / GitLab findings).
+HINTS: dict[str, str] = {
+    "min-certified-accuracy": "make the model more robust at this eps (e.g. Lipschitz-constrained training), "
+                              "or lower min-certified-accuracy for this eps if the change is intended",
+    "min-clean-accuracy": "retrain or fix the model, or lower min-clean-accuracy if the change is intended",
+    "max-lipschitz": "constrain the layers' norms (`lipgraph bound` lists each node's bound), or raise "
+                     "max-lipschitz if the change is intended",
+    "max-drop": "fix the regression, or regenerate the baseline report (`lipgraph certify --format json -o "
+                "BASELINE.json`) if the change is intended",
+}
+
+
+def _with_hints(results: list[GateResult]) -> list[GateResult]:
+    for r in results:
+        if not r.passed and r.kind in HINTS:
+            r.extra.setdefault("hint", HINTS[r.kind])
+    return results
+
+
 def apply(cert: Any, cfg: GateConfig, baseline: dict[float, float] | None) -> None:
     """Evaluate the gates and record them (and ``passed``) on the certificate."""
-    results = evaluate(cert, cfg, baseline)
+    results = _with_hints(evaluate(cert, cfg, baseline))
     cert.gates = [r.to_json() for r in results]
     cert.passed = all(r.passed for r in results)
     if baseline is not None and cfg.baseline is not None:
