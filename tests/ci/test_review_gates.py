@@ -6,6 +6,7 @@ no mocks. The holes found by the review (and fixed) are marked "was:" with what 
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import xml.etree.ElementTree as ET
@@ -173,7 +174,8 @@ def test_lipgraph_toml_is_not_silently_ignored(capsys, tmp_path, monkeypatch) ->
 
 def test_failed_gate_says_what_to_do_in_every_format(capsys, tmp_path) -> None:
     """Each output names the gate, the measured value, the threshold and what to do."""
-    outs = {f: tmp_path / f"r.{f}" for f in ("json", "junit", "markdown", "text", "sarif", "gitlab", "github")}
+    formats = ("json", "junit", "markdown", "text", "sarif", "gitlab", "github", "html")
+    outs = {f: tmp_path / f"r.{f}" for f in formats}
     args = [a for f, p in outs.items() for a in ("-o", f"{f}={p}")]
     rc, _, err = _certify(capsys, "--no-config", "--min-certified-accuracy", "0.5=0.9", *args)
     assert rc == 1
@@ -190,6 +192,7 @@ def test_failed_gate_says_what_to_do_in_every_format(capsys, tmp_path) -> None:
         "sarif": json.loads(outs["sarif"].read_text())["runs"][0]["results"][0]["message"]["text"],
         "gitlab": json.loads(outs["gitlab"].read_text())[0]["description"],
         "github": next(ln for ln in outs["github"].read_text().splitlines() if ln.startswith("::error")),
+        "html": html.unescape(outs["html"].read_text()),
     }
     for fmt, text in texts.items():
         assert "0.6166 < 0.9" in text and "to fix:" in text and "min-certified-accuracy" in text, fmt
