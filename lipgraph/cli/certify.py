@@ -118,6 +118,11 @@ def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, 
     cfg = g.merge(resolve_config(config, no_config), flags)
     base = g.load_baseline(cfg.baseline) if cfg.baseline else None
     shard_spec = Shard.parse(shard) if shard else None
+    if shard_spec is not None and flags.any_gate():
+        # A part applies no gates (they need every part), so gate flags here would be dropped silently and
+        # the part would exit 0; [tool.lipgraph] gates are fine: `lipgraph merge` reads the same file.
+        raise LipgraphError("--shard writes a partial report and applies no gates: give the gate flags to "
+                            "`lipgraph merge` (or put them in [tool.lipgraph])")
     if shard_spec is not None and str(tight_pairs).strip().lower() == "auto":
         # "auto" tightens the pairs that decide this part's samples: the parts would not merge into one
         # run's result. Every pair, whatever the samples, gives the same bounds in every part.

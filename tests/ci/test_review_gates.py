@@ -442,6 +442,21 @@ def test_merge_refuses_accuracy_gates_on_unlabeled_parts(capsys, tmp_path, digit
     assert run(capsys, "merge", *paths, "--no-config", "--max-lipschitz", "2")[0] == 0
 
 
+@pytest.mark.parametrize(
+    "gate", [["--min-certified-accuracy", "0.5=0.99"], ["--min-clean-accuracy", "0.99"], ["--max-lipschitz", "0.5"]]
+)
+def test_gate_flags_on_a_shard_are_refused(capsys, tmp_path, gate) -> None:
+    """was: a part dropped its gate flags and exited 0 (gates apply only at `lipgraph merge`)."""
+    out = tmp_path / "p.json"
+    rc, _, err = _certify(capsys, "--no-config", "--batch-size", "32", "--shard", "1/2", *gate, "-o", str(out))
+    assert rc == 2 and "lipgraph merge" in err and not out.exists()
+
+
+def test_partial_report_is_no_baseline(capsys, parts) -> None:
+    rc, _, err = _certify(capsys, "--no-config", "--baseline", str(parts[0]))
+    assert rc == 2 and "certify JSON report" in err
+
+
 def test_shard_without_samples_is_loud(capsys, tmp_path) -> None:
     rc, _, err = _certify(capsys, "--no-config", "--batch-size", "64", "--shard", "2/2", "-o", str(tmp_path / "p.json"))
     assert rc == 2 and "zero samples" in err
