@@ -460,3 +460,37 @@ def test_partial_report_is_no_baseline(capsys, parts) -> None:
 def test_shard_without_samples_is_loud(capsys, tmp_path) -> None:
     rc, _, err = _certify(capsys, "--no-config", "--batch-size", "64", "--shard", "2/2", "-o", str(tmp_path / "p.json"))
     assert rc == 2 and "zero samples" in err
+
+
+def test_merge_refuses_parts_of_other_data(capsys, tmp_path) -> None:
+    """was: part 1 of A.npz and part 2 of B.npz (same size) merged into a report of neither, exit 0."""
+    from lipgraph.cli import main
+
+    with np.load(DATA) as d:
+        x, y = d["x"], d["y"]
+    paths = []
+    for k, (name, rows) in enumerate((("A.npz", slice(0, 120)), ("B.npz", slice(120, 240))), start=1):
+        np.savez(tmp_path / name, x=x[rows], y=y[rows])
+        p = tmp_path / f"p{k}.json"
+        assert (
+            main(
+                [
+                    "-q",
+                    "certify",
+                    str(MODEL),
+                    "--data",
+                    str(tmp_path / name),
+                    "--batch-size",
+                    "32",
+                    "--no-config",
+                    "--shard",
+                    f"{k}/2",
+                    "-o",
+                    str(p),
+                ]
+            )
+            == 0
+        )
+        paths.append(str(p))
+    rc, _, err = run(capsys, "merge", *paths, "--no-config", "--min-clean-accuracy", "0.5")
+    assert rc == 2 and "other data" in err and "A.npz" in err
