@@ -220,6 +220,9 @@ def load_baseline(path: str) -> dict[float, float]:
     ca = data.get("certified_accuracy") if isinstance(data, dict) else None
     if not isinstance(ca, dict):
         raise LipgraphError(f"baseline '{p}' has no 'certified_accuracy' object; is it a certify JSON report?")
+    if not ca:  # nothing to compare: bad input (exit 2), not a regression of the model (exit 1)
+        raise LipgraphError(f"baseline '{p}' has an empty 'certified_accuracy'; regenerate it with "
+                            "`lipgraph certify --format json -o BASELINE.json`")
     return {check_eps(k, f"eps '{k}' in baseline '{p}'"): check_accuracy(v, f"accuracy at {k} in baseline '{p}'")
             for k, v in ca.items()}
 

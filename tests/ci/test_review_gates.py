@@ -262,11 +262,12 @@ def test_missing_empty_or_malformed_baseline_exit_2(capsys, tmp_path, content) -
     assert rc == 2 and "baseline" in err
 
 
-def test_baseline_with_no_eps_fails_the_gate(capsys, tmp_path) -> None:
+def test_baseline_without_accuracies_is_bad_input(capsys, tmp_path) -> None:
+    """was: exit 1 (a "regression") for a baseline with nothing to compare; it is bad input: exit 2."""
     p = tmp_path / "base.json"
     p.write_text('{"certified_accuracy": {}}')
-    rc, out, err = _certify(capsys, "--no-config", "--baseline", str(p), "--format", "json")
-    assert rc == 1 and "shares no eps" in err and json.loads(out)["passed"] is False
+    rc, _, err = _certify(capsys, "--no-config", "--baseline", str(p), "--exit-zero")
+    assert rc == 2 and "empty" in err
 
 
 def test_all_misclassified_fails_accuracy_gates(capsys, wrong_labels) -> None:
