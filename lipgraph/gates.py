@@ -227,13 +227,15 @@ def load_baseline(path: str) -> dict[float, float]:
             for k, v in ca.items()}
 
 
-def baseline_samples(path: str) -> int | None:
-    """How many samples the baseline report certified (``samples``), or None when it does not say."""
+def baseline_origin(path: str) -> tuple[int | None, str | None]:
+    """How many samples the baseline report certified and with which lipgraph (None where it does not say)."""
     try:
-        n = json.loads(Path(path).read_text(encoding="utf-8")).get("samples")
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        n, version = doc.get("samples"), doc.get("meta", {}).get("versions", {}).get("lipgraph")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        return None
-    return n if isinstance(n, int) and not isinstance(n, bool) else None
+        return None, None
+    return (n if isinstance(n, int) and not isinstance(n, bool) else None,
+            version if isinstance(version, str) else None)
 
 
 def check_labels(cfg: GateConfig, has_labels: bool, data: str) -> None:
@@ -345,10 +347,16 @@ def apply(cert: Any, cfg: GateConfig, baseline: dict[float, float] | None) -> No
 
         accs = {eps_key(e): a for e, a in sorted(baseline.items())}
         cert.baseline = {"path": cfg.baseline, "certified_accuracy": accs}
-        n_old = baseline_samples(cfg.baseline)
+        n_old, v_old = baseline_origin(cfg.baseline)
+        v_new = (cert.meta.get("versions") or {}).get("lipgraph")
+        # Not refused (a test set may grow, lipgraph may be upgraded), but never silent: every format
+        # shows the warnings.
         if n_old is not None and n_old != cert.samples:
-            # Other data (or another --limit): the drops compare accuracies over different samples. Not
-            # refused (a test set may grow), but never silent: every format shows the warnings.
             cert.warnings = [*cert.warnings, (
                 f"the baseline '{cfg.baseline}' certified {n_old} samples, this run {cert.samples}: its drops "
                 "compare different data; regenerate the baseline on this data")]
+        if v_old is not None and v_new is not None and v_old != v_new:
+            # a newer lipgraph may prove larger radii for the same model, hiding a regression of the model
+            cert.warnings = [*cert.warnings, (
+                f"the baseline '{cfg.baseline}' was made by lipgraph {v_old}, this run by {v_new}: radii may "
+                "differ for the same model; regenerate the baseline with this version")]

@@ -123,7 +123,13 @@ def test_baseline_of_other_sample_count_is_said(capsys, base60, tmp_path) -> Non
     assert "::warning" in gh_out and "this run 120" in gh_out  # the GitHub annotations (stdout) say it too
     # the same data: no such warning
     rc, _, _ = _certify(capsys, "--no-config", "--baseline", str(base60), "-o", f"json={out}")
-    assert rc == 0 and not any("samples, this run" in w for w in json.loads(out.read_text())["warnings"])
+    assert rc == 0 and not any("baseline" in w for w in json.loads(out.read_text())["warnings"])
+    # a baseline made by another lipgraph version
+    other = json.loads(base60.read_text())
+    other["meta"]["versions"]["lipgraph"] = "0.0.1"
+    (tmp_path / "old.json").write_text(json.dumps(other))
+    rc, _, _ = _certify(capsys, "--no-config", "--baseline", str(tmp_path / "old.json"), "-o", f"json={out}")
+    assert rc == 0 and any("lipgraph 0.0.1, this run by" in w for w in json.loads(out.read_text())["warnings"])
 
 
 def test_nearer_train_only_table_does_not_hide_the_gates(capsys, tmp_path, monkeypatch) -> None:
