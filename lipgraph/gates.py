@@ -174,8 +174,8 @@ def load_config(path: Path) -> GateConfig:
             raise LipgraphError(f"unknown key '{raw_key}' in {where} (known: {', '.join(sorted(_KEYS))})")
         what = f"{raw_key} in {where}"
         if key == "min-certified-accuracy":
-            if not isinstance(value, dict):
-                raise LipgraphError(f'{what} must be a table like {{"0.5" = 0.8}}')
+            if not isinstance(value, dict) or not value:  # an empty table would be a gate that checks nothing
+                raise LipgraphError(f'{what} must be a non-empty table like {{"0.5" = 0.8}}')
             cfg.min_certified_accuracy = eps_thresholds(
                 ((check_eps(e, f"eps '{e}' of {what}"), check_accuracy(a, f"accuracy at eps {e} of {what}"))
                  for e, a in value.items()), what)

@@ -242,6 +242,7 @@ def test_nan_percent_and_negative_thresholds_exit_2(capsys, base60, tmp_path, ar
         "min-clean-accuracy = 90",
         "min_clean_acuracy = 0.5",
         "eps = []",
+        "min-certified-accuracy = {}",  # was: accepted, a gate that checked nothing
     ],
 )
 def test_bad_pyproject_values_exit_2(capsys, tmp_path, body) -> None:
