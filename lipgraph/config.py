@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lipgraph.errors import LipgraphError
-from lipgraph.gates import _OTHER_TABLES, GateConfig, load_config
+from lipgraph.gates import _KEYS, _OTHER_TABLES, GateConfig, load_config
 
 TABLE = "[tool.lipgraph]"
 # Files a user may expect lipgraph to read; it reads only pyproject.toml, so finding one is an error
@@ -56,13 +56,20 @@ def _certify_table(path: Path) -> bool:
         close = difflib.get_close_matches("lipgraph", [n.lower() for n in names], n=1, cutoff=0.75)
         if close or "lipgraph" in data:
             wrong = f"[tool.{names[[n.lower() for n in names].index(close[0])]}]" if close else "[lipgraph]"
-            raise LipgraphError(f"'{path}' has a {wrong} table, not {TABLE}: its settings would be ignored; "
-                                f"rename it to {TABLE}")
+            raise LipgraphError(
+                f"'{path}' has a {wrong} table, not {TABLE}: its settings would be ignored; rename it to {TABLE}"
+            )
         return False
     table = tool["lipgraph"]
     if not isinstance(table, dict) or not table:
         return True  # load_config refuses a non-table; an empty table is an explicit "no gates here"
-    return not all(k.replace("_", "-") in _OTHER_TABLES and isinstance(v, dict) for k, v in table.items())
+    # a sub-table holding a gate key counts, so that load_config refuses it rather than the search skipping it
+    return not all(
+        k.replace("_", "-") in _OTHER_TABLES
+        and isinstance(v, dict)
+        and not any(str(g).replace("_", "-") in _KEYS for g in v)
+        for k, v in table.items()
+    )
 
 
 def find_config(start: Path | None = None) -> Path | None:
@@ -72,8 +79,10 @@ def find_config(start: Path | None = None) -> Path | None:
     for folder in (here, *here.parents):
         for name in _UNREAD:
             if (folder / name).is_file():
-                raise LipgraphError(f"'{folder / name}' is not read: lipgraph reads {TABLE} in pyproject.toml; "
-                                    "move the settings there (or pass --config / --no-config)")
+                raise LipgraphError(
+                    f"'{folder / name}' is not read: lipgraph reads {TABLE} in pyproject.toml; "
+                    "move the settings there (or pass --config / --no-config)"
+                )
         cand = folder / "pyproject.toml"
         if cand.is_file() and _certify_table(cand):
             return cand

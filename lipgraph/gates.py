@@ -170,6 +170,10 @@ def load_config(path: Path) -> GateConfig:
         key = raw_key.replace("_", "-")
         if key not in _KEYS:
             if isinstance(value, dict) and key in _OTHER_TABLES:
+                misplaced = sorted(str(k) for k in value if str(k).replace("_", "-") in _KEYS)
+                if misplaced:  # certify reads only [tool.lipgraph] itself: a gate here would never run
+                    raise LipgraphError(f"{', '.join(misplaced)} in [tool.lipgraph.{raw_key}] of '{path}' is a gate "
+                                        "setting: put it directly under [tool.lipgraph]")
                 continue  # sub-tables of other commands (e.g. [tool.lipgraph.train])
             raise LipgraphError(f"unknown key '{raw_key}' in {where} (known: {', '.join(sorted(_KEYS))})")
         what = f"{raw_key} in {where}"

@@ -146,6 +146,10 @@ def test_nearer_train_only_table_does_not_hide_the_gates(capsys, tmp_path, monke
         "[tool.lipgraph]\nmin-clean-accuracy = 0.5\n[tool.lipgraph.train]\nepochs = 3\n"
     )
     assert _certify(capsys)[0] == 0
+    # a gate key in a nearer sub-table is refused, not skipped with its file
+    (sub / "pyproject.toml").write_text("[tool.lipgraph.train]\nmin-clean-accuracy = 0.5\n")
+    rc, _, err = _certify(capsys)
+    assert rc == 2 and "directly under [tool.lipgraph]" in err
 
 
 @pytest.mark.parametrize(
@@ -243,6 +247,7 @@ def test_nan_percent_and_negative_thresholds_exit_2(capsys, base60, tmp_path, ar
         "min_clean_acuracy = 0.5",
         "eps = []",
         "min-certified-accuracy = {}",  # was: accepted, a gate that checked nothing
+        "[tool.lipgraph.report]\nmin-clean-accuracy = 0.999",  # was: ignored (no command reads the sub-table)
     ],
 )
 def test_bad_pyproject_values_exit_2(capsys, tmp_path, body) -> None:
