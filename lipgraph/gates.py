@@ -108,12 +108,47 @@ def check_positive(value: Any, what: str) -> float:
     return v
 
 
+def check_max_drop(value: Any, what: str) -> float:
+    """A drop is a fraction in [0, 1). 1 would allow every drop (a gate that cannot fail), and is what a
+    user who means "one percentage point" writes: refused, with the fraction to write instead."""
+    v = check_accuracy(value, what)
+    if v >= 1.0:
+        raise LipgraphError(f"{what} must be a fraction below 1 (0.01 = one percentage point); "
+                            f"{value} would allow any drop")
+    return v
+
+
+def eps_thresholds(pairs: Any, what: str) -> dict[float, float]:
+    """``[(eps, acc), ...]`` as a dict; the same eps twice (``0.5`` and ``0.50``, or a flag repeated) is
+    refused: a dict would keep the last threshold silently, possibly the weaker one."""
+    out: dict[float, float] = {}
+    for e, a in pairs:
+        if e in out and out[e] != a:
+            raise LipgraphError(f"{what} gives eps {e:g} twice ({out[e]:g} and {a:g}); give each eps once")
+        out[e] = a
+    return out
+
+
 def parse_eps_acc(text: str) -> tuple[float, float]:
     """``"0.5=0.8"`` -> (0.5, 0.8)."""
     if text.count("=") != 1:
         raise LipgraphError(f"--min-certified-accuracy expects EPS=ACC (e.g. 0.5=0.8), got '{text}'")
     e, a = (s.strip() for s in text.split("="))
     return check_eps(e, f"eps in '{text}'"), check_accuracy(a, f"accuracy in '{text}'")
+
+
+def flag_config(min_cert: tuple[str, ...], min_clean: float | None, max_lip: float | None, baseline: str | None,
+                max_drop: float | None, eps: tuple[float, ...] = ()) -> GateConfig:
+    """The gate flags of `certify` and `merge`, checked (one place, so both commands refuse the same)."""
+    return GateConfig(
+        min_certified_accuracy=eps_thresholds(map(parse_eps_acc, min_cert), "--min-certified-accuracy")
+        if min_cert else None,
+        min_clean_accuracy=check_accuracy(min_clean, "--min-clean-accuracy") if min_clean is not None else None,
+        max_lipschitz=check_positive(max_lip, "--max-lipschitz") if max_lip is not None else None,
+        baseline=baseline,
+        max_drop=check_max_drop(max_drop, "--max-drop") if max_drop is not None else None,
+        eps=list(eps) if eps else None,
+    )
 
 
 def load_config(path: Path) -> GateConfig:
@@ -135,22 +170,25 @@ def load_config(path: Path) -> GateConfig:
         key = raw_key.replace("_", "-")
         if key not in _KEYS:
             if isinstance(value, dict) and key in _OTHER_TABLES:
+                misplaced = sorted(str(k) for k in value if str(k).replace("_", "-") in _KEYS)
+                if misplaced:  # certify reads only [tool.lipgraph] itself: a gate here would never run
+                    raise LipgraphError(f"{', '.join(misplaced)} in [tool.lipgraph.{raw_key}] of '{path}' is a gate "
+                                        "setting: put it directly under [tool.lipgraph]")
                 continue  # sub-tables of other commands (e.g. [tool.lipgraph.train])
             raise LipgraphError(f"unknown key '{raw_key}' in {where} (known: {', '.join(sorted(_KEYS))})")
         what = f"{raw_key} in {where}"
         if key == "min-certified-accuracy":
-            if not isinstance(value, dict):
-                raise LipgraphError(f'{what} must be a table like {{"0.5" = 0.8}}')
-            cfg.min_certified_accuracy = {
-                check_eps(e, f"eps '{e}' of {what}"): check_accuracy(a, f"accuracy at eps {e} of {what}")
-                for e, a in value.items()
-            }
+            if not isinstance(value, dict) or not value:  # an empty table would be a gate that checks nothing
+                raise LipgraphError(f'{what} must be a non-empty table like {{"0.5" = 0.8}}')
+            cfg.min_certified_accuracy = eps_thresholds(
+                ((check_eps(e, f"eps '{e}' of {what}"), check_accuracy(a, f"accuracy at eps {e} of {what}"))
+                 for e, a in value.items()), what)
         elif key == "min-clean-accuracy":
             cfg.min_clean_accuracy = check_accuracy(value, what)
         elif key == "max-lipschitz":
             cfg.max_lipschitz = check_positive(value, what)
         elif key == "max-drop":
-            cfg.max_drop = check_accuracy(value, what)
+            cfg.max_drop = check_max_drop(value, what)
         elif key == "baseline":
             if not isinstance(value, str) or not value:
                 raise LipgraphError(f"{what} must be a path string")
@@ -186,8 +224,38 @@ def load_baseline(path: str) -> dict[float, float]:
     ca = data.get("certified_accuracy") if isinstance(data, dict) else None
     if not isinstance(ca, dict):
         raise LipgraphError(f"baseline '{p}' has no 'certified_accuracy' object; is it a certify JSON report?")
+    if not ca:  # nothing to compare: bad input (exit 2), not a regression of the model (exit 1)
+        raise LipgraphError(f"baseline '{p}' has an empty 'certified_accuracy'; regenerate it with "
+                            "`lipgraph certify --format json -o BASELINE.json`")
     return {check_eps(k, f"eps '{k}' in baseline '{p}'"): check_accuracy(v, f"accuracy at {k} in baseline '{p}'")
             for k, v in ca.items()}
+
+
+def baseline_origin(path: str) -> tuple[int | None, str | None]:
+    """How many samples the baseline report certified and with which lipgraph (None where it does not say)."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        n, version = doc.get("samples"), doc.get("meta", {}).get("versions", {}).get("lipgraph")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None, None
+    return (n if isinstance(n, int) and not isinstance(n, bool) else None,
+            version if isinstance(version, str) else None)
+
+
+def check_labels(cfg: GateConfig, has_labels: bool, data: str) -> None:
+    """Refuse accuracy gates on data without labels. Without labels the model's own predictions are
+    certified, so "certified accuracy" counts robust predictions, right or wrong: labels stored under a
+    key lipgraph does not read (``targets``) would turn a failing gate into a passing one."""
+    if has_labels:
+        return
+    if cfg.min_certified_accuracy:
+        raise LipgraphError(f"--min-certified-accuracy needs labels, but '{data}' has none (y / labels / y_test); "
+                            "without them only the predictions' robustness is measured, right or wrong")
+    if cfg.baseline is not None:
+        raise LipgraphError(f"--baseline compares certified accuracy, which needs labels, but '{data}' has none "
+                            "(y / labels / y_test)")
+    if cfg.min_clean_accuracy is not None:
+        raise LipgraphError(f"--min-clean-accuracy needs labels, but '{data}' has none (y / labels / y_test)")
 
 
 def required_eps(cfg: GateConfig, baseline: dict[float, float] | None) -> list[float]:
@@ -253,9 +321,29 @@ def evaluate(cert: Any, cfg: GateConfig, baseline: dict[float, float] | None) ->
     return res
 
 
+# What to do about a failed gate, by kind: every output that names a failed gate also says this
+# (JSON ``hint``, the text/Markdown detail, the JUnit failure, SARIF / GitHub / GitLab findings).
+HINTS: dict[str, str] = {
+    "min-certified-accuracy": "make the model more robust at this eps (e.g. Lipschitz-constrained training), "
+                              "or lower min-certified-accuracy for this eps if the change is intended",
+    "min-clean-accuracy": "retrain or fix the model, or lower min-clean-accuracy if the change is intended",
+    "max-lipschitz": "constrain the layers' norms (`lipgraph bound` lists each node's bound), or raise "
+                     "max-lipschitz if the change is intended",
+    "max-drop": "fix the regression, or regenerate the baseline report (`lipgraph certify --format json -o "
+                "BASELINE.json`) if the change is intended",
+}
+
+
+def _with_hints(results: list[GateResult]) -> list[GateResult]:
+    for r in results:
+        if not r.passed and r.kind in HINTS:
+            r.extra.setdefault("hint", HINTS[r.kind])
+    return results
+
+
 def apply(cert: Any, cfg: GateConfig, baseline: dict[float, float] | None) -> None:
     """Evaluate the gates and record them (and ``passed``) on the certificate."""
-    results = evaluate(cert, cfg, baseline)
+    results = _with_hints(evaluate(cert, cfg, baseline))
     cert.gates = [r.to_json() for r in results]
     cert.passed = all(r.passed for r in results)
     if baseline is not None and cfg.baseline is not None:
@@ -263,3 +351,16 @@ def apply(cert: Any, cfg: GateConfig, baseline: dict[float, float] | None) -> No
 
         accs = {eps_key(e): a for e, a in sorted(baseline.items())}
         cert.baseline = {"path": cfg.baseline, "certified_accuracy": accs}
+        n_old, v_old = baseline_origin(cfg.baseline)
+        v_new = (cert.meta.get("versions") or {}).get("lipgraph")
+        # Not refused (a test set may grow, lipgraph may be upgraded), but never silent: every format
+        # shows the warnings.
+        if n_old is not None and n_old != cert.samples:
+            cert.warnings = [*cert.warnings, (
+                f"the baseline '{cfg.baseline}' certified {n_old} samples, this run {cert.samples}: its drops "
+                "compare different data; regenerate the baseline on this data")]
+        if v_old is not None and v_new is not None and v_old != v_new:
+            # a newer lipgraph may prove larger radii for the same model, hiding a regression of the model
+            cert.warnings = [*cert.warnings, (
+                f"the baseline '{cfg.baseline}' was made by lipgraph {v_old}, this run by {v_new}: radii may "
+                "differ for the same model; regenerate the baseline with this version")]

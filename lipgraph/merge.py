@@ -84,6 +84,11 @@ def merge_partials(docs: list[dict[str, Any]], extra_eps: list[float] = ()) -> C
                 )
         if d["meta"].get("model_sha256") != first["meta"].get("model_sha256"):
             raise LipgraphError(f"'{d['_path']}' and '{first['_path']}' certify different models (sha256)")
+        if _data_id(d) != _data_id(first):
+            raise LipgraphError(
+                f"'{d['_path']}' and '{first['_path']}' certify other data ({_data_id(d)} vs {_data_id(first)}); "
+                "certify every part with the same --data"
+            )
         if _settings(d) != _settings(first):
             raise LipgraphError(
                 f"'{d['_path']}' and '{first['_path']}' were certified with other settings "
@@ -143,6 +148,16 @@ def merge_partials(docs: list[dict[str, Any]], extra_eps: list[float] = ()) -> C
         warnings=warnings,
         sample_methods=methods,
     )
+
+
+def _data_id(doc: dict[str, Any]) -> dict[str, Any]:
+    """What a part says of its data beyond the sample count: the file's name (not its folder, which differs
+    between CI machines), the keys and the dtype. Parts of two files of one size merged into a report of
+    neither. No digest of the contents is kept, so a file changed under the same name is not caught."""
+    data = (doc.get("meta") or {}).get("data") or {}
+    source = data.get("source")
+    name = Path(str(source).rstrip("/\\")).name if source is not None else None
+    return {"file": name, **{k: data.get(k) for k in ("x_key", "y_key", "input_dtype")}}
 
 
 def _settings(doc: dict[str, Any]) -> dict[str, Any]:

@@ -114,17 +114,15 @@ def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, 
         from lipgraph.providers import tf32_operand_roundoff
 
         tf32_operand_roundoff()  # refuses when the float allowance cannot cover TF32
-    flags = g.GateConfig(
-        min_certified_accuracy=dict(g.parse_eps_acc(s) for s in min_cert) if min_cert else None,
-        min_clean_accuracy=g.check_accuracy(min_clean, "--min-clean-accuracy") if min_clean is not None else None,
-        max_lipschitz=g.check_positive(max_lip, "--max-lipschitz") if max_lip is not None else None,
-        baseline=baseline,
-        max_drop=g.check_accuracy(max_drop, "--max-drop") if max_drop is not None else None,
-        eps=list(eps) if eps else None,
-    )
+    flags = g.flag_config(min_cert, min_clean, max_lip, baseline, max_drop, eps)
     cfg = g.merge(resolve_config(config, no_config), flags)
     base = g.load_baseline(cfg.baseline) if cfg.baseline else None
     shard_spec = Shard.parse(shard) if shard else None
+    if shard_spec is not None and flags.any_gate():
+        # A part applies no gates (they need every part), so gate flags here would be dropped silently and
+        # the part would exit 0; [tool.lipgraph] gates are fine: `lipgraph merge` reads the same file.
+        raise LipgraphError("--shard writes a partial report and applies no gates: give the gate flags to "
+                            "`lipgraph merge` (or put them in [tool.lipgraph])")
     if shard_spec is not None and str(tight_pairs).strip().lower() == "auto":
         # "auto" tightens the pairs that decide this part's samples: the parts would not merge into one
         # run's result. Every pair, whatever the samples, gives the same bounds in every part.
@@ -133,8 +131,7 @@ def certify(model: str, data: str, eps: tuple[float, ...], min_cert: tuple[str, 
         raise LipgraphError("--shard writes one partial JSON report: give at most one -o PATH (no other format)")
     dataset = open_data(data, limit=limit, shard=shard_spec, block=batch_size)  # streamed, never read whole
     analysis = _reuse_bound(model, bound_file, input_name, dataset) if bound_file else None
-    if cfg.min_clean_accuracy is not None and dataset.y is None:
-        raise LipgraphError(f"--min-clean-accuracy needs labels, but '{data}' has none (y / labels / y_test)")
+    g.check_labels(cfg, dataset.y is not None, data)  # accuracy gates on unlabeled data would measure nothing
     eps_grid = list(cfg.eps or DEFAULT_EPS) + g.required_eps(cfg, base)
 
     # the bound is computed beside the inference (lipgraph.certify.certify)

@@ -60,16 +60,13 @@ def merge(
 
     quiet = out.quiet_requested(quiet)
     plan = out.plan_outputs(fmt, output)  # every output problem is reported before any work
-    flags = g.GateConfig(
-        min_certified_accuracy=dict(g.parse_eps_acc(s) for s in min_cert) if min_cert else None,
-        min_clean_accuracy=g.check_accuracy(min_clean, "--min-clean-accuracy") if min_clean is not None else None,
-        max_lipschitz=g.check_positive(max_lip, "--max-lipschitz") if max_lip is not None else None,
-        baseline=baseline,
-        max_drop=g.check_accuracy(max_drop, "--max-drop") if max_drop is not None else None,
-    )
+    flags = g.flag_config(min_cert, min_clean, max_lip, baseline, max_drop)
     cfg = g.merge(resolve_config(config, no_config), flags)
     base = g.load_baseline(cfg.baseline) if cfg.baseline else None
-    cert = merge_partials([read_partial(p) for p in parts], list(cfg.eps or []) + g.required_eps(cfg, base))
+    docs = [read_partial(p) for p in parts]
+    if docs:
+        g.check_labels(cfg, bool(docs[0].get("has_labels")), docs[0]["_path"])
+    cert = merge_partials(docs, list(cfg.eps or []) + g.required_eps(cfg, base))
     cert.per_sample = per_sample
     cert.meta["config"] = cfg.source  # None: no [tool.lipgraph] was read
     g.apply(cert, cfg, base)

@@ -65,8 +65,13 @@ def _eps_rows(d: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def gate_detail(g: dict[str, Any]) -> str:
+    """A gate's message, and for a failed one what to do about it (``hint``, lipgraph.gates.HINTS)."""
+    return f"{g['message']}; to fix: {g['hint']}" if g.get("hint") and not g["passed"] else g["message"]
+
+
 def _gate_rows(d: dict[str, Any]) -> list[list[str]]:
-    return [["PASS" if g["passed"] else "FAIL", g["name"], g["message"]] for g in d["gates"]]
+    return [["PASS" if g["passed"] else "FAIL", g["name"], gate_detail(g)] for g in d["gates"]]
 
 
 def _verdict(d: dict[str, Any]) -> str:
@@ -132,8 +137,8 @@ def render_junit(cert: Any) -> str:
         if g["passed"]:
             lines.append(f"      <system-out>{escape(g['message'])}</system-out>")
         else:
-            lines.append(f'      <failure message={quoteattr(g["message"])} type="GateFailed">'
-                         f"{escape(g['message'])}</failure>")
+            lines.append(f'      <failure message={quoteattr(gate_detail(g))} type="GateFailed">'
+                         f"{escape(gate_detail(g))}</failure>")
         lines.append("    </testcase>")
     lines += ["  </testsuite>", "</testsuites>"]
     return "\n".join(lines) + "\n"

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lipgraph.errors import Refusal
+from lipgraph.report.certify import gate_detail
 
 # Rule ids: the gate kinds of lipgraph.gates, plus refused nodes.
 RULES: dict[str, str] = {
@@ -33,7 +34,7 @@ class Finding:
 def findings(report: dict[str, Any]) -> list[Finding]:
     """Failed gates and refused nodes of a report dict (``Certificate.to_json()`` or a refusal)."""
     out = [
-        Finding(g["kind"], g["name"], f"gate {g['name']} failed: {g['message']}")
+        Finding(g["kind"], g["name"], f"gate {g['name']} failed: {gate_detail(g)}")
         for g in report.get("gates", [])
         if not g["passed"]
     ]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lipgraph.numbers import exact, percent_down, percent_exact, percent_up, round_up
+from lipgraph.report.certify import gate_detail
 from lipgraph.report.html_figures import accuracy_figure, histogram_figure, layers_figure, pct
 from lipgraph.report.svg import esc
 from lipgraph.report.tables import fmt_float, fmt_lower, fmt_upper
@@ -131,7 +132,7 @@ def _gates_table(d: dict[str, Any]) -> str:
             f'<td class="{"ok" if ok else "bad"}">{"✓ PASS" if ok else "✗ FAIL"}</td><td>{esc(g.get("name", ""))}</td>'
             f'{_num_cell(actual, _gate_value(g, actual, is_actual=True))}'
             f'{_num_cell(g.get("threshold"), _gate_value(g, g.get("threshold"), is_actual=False))}'
-            f'<td>{esc(g.get("message", ""))}</td></tr>')
+            f'<td>{esc(gate_detail(g) if "message" in g else "")}</td></tr>')
     return ('<table id="gates-table"><thead><tr><th>result</th><th>gate</th><th>actual</th><th>threshold</th>'
             f'<th>detail</th></tr></thead><tbody>{"".join(body)}</tbody></table>')
 
