@@ -324,3 +324,64 @@ def test_conv_residual_sandwich_relu_near_miss(case: str) -> None:
     del act.attribute[:]
     low, f64 = lower_estimate(relu, [1, C, size, size], n_points=4)
     _assert_sound(_bound(relu), low, case, f64)
+
+
+# ------------------------------------------------------------------ plain sandwiches (LBDN / Sandwich layers)
+
+NO = 3  # outputs of M
+_U = np.linalg.qr(np.random.default_rng(2).standard_normal((NO + N, NO + N)))[0][:H]  # h x (NO + N), orthonormal rows
+PSI = np.array([0.5, 1.0, 2.0])
+M_LBDN = (np.sqrt(2) * _U[:, :NO].T * PSI[None, :]).astype(np.float32)  # sqrt2 A^T Psi  (NO x H)
+N_LBDN = (np.sqrt(2) * _U[:, NO:] / PSI[:, None]).astype(np.float32)  # sqrt2 Psi^-1 B  (H x N)
+
+
+def lbdn(mutate: Mutation | None = None) -> onnx.ModelProto:
+    """``I (M relu(N x + b))``: the final identity MatMul stands for the next layer (a Sandwich whose M feeds
+    the logits directly is left to the certify tail)."""
+    inits = {"n": N_LBDN.T.copy(), "m": M_LBDN.T.copy(), "b": B, "eye": np.eye(NO, dtype=np.float32)}
+    nodes = [
+        mk("MatMul", ["x", "n"], ["q"], name="N"),
+        mk("Add", ["q", "b"], ["qb"], name="bias"),
+        mk("Relu", ["qb"], ["r"], name="act"),
+        mk("MatMul", ["r", "m"], ["p"], name="M"),
+        mk("MatMul", ["p", "eye"], ["y"], name="next"),
+    ]
+    if mutate is not None:
+        mutate(nodes, inits)
+    for k in [k for k in inits if not any(k in n.input for n in nodes)]:
+        del inits[k]
+    return make_model(nodes, [("x", [1, N])], ["y"], inits)
+
+
+LBDN_CASES: dict[str, Mutation | None] = {
+    "exact": None,
+    "M one ulp off": _set("m", _ulp(M_LBDN.T, (0, 0))),
+    "M scaled 1+1e-6": _set("m", M_LBDN.T * np.float32(1 + 1e-6)),
+    "Psi negative in M only": _set("m", (M_LBDN * np.array([1, -1, 1], np.float32)).T),
+    "M = N^T (wrong factor)": _set("m", np.ascontiguousarray(N_LBDN[:, :NO])),
+    "scale 2 between sigma and M": _swap(
+        "M", mk("Mul", ["r", "c"], ["rc"]), mk("MatMul", ["rc", "m"], ["p"]), c=np.array(2.0)
+    ),
+    "per-unit scale with a negative entry": _swap(
+        "M", mk("Mul", ["r", "c"], ["rc"]), mk("MatMul", ["rc", "m"], ["p"]), c=np.array([1.0, -3.0, 1.0])
+    ),
+    "scale before sigma": _swap(
+        "bias", mk("Add", ["q", "b"], ["qb0"]), mk("Mul", ["qb0", "c"], ["qb"]), c=np.array(3.0)
+    ),
+    "LeakyRelu(alpha=2)": _swap("act", mk("LeakyRelu", ["qb"], ["r"], alpha=2.0)),
+    "LeakyRelu(alpha=-1)": _swap("act", mk("LeakyRelu", ["qb"], ["r"], alpha=-1.0)),
+    "second reader of the hidden tensor": _swap(
+        "next", mk("MatMul", ["p", "eye"], ["y0"]), mk("MatMul", ["r", "m"], ["e"]), mk("Add", ["y0", "e"], ["y"])
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(LBDN_CASES))
+def test_plain_sandwich_near_miss(case: str) -> None:
+    model = lbdn(LBDN_CASES[case])
+    scale = 3.0 if case == "scale before sigma" else 1.0
+    truth, f64 = region_oracle(model, scale * N_LBDN.astype(np.float64), scale * B.astype(np.float64), [1, N])
+    bound = _bound(model)
+    _assert_sound(bound, truth, case, f64)
+    if case == "exact":
+        assert "Sandwich" in _ops(model) and bound is not None and bound <= 1 + 1e-6
