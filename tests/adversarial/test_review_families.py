@@ -385,3 +385,149 @@ def test_plain_sandwich_near_miss(case: str) -> None:
     _assert_sound(bound, truth, case, f64)
     if case == "exact":
         assert "Sandwich" in _ops(model) and bound is not None and bound <= 1 + 1e-6
+
+
+# ------------------------------------------------------------------ sorting units and their near-misses
+
+D6 = 6
+
+
+def _i64(*v: int) -> np.ndarray:
+    return np.array(v, np.int64)
+
+
+def _sorting_model(
+    nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], shape: list[int] | None = None
+) -> onnx.ModelProto:
+    m = make_model(nodes, [("x", shape or [1, D6])], ["y"], {})
+    m.graph.initializer.extend(onnx.numpy_helper.from_array(v, k) for k, v in inits.items())
+    return m
+
+
+SORT_CASES: dict[str, Callable[[], onnx.ModelProto]] = {
+    # Two Slices that overlap (0:3 and 2:5) are not the two halves of the axis.
+    "MaxMin of overlapping slices": lambda: _sorting_model(
+        [
+            mk("Slice", ["x", "s0", "e0", "ax"], ["a"]),
+            mk("Slice", ["x", "s1", "e1", "ax"], ["b"]),
+            mk("Max", ["a", "b"], ["mx"]),
+            mk("Min", ["a", "b"], ["mn"]),
+            mk("Concat", ["mx", "mn"], ["y"], axis=1),
+        ],
+        {"s0": _i64(0), "e0": _i64(3), "s1": _i64(2), "e1": _i64(5), "ax": _i64(1)},
+    ),
+    # Slices with step 2 (even / odd entries) are disjoint and cover the axis, but are not contiguous halves.
+    "MaxMin of strided slices": lambda: _sorting_model(
+        [
+            mk("Slice", ["x", "s0", "e0", "ax", "st"], ["a"]),
+            mk("Slice", ["x", "s1", "e1", "ax", "st"], ["b"]),
+            mk("Max", ["a", "b"], ["mx"]),
+            mk("Min", ["a", "b"], ["mn"]),
+            mk("Concat", ["mx", "mn"], ["y"], axis=1),
+        ],
+        {"s0": _i64(0), "e0": _i64(6), "s1": _i64(1), "e1": _i64(6), "ax": _i64(1), "st": _i64(2)},
+    ),
+    # Unequal Split (2, 4) then Max/Min against a broadcast: not a pairing of halves.
+    "MaxMin of an unequal Split": lambda: _sorting_model(
+        [
+            mk("Split", ["x", "sp"], ["a", "b"], axis=1),
+            mk("ReduceMax", ["a"], ["a1"], axes=[1], keepdims=1),
+            mk("Max", ["a1", "b"], ["mx"]),
+            mk("Min", ["a1", "b"], ["mn"]),
+            mk("Concat", ["mx", "mn"], ["y"], axis=1),
+        ],
+        {"sp": _i64(2, 4)},
+    ),
+    "Max and Min of the same half twice": lambda: _sorting_model(
+        [
+            mk("Split", ["x", "half"], ["a", "b"], axis=1),
+            mk("Identity", ["a"], ["a2"]),
+            mk("Max", ["a", "a2"], ["mx"]),
+            mk("Min", ["a", "a2"], ["mn"]),
+            mk("Concat", ["mx", "mn", "b"], ["y"], axis=1),
+        ],
+        {"half": _i64(3, 3)},
+    ),
+    "TopK keeping 2 of 3 (not the whole group)": lambda: _sorting_model(
+        [
+            mk("Reshape", ["x", "g"], ["r"]),
+            mk("TopK", ["r", "k"], ["v", "i"], axis=-1),
+            mk("Reshape", ["v", "back"], ["y"]),
+        ],
+        {"g": _i64(1, 2, 3), "k": _i64(2), "back": _i64(1, 4)},
+    ),
+    "TopK sorting across groups (axis 1)": lambda: _sorting_model(
+        [
+            mk("Reshape", ["x", "g"], ["r"]),
+            mk("TopK", ["r", "k"], ["v", "i"], axis=1),
+            mk("Reshape", ["v", "back"], ["y"]),
+        ],
+        {"g": _i64(1, 3, 2), "k": _i64(3), "back": _i64(1, 6)},
+    ),
+    "pair sort reduced on one axis, joined on another": lambda: _sorting_model(
+        [
+            mk("Reshape", ["x", "g"], ["r"]),
+            mk("ReduceMax", ["r"], ["mx"], axes=[2], keepdims=1),
+            mk("ReduceMin", ["r"], ["mn"], axes=[2], keepdims=1),
+            mk("Concat", ["mx", "mn"], ["c"], axis=1),
+            mk("Reshape", ["c", "back"], ["y"]),
+        ],
+        {"g": _i64(1, 3, 2), "back": _i64(1, 6)},
+    ),
+    "pair sort of groups of 3 (max, min, drop the middle)": lambda: _sorting_model(
+        [
+            mk("Reshape", ["x", "g"], ["r"]),
+            mk("ReduceMax", ["r"], ["mx"], axes=[2], keepdims=1),
+            mk("ReduceMin", ["r"], ["mn"], axes=[2], keepdims=1),
+            mk("Concat", ["mx", "mn"], ["y"], axis=2),
+        ],
+        {"g": _i64(1, 2, 3)},
+    ),
+    "CReLU of two different tensors": lambda: _sorting_model(
+        [
+            mk("Mul", ["x", "two"], ["x2"]),
+            mk("Relu", ["x"], ["a"]),
+            mk("Neg", ["x2"], ["n"]),
+            mk("Relu", ["n"], ["b"]),
+            mk("Concat", ["a", "b"], ["y"], axis=1),
+        ],
+        {"two": np.array(2.0, np.float32)},
+    ),
+    "Where(Greater(a, b), a, c) is not a Max": lambda: _sorting_model(
+        [
+            mk("Split", ["x", "half"], ["a", "b"], axis=1),
+            mk("Mul", ["b", "three"], ["c"]),
+            mk("Greater", ["a", "b"], ["g"]),
+            mk("Where", ["g", "a", "c"], ["w"]),
+            mk("Min", ["a", "b"], ["mn"]),
+            mk("Concat", ["w", "mn"], ["y"], axis=1),
+        ],
+        {"three": np.array(3.0, np.float32), "half": _i64(3, 3)},
+    ),
+    "Where(Greater(a, b), b, a) is a Min (MaxMin via Where)": lambda: _sorting_model(
+        [
+            mk("Split", ["x", "half"], ["a", "b"], axis=1),
+            mk("Greater", ["a", "b"], ["g"]),
+            mk("Where", ["g", "b", "a"], ["mn"]),
+            mk("Max", ["a", "b"], ["mx"]),
+            mk("Concat", ["mx", "mn"], ["y"], axis=1),
+        ],
+        {"half": _i64(3, 3)},
+    ),
+    "Gather 'permutation' with a repeated index (-6 is 0)": lambda: _sorting_model(
+        [mk("Gather", ["x", "idx"], ["y"], axis=1)], {"idx": _i64(1, 0, 2, 3, 4, -6)}
+    ),
+    "GatherND 'permutation' with a repeated index (-1 is 5)": lambda: _sorting_model(
+        [mk("GatherND", ["x", "idx"], ["y"], batch_dims=1)],
+        {"idx": np.array([[[5], [1], [2], [3], [4], [-1]]], np.int64)},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(SORT_CASES))
+def test_sorting_near_miss(case: str) -> None:
+    model = SORT_CASES[case]()
+    low, f64 = lower_estimate(model, [1, D6], n_points=4)
+    _assert_sound(_bound(model), low, case, f64)
+    if case.startswith("Gather"):
+        assert low > 1.4  # the repeated entry: sqrt(2)
