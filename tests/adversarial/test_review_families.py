@@ -531,3 +531,31 @@ def test_sorting_near_miss(case: str) -> None:
     _assert_sound(_bound(model), low, case, f64)
     if case.startswith("Gather"):
         assert low > 1.4  # the repeated entry: sqrt(2)
+
+
+def test_residual_sandwich_counts_the_reciprocals_of_post_divisions() -> None:
+    # A Div by c after P (a ConvTranspose: fold_scale does not fold into it) is stored as the float64 1/c (one
+    # rounding) before the product of the factors: with k factors of which d are divisions, the entries of the
+    # scaled P carry k + d + 1 roundings, and the rule's l1 allowance must cover them (it counted k + 2: short
+    # by an ulp-sized term from d = 3 on).
+    model = conv_sll()
+    nodes = list(model.graph.node)
+    sub = nodes[-1]
+    divs = [mk("Div", ["p", "c1"], ["p1"]), mk("Div", ["p1", "c2"], ["p2"]), mk("Div", ["p2", "c3"], ["p3"])]
+    del model.graph.node[:]
+    model.graph.node.extend([*nodes[:-1], *divs, mk("Sub", ["x", "p3"], ["y"])])
+    for k, v in {"c1": 3.0, "c2": 0.7, "c3": 1 / 3}.items():
+        model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(v, np.float32), k))
+    assert sub.op_type == "Sub"
+    g = build_graph(model)
+    run_passes(g)
+    (node,) = g.nodes
+    assert node.op_type == "ResidualSandwich" and len(node.attrs["c_post"]) == 3
+    assert node.attrs["c_post_divs"] == 3
+    from lipgraph.rules.families import _second_operator
+
+    factor = float(np.prod(node.attrs["c_post"]))
+    scaled, err = _second_operator(node.attrs, factor)
+    l1 = float(np.sum(np.abs(scaled)))
+    assert err >= l1 * (3 + 3 + 1) * 2.0**-53  # gamma_(k + d + 1): k + d + 1 roundings of unit roundoff
+    _assert_sound(_bound(model), exact_norm(model, [1, C, S, S]), "three post divisions")
