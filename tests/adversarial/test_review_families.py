@@ -559,3 +559,107 @@ def test_residual_sandwich_counts_the_reciprocals_of_post_divisions() -> None:
     l1 = float(np.sum(np.abs(scaled)))
     assert err >= l1 * (3 + 3 + 1) * 2.0**-53  # gamma_(k + d + 1): k + d + 1 roundings of unit roundoff
     _assert_sound(_bound(model), exact_norm(model, [1, C, S, S]), "three post divisions")
+
+
+# ------------------------------------------------------------------ activation patterns and linear regions
+
+ACT_CASES: dict[str, Callable[[], onnx.ModelProto]] = {
+    "Softsign with 1 + |x| replaced by 0.5 + |x| (slope 2 at 0)": lambda: _sorting_model(
+        [mk("Abs", ["x"], ["a"]), mk("Add", ["a", "h"], ["d"]), mk("Div", ["x", "d"], ["y"])],
+        {"h": np.array(0.5, np.float32)},
+    ),
+    "SiLU gate of 3x times x": lambda: _sorting_model(
+        [mk("Mul", ["x", "k"], ["x3"]), mk("Sigmoid", ["x3"], ["s"]), mk("Mul", ["x", "s"], ["y"])],
+        {"k": np.array(3.0, np.float32)},
+    ),
+    "GELU with 1.5 in place of the 1": lambda: _sorting_model(
+        [
+            mk("Div", ["x", "c"], ["u"]),
+            mk("Erf", ["u"], ["e"]),
+            mk("Add", ["e", "one"], ["e1"]),
+            mk("Mul", ["x", "e1"], ["m"]),
+            mk("Mul", ["m", "a"], ["y"]),
+        ],
+        {"c": np.array(np.sqrt(2), np.float32), "one": np.array(1.5, np.float32), "a": np.array(0.5, np.float32)},
+    ),
+    "GELU of x times (1 + erf) of another tensor 2x": lambda: _sorting_model(
+        [
+            mk("Mul", ["x", "two"], ["x2"]),
+            mk("Div", ["x2", "c"], ["u"]),
+            mk("Erf", ["u"], ["e"]),
+            mk("Add", ["e", "one"], ["e1"]),
+            mk("Mul", ["x", "e1"], ["m"]),
+            mk("Mul", ["m", "a"], ["y"]),
+        ],
+        {
+            "two": np.array(2.0, np.float32),
+            "c": np.array(np.sqrt(2), np.float32),
+            "one": np.array(1.0, np.float32),
+            "a": np.array(0.5, np.float32),
+        },
+    ),
+    "GELU with the factor 3 first on x": lambda: _sorting_model(
+        [
+            mk("Mul", ["x", "a"], ["xa"]),
+            mk("Div", ["x", "c"], ["u"]),
+            mk("Erf", ["u"], ["e"]),
+            mk("Add", ["e", "one"], ["e1"]),
+            mk("Mul", ["xa", "e1"], ["y"]),
+        ],
+        {"a": np.array(3.0, np.float32), "c": np.array(np.sqrt(2), np.float32), "one": np.array(1.0, np.float32)},
+    ),
+    "Softshrink (legacy) with a negative lambda": lambda: _sorting_model(
+        [
+            mk("Greater", ["x", "t"], ["g"]),
+            mk("Sub", ["x", "l"], ["xs"]),
+            mk("Where", ["g", "xs", "z"], ["hi"]),
+            mk("Less", ["x", "mt"], ["lt"]),
+            mk("Add", ["x", "l"], ["xa"]),
+            mk("Where", ["lt", "xa", "z"], ["lo"]),
+            mk("Add", ["hi", "lo"], ["y"]),
+        ],
+        {
+            "t": np.array(-1.0, np.float32),
+            "l": np.array(-1.0, np.float32),
+            "mt": np.array(1.0, np.float32),
+            "z": np.array(0.0, np.float32),
+        },
+    ),
+    # A gathered (linear) region multiplied by a tensor computed from the input: not linear.
+    "GatherND region times sigmoid(x)": lambda: _sorting_model(
+        [
+            mk("GatherND", ["x", "idx"], ["g"], batch_dims=1),
+            mk("Add", ["g", "g"], ["g2"]),
+            mk("Sigmoid", ["x"], ["s"]),
+            mk("Mul", ["g2", "s"], ["y"]),
+        ],
+        {"idx": np.array([[[5], [4], [3], [2], [1], [0]]], np.int64)},
+    ),
+    # The region's Where condition from the data: a discontinuous selection.
+    "GatherND region with a data-dependent Where": lambda: _sorting_model(
+        [
+            mk("GatherND", ["x", "idx"], ["g"], batch_dims=1),
+            mk("Greater", ["x", "z"], ["pos"]),
+            mk("Where", ["pos", "g", "x"], ["w"]),
+            mk("Add", ["w", "g"], ["y"]),
+        ],
+        {"idx": np.array([[[5], [4], [3], [2], [1], [0]]], np.int64), "z": np.array(0.0, np.float32)},
+    ),
+    # Add of a variable from outside the region (a second path) inside a gathered region.
+    "GatherND region plus relu(x)": lambda: _sorting_model(
+        [
+            mk("GatherND", ["x", "idx"], ["g"], batch_dims=1),
+            mk("Mul", ["g", "k"], ["gk"]),
+            mk("Relu", ["x"], ["r"]),
+            mk("Add", ["gk", "r"], ["y"]),
+        ],
+        {"idx": np.array([[[5], [4], [3], [2], [1], [0]]], np.int64), "k": np.array(3.0, np.float32)},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ACT_CASES))
+def test_activation_and_region_near_miss(case: str) -> None:
+    model = ACT_CASES[case]()
+    low, f64 = lower_estimate(model, [1, D6], n_points=4, scales=(0.5, 2.0))
+    _assert_sound(_bound(model), low, case, f64)
