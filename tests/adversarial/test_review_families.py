@@ -663,3 +663,24 @@ def test_activation_and_region_near_miss(case: str) -> None:
     model = ACT_CASES[case]()
     low, f64 = lower_estimate(model, [1, D6], n_points=4, scales=(0.5, 2.0))
     _assert_sound(_bound(model), low, case, f64)
+
+
+@pytest.mark.parametrize("opset", [9, 11, 13, 17, 19])
+@pytest.mark.parametrize("hi", [0.5, 5.0])
+def test_dense_residual_sandwich_with_clip_across_opsets(opset: int, hi: float) -> None:
+    # Clip's bounds are attributes before opset 11 and inputs from it: a bound read wrongly (or a Clip whose
+    # bounds are dropped) would change which pieces exist, never the slopes in [0, 1]; the oracle checks both.
+    def clip(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray]) -> None:
+        if opset < 11:
+            _replace(nodes, "act", [mk("Clip", ["qb"], ["r"], min=-hi, max=hi)])
+        else:
+            inits.update(lo=np.array(-hi, np.float32), hi=np.array(hi, np.float32))
+            _replace(nodes, "act", [mk("Clip", ["qb", "lo", "hi"], ["r"])])
+        inits["t"] = 3 * T  # P = 3 T W^T: not 1-Lipschitz, the certificate must see it
+
+    model = sll(clip)
+    model.opset_import[0].version = opset
+    model.ir_version = 7 if opset <= 13 else 8
+    truth, f64 = lower_estimate(model, [1, N], n_points=6, scales=(0.05, 0.3))
+    _assert_sound(_bound(model), truth, f"Clip opset {opset}", f64)
+    assert truth > 1.5
