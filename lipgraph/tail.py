@@ -30,8 +30,21 @@ MAX_TAIL_DIM = 16384  # columns of A: the basis of h is pushed through the tail
 BASIS_BLOCK = 512  # basis vectors pushed through at once (bounds the intermediates' memory)
 
 _LINEAR_OPS = {
-    "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Neg", "Identity", "Dropout", "Flatten", "Reshape",
-    "Squeeze", "Unsqueeze", "Transpose", "Cast",
+    "Gemm",
+    "MatMul",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Neg",
+    "Identity",
+    "Dropout",
+    "Flatten",
+    "Reshape",
+    "Squeeze",
+    "Unsqueeze",
+    "Transpose",
+    "Cast",
 }
 
 
@@ -70,8 +83,9 @@ class TailCandidate:
         return np.nextafter(up, np.inf)
 
 
-def find_tail(graph: Graph, logits: str, tensor_bounds: dict[str, float],
-              max_dim: int = MAX_TAIL_DIM) -> list[TailCandidate]:
+def find_tail(
+    graph: Graph, logits: str, tensor_bounds: dict[str, float], max_dim: int = MAX_TAIL_DIM
+) -> list[TailCandidate]:
     """Every usable split point of the affine tail, shortest tail first (may be empty)."""
     chain: list[tuple[Node, int]] = []
     name = logits
@@ -116,14 +130,16 @@ def _producer(graph: Graph, name: str) -> Node | None:
     return None
 
 
-def _compose(graph: Graph, chain: list[tuple[Node, int]], shape: tuple[int | None, ...], d: int,
-             l_h: float, h: str) -> TailCandidate:
+def _compose(
+    graph: Graph, chain: list[tuple[Node, int]], shape: tuple[int | None, ...], d: int, l_h: float, h: str
+) -> TailCandidate:
     a, aa, n_ops = dense_segment(graph, chain, shape, d)
     return TailCandidate(h, float(l_h), a, aa, n_ops, [f"{n.op_type}:{n.name}" for n, _ in chain])
 
 
-def dense_segment(graph: Graph, chain: list[tuple[Node, int]], shape: tuple[int | None, ...],
-                  d: int) -> tuple[np.ndarray, np.ndarray, int]:
+def dense_segment(
+    graph: Graph, chain: list[tuple[Node, int]], shape: tuple[int | None, ...], d: int
+) -> tuple[np.ndarray, np.ndarray, int]:
     """A run of linear ops as a dense float64 matrix (outputs x inputs), the matrix of the absolute values
     it was summed from (for the rounding bound), and the number of roundings along the way: the standard
     basis of the run's input pushed through every op. Raises ``_NotAffine`` when it does not fit."""
@@ -181,9 +197,21 @@ def _float_const(graph: Graph, node: Node, i: int) -> np.ndarray:
     return c
 
 
-def _broadcast_to(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+def _check_batch_axis(x: np.ndarray, c: np.ndarray) -> None:
+    """Refuse a constant that would broadcast over the batch axis.
+
+    x carries the basis (or a batch of samples) on axis 0 where the model has a batch of one: a
+    constant of full rank whose axis 0 is not 1 copies each sample ``c.shape[0]`` times in the
+    model, however ``np.broadcast_shapes`` pairs it with x's axis 0 (equal sizes pair silently and
+    would mix basis vectors with the constant's rows)."""
     if c.ndim > x.ndim:
         raise _NotAffine("the constant has more axes than the data")
+    if c.ndim == x.ndim and c.shape[0] != 1:
+        raise _NotAffine("the constant broadcasts over the batch axis")
+
+
+def _broadcast_to(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    _check_batch_axis(x, c)
     shape = np.broadcast_shapes(x.shape, c.shape)
     if shape[0] != x.shape[0]:
         raise _NotAffine("the constant broadcasts over the batch axis")
@@ -245,8 +273,7 @@ def _apply(graph: Graph, node: Node, vi: int, x: np.ndarray, absolute: bool) -> 
             if vi != 0 or np.any(c == 0):
                 raise _NotAffine("division by the variable or by zero")
             c = 1.0 / c
-        if c.ndim > x.ndim:
-            raise _NotAffine("the constant has more axes than the data")
+        _check_batch_axis(x, c)
         y = x * mag(c)
         if y.shape[0] != m:
             raise _NotAffine("broadcast over the batch axis")

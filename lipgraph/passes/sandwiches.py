@@ -63,6 +63,7 @@ class Branch:
     c_pre: np.ndarray  # per hidden channel (size 1: a scalar)
     c_post: list[float] = field(default_factory=list)  # scalar factors after P
     c_pre_ops: int = 0  # float64 operations that formed c_pre (a product, and a reciprocal per Div)
+    c_post_divs: int = 0  # reciprocals among c_post (a Div by c is stored as the rounded 1/c)
     nodes: list[Node] = field(default_factory=list)
 
 
@@ -97,6 +98,7 @@ def match_branch(graph: Graph, end: str, allow_post: bool) -> Branch | None:
     """Walk back from tensor ``end`` to ``sigma``'s input and Q; None unless the shape is exact."""
     nodes: list[Node] = []
     c_post: list[float] = []
+    c_post_divs = 0
     t = end
     node = graph.producer(t)
     # after P: scalars and bias adds
@@ -109,6 +111,7 @@ def match_branch(graph: Graph, end: str, allow_post: bool) -> Branch | None:
             return None
         if f is not None:
             c_post.append(f)
+            c_post_divs += node.op_type == "Div"
         nodes.append(node)
         t, node = src, graph.producer(src)
     if node is None:
@@ -159,7 +162,7 @@ def match_branch(graph: Graph, end: str, allow_post: bool) -> Branch | None:
     nodes.append(node)
     if not _compatible(q, p):
         return None
-    return Branch(q, p, act, c_pre, c_post, nodes=nodes, c_pre_ops=c_pre_ops)
+    return Branch(q, p, act, c_pre, c_post, nodes=nodes, c_pre_ops=c_pre_ops, c_post_divs=c_post_divs)
 
 
 def _compatible(q: LinearOp, p: LinearOp) -> bool:
@@ -177,6 +180,7 @@ def _attrs(br: Branch) -> dict:
         "c_pre": br.c_pre,
         "c_pre_ops": br.c_pre_ops,
         "c_post": list(br.c_post),
+        "c_post_divs": br.c_post_divs,
         "activation": br.act.op_type,
     }
     if br.q.kind == "dense":

@@ -117,8 +117,10 @@ def _second_operator(attrs: dict, factor: float) -> tuple[np.ndarray, float]:
     else:
         shape = (-1,) + (1,) * (p.ndim - 1)
         scaled = factor * p * (c_pre.reshape(shape) if c_pre.size > 1 else c_pre.reshape(1))
-    # roundings per entry: the c_post product, the two products here, and those that formed c_pre
-    return scaled, _l1_err(scaled, len(attrs["c_post"]) + 2 + int(attrs["c_pre_ops"]))
+    # roundings per entry: the c_post product (k - 1), the reciprocal of each Div among its k factors, the two
+    # products here, and those that formed c_pre (counted k + divs + 2: one to spare)
+    ops = len(attrs["c_post"]) + int(attrs.get("c_post_divs", 0)) + 2 + int(attrs["c_pre_ops"])
+    return scaled, _l1_err(scaled, ops)
 
 
 def _rows(q: np.ndarray, kind: str) -> np.ndarray:
