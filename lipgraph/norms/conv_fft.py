@@ -29,6 +29,7 @@ from lipgraph.norms.conv_gram import (
     gram_kernel_cost,
     gram_kernel_fits,
     gram_symbols,
+    tap_l1,
 )
 from lipgraph.norms.conv_tiers import tiered_fits, tiered_gram_bound
 from lipgraph.norms.gram_kernel32 import kernel32_fits, kernel32_gram_bound
@@ -135,7 +136,7 @@ def _dft_allowance(pk: np.ndarray) -> float:
     """
     d = pk.ndim - 3
     t = math.prod(pk.shape[3:])
-    l1 = np.abs(pk).sum(axis=tuple(range(3, pk.ndim)))  # (g, mg, cp)
+    l1 = tap_l1(pk)  # (g, mg, cp); its rounding (relative gamma_T) is inside the factor 2 >= sqrt 2
     per_group = np.sqrt((l1 * l1).sum(axis=(1, 2)))
     k = t + TWIDDLE_ULPS * d + 4
     coeff = 2.0 * k * EPS64 / (1.0 - k * EPS64)

@@ -56,13 +56,26 @@ class GramKernel:
     taps: int  # T
 
 
+def tap_l1(pk: np.ndarray) -> np.ndarray:
+    """``sum_q |P_q|`` (g, mg, cp) of a phase kernel ``(g, mg, cp, Q...)``, as computed (float64, T terms per
+    entry summed in some order: relative error at most ``gamma_{T-1}``, which the callers' margins cover).
+
+    One matrix-vector product with a ones vector: numpy's reduction over the few trailing tap entries of
+    every weight runs 2-4x slower (6-9 ms against 2-3 ms on a 512-channel 3 x 3 kernel, one thread)."""
+    g, mg, cp = pk.shape[:3]
+    t = math.prod(pk.shape[3:])
+    return (np.abs(pk).reshape(g * mg * cp, t) @ np.ones(t)).reshape(g, mg, cp)
+
+
 def drop_zero_lines(pk: np.ndarray) -> np.ndarray:
     """Remove output rows and input columns that are zero at every tap in every group (exact: zero rows
     and columns do not change the singular values). A 1x1 strided conv's phase kernel is 3/4 zeros."""
     g, mg, cp = pk.shape[:3]
     nz = pk.reshape(g, mg, cp, -1) != 0
-    rows = nz.any(axis=(0, 2, 3))
-    cols = nz.any(axis=(0, 1, 3))
+    # Leading-axis reductions first (contiguous, elementwise), the short trailing ones last: 3-6 ms less
+    # than one reduction over axes (0, 1, 3) on a 512-channel kernel.
+    rows = nz.reshape(g, mg, -1).any(axis=2).any(axis=0)
+    cols = nz.any(axis=(0, 1)).any(axis=1)
     if rows.all() and cols.all():
         return pk
     if not rows.any() or not cols.any():
@@ -107,6 +120,7 @@ def gram_kernel(pk: np.ndarray) -> GramKernel:
     index = {tuple(int(v) for v in dl): k for k, dl in enumerate(deltas)}
     r = np.zeros((g, deltas.shape[0], m, m))
     s_fro2 = 0.0
+    l1 = tap_l1(pk)
     for gi in range(g):
         stack = np.ascontiguousarray(x[gi].reshape(t * m, n))
         z = stack @ stack.T  # syrk: every block (q, q') is X_q X_q'^T
@@ -114,7 +128,7 @@ def gram_kernel(pk: np.ndarray) -> GramKernel:
             for b in range(t):
                 k = index[tuple(int(v) for v in taps[a] - taps[b])]
                 r[gi, k] += z[a * m : (a + 1) * m, b * m : (b + 1) * m]
-        s = np.abs(x[gi]).sum(axis=0)
+        s = l1[gi]  # S = sum_q |P_q| (or its transpose: the same sum of squares)
         s_fro2 = max(s_fro2, float((s * s).sum()))
     s_fro2 *= 1.0 + (m * n + t + 2) * EPS64 / (1.0 - (m * n + t + 2) * EPS64)
     return GramKernel(r, deltas, float(np.nextafter(s_fro2, np.inf)), n, t)

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lipgraph.norms.conv_gram import _SYRK_SLOWDOWN, _offset_twiddles
+from lipgraph.norms.conv_gram import _SYRK_SLOWDOWN, _offset_twiddles, tap_l1
 from lipgraph.norms.conv_tiers import certify_two_tiers, symbol_parts
 from lipgraph.norms.stack_sv32 import INNER_BLOCK, _up, blocked_product32, gamma32
 
@@ -142,8 +142,9 @@ def gram_kernel32(pk: np.ndarray) -> GramKernel32 | None:
     r = np.zeros((g, n_off, m, m), dtype=np.float32)
     rho = 0.0
     depth = 0
+    l1 = tap_l1(pk)
     for gi in range(g):
-        s = np.abs(x[gi]).sum(axis=0)  # float64 S = sum_q |P_q| (its rounding: in _rho_abs's margin)
+        s = l1[gi] if cp >= mg else l1[gi].T  # float64 S = sum_q |P_q| (its rounding: in _rho_abs's margin)
         rho = max(rho, _rho_abs(s, t))
         if not rho <= _MAX_SFRO2:
             return None
