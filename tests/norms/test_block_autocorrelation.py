@@ -220,3 +220,28 @@ def test_moduli_scratch_bound_is_not_a_blanket():
     im = np.zeros_like(re)
     _, amax = stack_sv32._abs_gram_bound(re, im, np.empty(re.shape))
     assert 1.0 < amax <= 1.0 + 2e-15
+
+
+def test_woven_dft_equals_the_two_part_dft_and_keeps_inf_in_its_own_part():
+    """gram_symbols' interleaved product (several frequencies per chunk) gives the same numbers as the two
+    separate products; an infinite R_delta entry stays in its own part (the zeros meet finite twiddles only)."""
+    rng = np.random.default_rng(12)
+    pk = rng.standard_normal((1, 20, 24, 3, 3))
+    gk = conv_gram.gram_kernel(pk)
+    grid = (7, 6)
+    freqs = np.indices(grid).reshape(2, -1).T
+    got = np.concatenate(list(conv_gram.gram_symbols(gk, freqs, grid)))
+    zero, pos, _ = conv_gram._paired_offsets(gk.deltas)
+    offsets = np.concatenate([gk.deltas[zero : zero + 1], gk.deltas[pos]])
+    cos, sin = conv_gram._offset_twiddles(freqs, offsets, grid)
+    r0, rp = gk.r[0, zero], gk.r[0, pos]
+    want_re = np.einsum("fp,pij->fij", cos, np.concatenate([r0[None], rp + np.swapaxes(rp, 1, 2)]))
+    want_im = np.einsum("fp,pij->fij", sin[:, 1:], rp - np.swapaxes(rp, 1, 2))
+    scale = np.abs(gk.r).max()
+    assert np.abs(got.real - want_re).max() <= 1e-14 * scale
+    assert np.abs(got.imag - want_im).max() <= 1e-14 * scale
+    r = gk.r.copy()
+    r[0, zero, 0, 0] = np.inf  # on the diagonal of R_0: real parts only
+    inf_gk = conv_gram.GramKernel(r, gk.deltas, gk.s_fro2, gk.inner, gk.taps)
+    out = np.concatenate(list(conv_gram.gram_symbols(inf_gk, freqs, grid)))
+    assert np.all(np.isinf(out[:, 0, 0].real)) and not np.isnan(out.imag).any()
