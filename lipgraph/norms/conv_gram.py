@@ -264,7 +264,7 @@ def gram_symbols(gk: GramKernel, freqs: np.ndarray, grid: Sequence[int]) -> Iter
         re_part = np.moveaxis(re_part, 1, 0).reshape(1 + pos.size, g * m * m)
         im_part = np.moveaxis(r_pos - r_pos_t, 1, 0).reshape(pos.size, g * m * m)
         offsets = np.concatenate([gk.deltas[zero : zero + 1], gk.deltas[pos]])
-    # Several frequencies per chunk (m < 512 here): one product straight into the complex output's real view,
+    # Several frequencies per chunk (g m^2 <= 2^17): one product straight into the complex output's real view,
     # the real and imaginary parts' rows interleaved with zeros: numpy's strided writes of two separate parts
     # cost more than the products (64 channels: 0.9 -> 0.6 ms a chunk). A zero weight times a (finite)
     # twiddle adds an exact zero, so every entry is the same dot product as before, in some order: the same
