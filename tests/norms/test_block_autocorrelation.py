@@ -245,3 +245,45 @@ def test_woven_dft_equals_the_two_part_dft_and_keeps_inf_in_its_own_part():
     inf_gk = conv_gram.GramKernel(r, gk.deltas, gk.s_fro2, gk.inner, gk.taps)
     out = np.concatenate(list(conv_gram.gram_symbols(inf_gk, freqs, grid)))
     assert np.all(np.isinf(out[:, 0, 0].real)) and not np.isnan(out.imag).any()
+
+
+def _old_phase_kernel(weight, groups, strides, dilations):
+    """The phase kernel as built before the stride-1 shortcut: dilate, pad to whole phases, split, transpose."""
+    import math
+
+    from lipgraph.norms.conv_geometry import _dilate, _grouped
+
+    w = np.asarray(weight, dtype=np.float64)
+    d = w.ndim - 2
+    wd = _dilate(_grouped(w, groups), dilations)
+    spans = wd.shape[-d:]
+    qs = [-(-k // s) for k, s in zip(spans, strides, strict=True)]
+    padded = np.zeros(wd.shape[:3] + tuple(q * s for q, s in zip(qs, strides, strict=True)))
+    padded[(Ellipsis,) + tuple(slice(0, k) for k in spans)] = wd
+    shape = list(padded.shape[:3])
+    for q, s in zip(qs, strides, strict=True):
+        shape += [q, s]
+    p = padded.reshape(shape).transpose([0, 1, 2] + [4 + 2 * i for i in range(d)] + [3 + 2 * i for i in range(d)])
+    g, mg, cg = p.shape[:3]
+    return p.reshape((g, mg, cg * math.prod(strides)) + tuple(qs))
+
+
+@pytest.mark.parametrize(
+    ("shape", "groups", "strides", "dilations"),
+    [
+        ((8, 6, 3, 3), 1, (1, 1), (1, 1)),
+        ((8, 4, 3, 3), 2, (1, 1), (1, 1)),
+        ((8, 6, 3, 3), 1, (2, 2), (1, 1)),
+        ((8, 6, 3, 3), 1, (1, 1), (2, 1)),
+        ((6, 6, 5), 3, (1,), (1,)),
+        ((4, 3, 2, 3, 2), 1, (1, 2, 1), (1, 1, 2)),
+    ],
+)
+def test_phase_kernel_is_unchanged_by_the_stride_one_shortcut(shape, groups, strides, dilations):
+    rng = np.random.default_rng(len(shape) + groups)
+    w = rng.standard_normal(shape)
+    got = conv_fft.phase_kernel(w, groups, strides, dilations)
+    want = _old_phase_kernel(w, groups, strides, dilations)
+    assert got.shape == want.shape and np.array_equal(got, want)
+    got[...] = 0.0  # a fresh array: the caller's weights are untouched
+    assert np.any(w != 0.0)
