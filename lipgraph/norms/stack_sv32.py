@@ -67,11 +67,23 @@ def abs_gram_bound(re: np.ndarray, im: np.ndarray) -> float:
     terms covers it, with a factor 4 to spare: ``m n + 8`` for the Frobenius norm (``m n`` squares),
     ``m + n + 8`` for the row sums.
     """
+    return _abs_gram_bound(re, im, np.empty(re.shape))[0]
+
+
+def _abs_gram_bound(re: np.ndarray, im: np.ndarray, mod: np.ndarray) -> tuple[float, float]:
+    """:func:`abs_gram_bound` and an upper bound of ``max(|re|, |im|)`` (entrywise), with the moduli formed in
+    the caller's scratch array ``mod`` (same shape; no temporaries: gram32 calls this once per frequency).
+
+    The second value is the largest computed modulus times ``1 + 1e-15`` (each modulus is at least the larger
+    of ``|re_ij|, |im_ij|`` up to its three roundings, ``2.5u``), plus ``1e-150`` for entries whose squares
+    underflow (their moduli may come out below them, even zero)."""
     m, n = re.shape
-    mod = np.sqrt(re * re + im * im)  # float64 moduli (a few ulps: in the slack below)
+    np.multiply(re, re, out=mod)
+    mod += np.square(im)
+    np.sqrt(mod, out=mod)  # float64 moduli (a few ulps: in the slack below)
     fro2 = float(_up(float(np.vdot(mod, mod)), (m * n + 8) * 2.0**-53 * 4))
     rows = float(_up(float((mod @ mod.sum(axis=0)).max()), (m + n + 8) * 2.0**-53 * 4))
-    return min(fro2, rows)
+    return min(fro2, rows), float(mod.max(initial=0.0)) * (1.0 + 1e-15) + 1e-150
 
 
 # Inner length of each float32 product: longer inner dimensions are split into blocks of this length whose
@@ -119,6 +131,7 @@ def gram32(re: np.ndarray, im: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     bound = np.empty(f)
     amax = np.empty(f)
     depth = 0
+    mod = np.empty((m, n))  # scratch for the moduli, reused at every frequency
     for i in range(f):
         x, y = (re[i].T, -im[i].T) if side else (re[i], im[i])
         split[:, :n] = x
@@ -126,10 +139,9 @@ def gram32(re: np.ndarray, im: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         sym, d_re = blocked_product32(split)  # symmetric product (syrk): both triangles the same numbers
         cross, d_im = blocked_product32(split[:, n:], split[:, :n])
         gram[i].real = sym
-        gram[i].imag = cross - cross.T  # exactly skew: fl(a - b) = -fl(b - a)
+        np.subtract(cross, cross.T, out=gram[i].imag)  # exactly skew: fl(a - b) = -fl(b - a)
         depth = max(d_re, d_im + 1)
-        bound[i] = abs_gram_bound(x, y)
-        amax[i] = max(float(np.abs(x).max(initial=0.0)), float(np.abs(y).max(initial=0.0)))
+        bound[i], amax[i] = _abs_gram_bound(x, y, mod)
     err = math.sqrt(2.0) * gamma32(depth + 2) * bound
     # Underflow: a rounding below float32's normal range errs by at most 2^-150 absolutely, and under a
     # flush-to-zero / denormals-are-zero mode (set process-wide by some libraries) by up to 2^-126 per
