@@ -245,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--old-for", default="resnet18-32,resnet50-224", help="models to also run on the old path")
     ap.add_argument("--old-ref", default=OLD_REF, help="git commit of the old path (default: %(default)s)")
     ap.add_argument("--repeat", type=int, default=2, help="runs of new and old (alternating) for --old-for models")
-    ap.add_argument("--only", help="comma-separated model names (default: all of the chosen set)")
+    ap.add_argument(
+        "--only", help="comma-separated model names (default: all of the chosen set); the other rows of --out are kept"
+    )
     ap.add_argument("--timeout", type=float, default=900.0)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scale_curve.json")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -300,6 +302,23 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  {name}: {json.dumps({k: v for k, v in row.items() if k != 'attention_matmuls'})[:400]}", flush=True
             )
+    measured = {r["model"] for r in rows}
+    updated_rows: dict[str, Any] = {}
+    if only is not None and args.out.exists():
+        # --only re-measures some rows: keep the file's other rows (and their notes) instead of dropping them
+        previous = json.loads(args.out.read_text())
+        updated_rows = {k: v for k, v in previous.get("updated_rows", {}).items() if k not in measured}
+        fresh = {r["model"]: r for r in rows}
+        kept = [fresh.pop(r["model"], r) for r in previous.get("rows", [])]
+        rows = kept + list(fresh.values())
+        given = sys.argv[1:] if argv is None else argv
+        command = "OPENBLAS_NUM_THREADS=1 python bench/scale_curve.py " + " ".join(given)
+        for name in sorted(measured):
+            updated_rows[name] = {
+                "command": command,
+                "old_ref": args.old_ref,
+                "loadavg_1min_end": round(os.getloadavg()[0], 2),
+            }
     # Growth: seconds per certificate GFLOP over the conv models (Gram products and factorisations dominate).
     conv = [r for r in rows if r["model"].startswith("resnet") and r["new"].get("gflop")]
     coef = [r["new"]["analyze_cpu_s"] / r["new"]["gflop"] for r in conv]
@@ -355,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         | {r["model"] + " speedup": r["speedup_analyze_cpu"] for r in rows if "speedup_analyze_cpu" in r}
         | {"passed": passed},
     }
+    if updated_rows:
+        results["updated_rows"] = updated_rows
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
