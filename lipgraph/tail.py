@@ -30,21 +30,8 @@ MAX_TAIL_DIM = 16384  # columns of A: the basis of h is pushed through the tail
 BASIS_BLOCK = 512  # basis vectors pushed through at once (bounds the intermediates' memory)
 
 _LINEAR_OPS = {
-    "Gemm",
-    "MatMul",
-    "Add",
-    "Sub",
-    "Mul",
-    "Div",
-    "Neg",
-    "Identity",
-    "Dropout",
-    "Flatten",
-    "Reshape",
-    "Squeeze",
-    "Unsqueeze",
-    "Transpose",
-    "Cast",
+    "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Neg", "Identity", "Dropout", "Flatten", "Reshape",
+    "Squeeze", "Unsqueeze", "Transpose", "Cast",
 }
 
 
