@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from lipgraph.errors import Refuse
+from lipgraph.norms import EPS64
 from lipgraph.rules.registry import Bound, RuleContext, rule
 from lipgraph.rules.shapes import broadcast_factor, scale_gain
 
@@ -44,7 +45,9 @@ def mul(ctx: RuleContext) -> Bound:
     """Mul by a constant c: ``max over x elements of sqrt(sum of c^2 over its broadcast copies)``.
 
     That is ``max |c|`` when c broadcasts onto x (per-channel scales). Two variable factors (gates,
-    attention) are not globally Lipschitz: refused. Exact. Source: docs/operators.md.
+    attention) are not globally Lipschitz: refused. Exact. A scale a pass computed in float64 (the
+    L2-pooling pass's ``sqrt(c / k)``, ``rho`` > 0) is multiplied by ``1 + rho``.
+    Source: docs/operators.md; Higham 2002, Lemma 3.1.
     """
     var = ctx.variable_indices()
     if len(var) != 1:
@@ -54,6 +57,8 @@ def mul(ctx: RuleContext) -> Bound:
     if c is None:
         raise Refuse("the constant factor has no known value")
     gain = scale_gain(ctx, i, c)
+    if ctx.node.rho:  # a scale a pass computed in float64: the exact one is within rho |c| (Node.rho)
+        gain = float(np.nextafter(gain * (1.0 + ctx.node.rho) * (1.0 + 4 * EPS64), np.inf))
     lin = ctx.input_bounds[i]
     assert lin is not None
     return Bound(gain * lin, "scale by a constant", factor=gain)
