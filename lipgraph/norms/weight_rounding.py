@@ -32,7 +32,8 @@ from lipgraph.norms.rounding import gamma
 
 
 def _up(x: float) -> float:
-    return float(np.nextafter(x * (1.0 + 4.0 * EPS64), np.inf))
+    """x (the result of at most three roundings of nonnegative terms) moved up past their error."""
+    return 0.0 if x == 0.0 else float(np.nextafter(x * (1.0 + 4.0 * EPS64), np.inf))
 
 
 def compose(*rhos: float) -> float:
@@ -62,6 +63,11 @@ def _sum_up(a: np.ndarray, axis: int | tuple[int, ...] | None) -> np.ndarray:
     return np.sum(a, axis=axis) * (1.0 + gamma(max(int(n), 1) + 1))
 
 
+def _schur(rows: float, cols: float) -> float:
+    """``sqrt(rows * cols)`` rounded up, as a product of square roots: no underflow for tiny weights."""
+    return _up(math.sqrt(rows) * math.sqrt(cols))
+
+
 def abs_norm_dense(w: np.ndarray) -> float:
     """Upper bound of ``|| |W| ||_2`` for a matrix (1-D: a row vector), by the Schur test."""
     a = np.abs(np.asarray(w, dtype=np.float64))
@@ -70,7 +76,7 @@ def abs_norm_dense(w: np.ndarray) -> float:
         return 0.0
     rows = float(_sum_up(a, 1).max())
     cols = float(_sum_up(a, 0).max())
-    return _up(math.sqrt(_up(rows * cols)))
+    return _schur(rows, cols)
 
 
 def abs_norm_conv(w: np.ndarray, groups: int) -> float:
@@ -87,7 +93,7 @@ def abs_norm_conv(w: np.ndarray, groups: int) -> float:
     per_tap = _sum_up(a, taps) if taps else a  # (M, C/g): one entry per (output, input) channel pair
     g = max(int(groups), 1)
     cols = float(_sum_up(per_tap.reshape(g, m // g, cg), 1).max())
-    return _up(math.sqrt(_up(rows * cols)))
+    return _schur(rows, cols)
 
 
 def add_rounding(value: float, rho: float, abs_norm: float) -> float:
