@@ -68,6 +68,8 @@ def mul(ctx: RuleContext) -> Bound:
 def div(ctx: RuleContext) -> Bound:
     """Div ``x / c`` by a constant: as Mul by ``1/c``. A variable divisor is not Lipschitz: refused.
 
+    The float64 reciprocal's rounding is counted (the factor is ``max |1/c|`` moved up by 2 ulps).
+
     Source: docs/operators.md.
     """
     if ctx.is_variable(1):
@@ -79,6 +81,9 @@ def div(ctx: RuleContext) -> Bound:
     if np.any(c == 0):
         raise Refuse("division by zero in the constant divisor")
     gain = scale_gain(ctx, 0, 1.0 / c)
+    # 1 / c is rounded to nearest (it may land an ulp below the exact reciprocal); a divisor a pass computed
+    # (Node.rho) is within rho of exact: gamma_1 and rho on top, rounded up (Higham 2002, Lemma 3.1)
+    gain = float(np.nextafter(gain * (1.0 + 2 * EPS64) * (1.0 + ctx.node.rho), np.inf))
     lin = ctx.input_bounds[0]
     assert lin is not None
     return Bound(gain * lin, "scale by 1/constant", factor=gain)

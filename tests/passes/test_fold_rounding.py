@@ -173,3 +173,11 @@ def test_composed_linear_map_keeps_the_folds_rounding() -> None:
     [lmap] = [n for n in g.nodes if n.op_type == "LinearMap"]
     assert lmap.attrs["rho"] >= 40 * gamma(2)
     assert Fraction(_bound(model)) >= abs(exact_div)
+
+
+def test_div_rule_counts_the_rounded_reciprocal() -> None:
+    """A lone Div (nothing to fold into): ``1 / c`` rounded to nearest lands below the exact reciprocal."""
+    cs = [c for c in RNG.uniform(0.5, 2.0, 200).astype(F32) if Fraction(1.0 / float(c)) < 1 / Fraction(float(c))]
+    c = cs[0]
+    model = make_model([helper.make_node("Div", ["x", "c"], ["y"])], [("x", (1, 3))], ["y"], {"c": np.array(c, F32)})
+    assert Fraction(_bound(model)) >= 1 / Fraction(float(c))
