@@ -181,3 +181,36 @@ def test_div_rule_counts_the_rounded_reciprocal() -> None:
     c = cs[0]
     model = make_model([helper.make_node("Div", ["x", "c"], ["y"])], [("x", (1, 3))], ["y"], {"c": np.array(c, F32)})
     assert Fraction(_bound(model)) >= 1 / Fraction(float(c))
+
+
+def test_residual_sandwich_reads_a_folded_q_and_adds_its_rounding() -> None:
+    """x - P relu(BN(Q x)): the BatchNormalization folds into Q before the block is fused; the fused node
+    carries Q's rho and its rule's factor is strictly above the same node's with rho cleared."""
+    from lipgraph.rules.context import RuleContext
+    from lipgraph.rules.registry import lookup
+
+    q = RNG.standard_normal((3, 3)).astype(F32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "q"], ["h"]),
+        helper.make_node("BatchNormalization", ["h", "g", "beta", "mean", "var"], ["b"], epsilon=1e-5),
+        helper.make_node("Relu", ["b"], ["r"]),
+        helper.make_node("MatMul", ["r", "p"], ["z"]),
+        helper.make_node("Sub", ["x", "z"], ["y"]),
+    ]
+    inits = {
+        "q": q,
+        "p": (q.T * F32(0.5)).astype(F32),
+        "g": RNG.uniform(0.5, 2.0, 3).astype(F32),
+        "beta": np.zeros(3, F32),
+        "mean": np.zeros(3, F32),
+        "var": RNG.uniform(0.5, 2.0, 3).astype(F32),
+    }
+    g = _folded(make_model(nodes, [("x", (1, 3))], ["y"], inits))
+    [node] = [n for n in g.nodes if n.op_type == "ResidualSandwich"]
+    assert node.attrs["rho_q"] >= gamma(4)
+    rule = lookup("lipgraph", "ResidualSandwich", 1)
+    assert rule is not None
+    with_rho = rule.fn(RuleContext(node, g, [1.0])).factor
+    node.attrs["rho_q"] = 0.0
+    without = rule.fn(RuleContext(node, g, [1.0])).factor
+    assert with_rho > without
