@@ -22,7 +22,7 @@ import onnx
 from lipgraph.graph import Graph, Node
 from lipgraph.graph_build import build_graph
 from lipgraph.norms.lipsdp import ChainWeights
-from lipgraph.tail import _LINEAR_OPS, EPS64, _NotAffine, dense_segment
+from lipgraph.tail import _LINEAR_OPS, EPS64, _NotAffine, dense_segment, segment_rho
 
 MAX_INPUT_DIM = 4096  # the basis of the input is pushed through the first segment: d x d float64 arrays
 MAX_HIDDEN_TOTAL = 4096  # the certificate matrix has the size of all hidden layers together
@@ -135,7 +135,8 @@ def _compose(segment: list[tuple[Node, int]], shape: tuple[int, ...], graph: Gra
         raise NotAChain(f"a linear segment: {exc}") from None
     n = n_ops + d + 8
     gamma = 2.0 * n * EPS64 / (1.0 - 2.0 * n * EPS64)  # the affine tail's composition bound
-    return w, gamma * wa * (1.0 + 4 * EPS64)
+    # plus the rounding of constants a pass computed in float64 (the L2-pooling scale), relative to |W|
+    return w, (gamma + segment_rho(segment)) * wa * (1.0 + 4 * EPS64)
 
 
 def unfused_graph(proto: onnx.ModelProto, input_name: str | None, sample_shape: tuple[int, ...] | None) -> Graph:

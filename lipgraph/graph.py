@@ -40,6 +40,11 @@ class Node:
     # values than the model: only its Lipschitz bound carries over, so structural passes must not read
     # its semantics (e.g. its slope range) as the model's.
     bound_only: bool = False
+    # A pass computed this node's constant weight (or scale) in float64: every stored entry W'_ij is within
+    # rho |W'_ij| of the exact value (lipgraph/norms/weight_rounding.py). 0: the model's own constants.
+    # Rules of ops that read such a weight add ``rho || |W'| ||_2``; passes that copy or fuse the node
+    # carry it over.
+    rho: float = 0.0
 
     @property
     def label(self) -> str:

@@ -49,6 +49,7 @@ class TailCandidate:
     abs_matrix: np.ndarray  # (K, d): the chain with |constants|, for the rounding term
     n_ops: int  # total inner dimension + number of ops (for gamma_n)
     ops: list[str] = field(default_factory=list)
+    rho: float = 0.0  # constants a pass computed in float64 (folded weights): matrix within rho |A| of exact
 
     @property
     def gamma(self) -> float:
@@ -60,13 +61,14 @@ class TailCandidate:
         diff = np.linalg.norm(self.matrix - self.matrix[t], axis=1)
         absn = np.linalg.norm(self.abs_matrix, axis=1)
         g = self.gamma
-        up = diff * (1.0 + g) + g * (absn + absn[t]) * (1.0 + g)
+        up = diff * (1.0 + g) + (g + self.rho) * (absn + absn[t]) * (1.0 + g)
         return np.nextafter(up, np.inf)
 
     def row_norms(self) -> np.ndarray:
         """Upper bounds of ``||a_i||_2`` (for a single-logit model)."""
         g = self.gamma
-        up = np.linalg.norm(self.matrix, axis=1) * (1.0 + g) + g * np.linalg.norm(self.abs_matrix, axis=1) * (1.0 + g)
+        absn = np.linalg.norm(self.abs_matrix, axis=1)
+        up = np.linalg.norm(self.matrix, axis=1) * (1.0 + g) + (g + self.rho) * absn * (1.0 + g)
         return np.nextafter(up, np.inf)
 
 
@@ -121,7 +123,18 @@ def _compose(
     graph: Graph, chain: list[tuple[Node, int]], shape: tuple[int | None, ...], d: int, l_h: float, h: str
 ) -> TailCandidate:
     a, aa, n_ops = dense_segment(graph, chain, shape, d)
-    return TailCandidate(h, float(l_h), a, aa, n_ops, [f"{n.op_type}:{n.name}" for n, _ in chain])
+    ops = [f"{n.op_type}:{n.name}" for n, _ in chain]
+    return TailCandidate(h, float(l_h), a, aa, n_ops, ops, rho=segment_rho(chain))
+
+
+def segment_rho(chain: list[tuple[Node, int]]) -> float:
+    """Relative error, entrywise against the chain on absolute values, of a chain whose constants a pass
+    computed in float64 (``Node.rho``; a composed LinearMap carries its members' as ``rho``): every entry
+    of the composed matrix is a sum of products of one constant entry per op, each within ``rho_i`` of
+    its exact value, so ``prod (1 + rho_i) - 1`` bounds it (Higham 2002, Lemma 3.1). 0 for the model's own."""
+    from lipgraph.norms.weight_rounding import compose
+
+    return compose(*(float(n.attrs.get("rho", 0.0)) if n.op_type == "LinearMap" else n.rho for n, _ in chain))
 
 
 def dense_segment(

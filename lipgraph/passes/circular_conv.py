@@ -197,6 +197,7 @@ def _fuse_one(graph: Graph) -> bool:
             },
             opset=1,
             origin=origin,
+            rho=conv.rho,  # the kernel is the conv's own: a folded one keeps its rounding bound
         )
         graph.replace([*parts, conv], [fused])
         return True

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from lipgraph.graph import Graph, Node
+from lipgraph.norms.weight_rounding import compose
 from lipgraph.passes.groupsort import const_value, fused_node, known_shape
 from lipgraph.passes.linear_ops import is_bias_add
 from lipgraph.passes.sandwiches import _hidden_scale, _single_reader, slopes_in_unit_interval
@@ -185,6 +186,10 @@ def recognise_circular_sandwiches(graph: Graph) -> None:
                 "c_pre": c_pre,
                 "scalings": len(parts) - 3,
                 "activation": act.op_type,
+                # kernels a pass computed in float64 (a folded BatchNormalization; Node.rho): the rule adds
+                # their rounding; the scaling nodes count on M's side
+                "rho_n": n_node.rho,
+                "rho_m": compose(*(p.rho for p in parts if p is not n_node)),
             }
             if _linear_neighbour(graph, n_node, node) and not _is_family_block(attrs):
                 continue

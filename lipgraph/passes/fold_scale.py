@@ -5,7 +5,7 @@ The norm of a folded operator ``diag(s) W`` (or ``W diag(s)``) is often far belo
 repeated until nothing changes:
 
 1. *post-fold*: ``Linear -> affine``, the linear op's output read only by the affine op:
-   ``W' = diag(s) W``, ``b' = s b + t`` (exact; Conv->BN, Gemm->BN, MatMul->BN, Conv->Mul, ...).
+   ``W' = diag(s) W``, ``b' = s b + t`` (the same map; Conv->BN, Gemm->BN, MatMul->BN, Conv->Mul, ...).
 2. *pre-fold*: ``affine -> Linear(s)``, every reader of the affine output a linear op whose data
    input it is: ``W' = W diag(s)``, and the shift becomes ``Add(t / s)`` before the linear ops, which
    is exact even with zero padding (padding pads ``x + t/s``, and scaling a zero gives a zero).
@@ -21,6 +21,12 @@ The channel axis is checked exactly: a constant must be per-channel along the ax
 mixes (Conv: axis 1 of NC...; Gemm: the feature axis; MatMul: the last axis), or a scalar.
 Folded nodes keep their op type (so the Conv/Gemm/MatMul rules bound them) and list every
 replaced node in ``origin``.
+
+Rounding: the rewrites are identities in real arithmetic, but s and W' are computed in float64
+(``gamma / sqrt(var + eps)``: three roundings; ``1 / c``: one; each product with W: one more, two with
+Gemm's alpha). The folded node records ``rho``, a proven bound ``|W_exact - W'| <= rho |W'|`` entrywise
+(gamma_k over its k roundings, composed with the rho of the node or the scale it was folded from;
+Higham 2002, Lemma 3.1), and its rule adds ``rho || |W'| ||_2`` (lipgraph/norms/weight_rounding.py).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import onnx
 
 from lipgraph.errors import ModelLoadError
 from lipgraph.graph import Graph, Node, Tensor
+from lipgraph.norms.weight_rounding import fold_rho
 from lipgraph.passes.groupsort import const_value, is_std, known_shape
 
 _HOMOGENEOUS = {"Relu", "LeakyRelu"}
@@ -48,6 +55,11 @@ class Affine:
     t: np.ndarray  # shape (1,) or (C,)
     axis: int | None
     rank: int
+    ops: int = 0  # float64 roundings that formed s from the node's constants (s exact when 0)
+
+    def rho_with(self, products: int, lin: Node) -> float:
+        """rho of ``lin``'s weight after ``products`` more roundings by this s (Higham 2002, Lemma 3.1)."""
+        return fold_rho(self.ops + products, lin.rho, self.node.rho)
 
 
 # ------------------------------------------------------------------------- recognising affine maps
@@ -90,12 +102,14 @@ def _affine(graph: Graph, node: Node) -> Affine | None:
         c = xs[1]
         if any(v.size != c for v in (gamma, beta, mean, var)):
             return None
-        eps = float(node.attrs.get("epsilon", 1e-5))
+        # ONNX's default epsilon is the float32 nearest 1e-5 (a float attribute), below float64's 1e-5
+        eps = float(node.attrs.get("epsilon", float(np.float32(1e-5))))
         denom = np.sqrt(var + eps)
         if not np.all(np.isfinite(denom)) or np.any(denom <= 0):
             return None
         s = gamma / denom
-        return Affine(node, x, s, beta - mean * s, 1, len(xs))
+        # s: a rounded sum, square root and quotient (three roundings); eps is the attribute's value
+        return Affine(node, x, s, beta - mean * s, 1, len(xs), ops=3)
     if op not in ("Mul", "Div", "Add", "Sub") or len(node.inputs) != 2:
         return None
     var = [i for i, n in enumerate(node.inputs) if graph.is_variable(n)]
@@ -116,17 +130,18 @@ def _affine(graph: Graph, node: Node) -> Affine | None:
     if not np.all(np.isfinite(vec)):
         return None
     one, zero = np.ones(1), np.zeros(1)
+    ops = 0
     if op == "Mul":
         s, t = vec, zero
     elif op == "Div":
         if vi != 0 or np.any(vec == 0):
             return None
-        s, t = 1.0 / vec, zero
+        s, t, ops = 1.0 / vec, zero, 1  # the reciprocal rounds once
     elif op == "Add":
         s, t = one, vec
     else:  # Sub
         s, t = (one, -vec) if vi == 0 else (-one, vec)
-    return Affine(node, x, s, t, axis, len(xs))
+    return Affine(node, x, s, t, axis, len(xs), ops=ops)
 
 
 # ------------------------------------------------------------------------- linear ops that can absorb
@@ -179,8 +194,10 @@ def _const(graph: Graph, stem: str, value: np.ndarray) -> str:
     return name
 
 
-def _scaled_in(graph: Graph, lin: Node, s: np.ndarray, new_input: str, origin: list[str]) -> Node:
-    """``lin`` acting on ``x`` with its input channels scaled by ``s``: ``lin(diag(s) x) = lin'(x)``."""
+def _scaled_in(graph: Graph, lin: Node, s: np.ndarray, new_input: str, origin: list[str], aff: Affine) -> Node:
+    """``lin`` acting on ``x`` with its input channels scaled by ``s``: ``lin(diag(s) x) = lin'(x)``.
+
+    ``s`` is ``aff.s`` or its absolute value (exact); one product per weight entry, hence ``rho_with(1)``."""
     w = np.asarray(const_value(graph, lin.inputs[1]), dtype=np.float64)
     attrs = dict(lin.attrs)
     if lin.op_type == "Conv":
@@ -198,7 +215,7 @@ def _scaled_in(graph: Graph, lin: Node, s: np.ndarray, new_input: str, origin: l
         w = w * _vec(s, w.shape[0])[:, None]
     inputs = [new_input, _const(graph, f"{lin.name}_W", w), *lin.inputs[2:]]
     return Node(graph.fresh_name(lin.name), lin.op_type, lin.domain, inputs, list(lin.outputs), attrs, lin.opset,
-                origin=origin + list(lin.origin))
+                origin=origin + list(lin.origin), rho=aff.rho_with(1, lin))
 
 
 def _post_fold(graph: Graph, lin: Node, aff: Affine) -> list[Node]:
@@ -217,7 +234,8 @@ def _post_fold(graph: Graph, lin: Node, aff: Affine) -> list[Node]:
                                  "channels; the model is malformed")
         w = w * s.reshape((cout,) + (1,) * (w.ndim - 1))
         inputs = [lin.inputs[0], _const(graph, f"{lin.name}_W", w), _const(graph, f"{lin.name}_B", s * b + t)]
-        return [Node(graph.fresh_name(lin.name), "Conv", "ai.onnx", inputs, [y], attrs, lin.opset, origin=origin)]
+        return [Node(graph.fresh_name(lin.name), "Conv", "ai.onnx", inputs, [y], attrs, lin.opset, origin=origin,
+                     rho=aff.rho_with(1, lin))]
     if lin.op_type == "Gemm":
         trans_b = int(attrs.get("transB", 0))
         m = w.shape[0] if trans_b else w.shape[1]
@@ -232,18 +250,21 @@ def _post_fold(graph: Graph, lin: Node, aff: Affine) -> list[Node]:
                                  "the model is malformed") from None
         attrs.update(alpha=1.0, beta=1.0)
         inputs = [lin.inputs[0], _const(graph, f"{lin.name}_W", w), _const(graph, f"{lin.name}_C", c_new)]
-        return [Node(graph.fresh_name(lin.name), "Gemm", "ai.onnx", inputs, [y], attrs, lin.opset, origin=origin)]
+        # two products per entry (by s, then by alpha: exact when alpha is 1, counted anyway)
+        return [Node(graph.fresh_name(lin.name), "Gemm", "ai.onnx", inputs, [y], attrs, lin.opset, origin=origin,
+                     rho=aff.rho_with(2, lin))]
     # MatMul x @ W, W 2-D (K, M)
     m = w.shape[1]
     s, t = _vec(aff.s, m), _vec(aff.t, m)
     w = w * s[None, :]
     if not np.any(t):
         inputs = [lin.inputs[0], _const(graph, f"{lin.name}_W", w)]
-        return [Node(graph.fresh_name(lin.name), "MatMul", "ai.onnx", inputs, [y], attrs, lin.opset, origin=origin)]
+        return [Node(graph.fresh_name(lin.name), "MatMul", "ai.onnx", inputs, [y], attrs, lin.opset, origin=origin,
+                     rho=aff.rho_with(1, lin))]
     mid = graph.fresh_name(f"{lin.name}_out")
     graph.tensors[mid] = Tensor(mid, known_shape(graph, y), graph.tensors[y].elem_type, None, True)
     mm = Node(graph.fresh_name(lin.name), "MatMul", "ai.onnx", [lin.inputs[0], _const(graph, f"{lin.name}_W", w)],
-              [mid], attrs, lin.opset, origin=origin)
+              [mid], attrs, lin.opset, origin=origin, rho=aff.rho_with(1, lin))
     add = Node(graph.fresh_name(f"{lin.name}_shift"), "Add", "ai.onnx", [mid, _const(graph, f"{lin.name}_B", t)],
                [y], {}, lin.opset, origin=list(origin))
     return [mm, add]
@@ -316,7 +337,7 @@ def _try_pre(graph: Graph) -> bool:
                 continue
             add, src = _shift_node(graph, aff, aff.x, aff.t / aff.s)
             new.append(add)
-        new += [_scaled_in(graph, r, aff.s, src, list(node.origin)) for r in readers]
+        new += [_scaled_in(graph, r, aff.s, src, list(node.origin), aff) for r in readers]
         graph.replace([node, *readers], new)
         return True
     return False
@@ -352,7 +373,7 @@ def _try_across(graph: Graph) -> bool:
         new.append(f_new)
         scale = aff.s if exact else np.abs(aff.s)
         origin = list(node.origin) + list(f.origin)
-        new += [_scaled_in(graph, r, scale, f.outputs[0], origin) for r in readers]
+        new += [_scaled_in(graph, r, scale, f.outputs[0], origin, aff) for r in readers]
         if not exact:
             graph.warnings.append(
                 f"folded |scale| of '{node.name}' across '{f.name}' ({f.op_type}) into "

@@ -24,6 +24,7 @@ import numpy as np
 
 from lipgraph.graph import Graph, Node, Tensor
 from lipgraph.norms.conv import ConvGeometry, _conv_apply, _grouped, resolve_pads
+from lipgraph.norms.weight_rounding import compose
 from lipgraph.passes.groupsort import const_value, known_shape
 from lipgraph.rules.registry import LIPGRAPH_DOMAIN
 from lipgraph.tail import _apply, _NotAffine
@@ -250,7 +251,16 @@ def compose_linear_maps(graph: Graph) -> None:
             domain=LIPGRAPH_DOMAIN,
             inputs=[entry, m_name, a_name],
             outputs=[exit_node.outputs[0]],
-            attrs={"out_shape": list(oshape), "inner": inner, "ops": [n.op_type for n in nodes]},
+            attrs={
+                "out_shape": list(oshape),
+                "inner": inner,
+                "ops": [n.op_type for n in nodes],
+                # Members whose constants a pass computed in float64 (folded weights; a LinearMap or
+                # CircularConv fused earlier carries its own): every path through the region multiplies a
+                # subset of them, so prod (1 + rho_i) - 1 bounds the region's relative error entrywise.
+                "rho": compose(*(float(n.attrs.get("rho", 0.0)) if n.op_type == "LinearMap" else n.rho
+                                 for n in nodes)),
+            },
             opset=1,
             origin=origin,
         )

@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 
 from lipgraph.graph import Graph, Node, Tensor
+from lipgraph.norms.rounding import gamma
 from lipgraph.passes.groupsort import const_value, fused_node, is_std, known_shape, only_consumer
 
 
@@ -239,7 +240,15 @@ def _rewrite(graph: Graph, x: str, y: str, parts: list[Node], attrs: dict, scale
         graph.tensors[cname] = Tensor(cname, (), onnx.TensorProto.FLOAT, np.array(scale, dtype=np.float64), False)
         new.append(
             Node(
-                graph.fresh_name("LpPoolScale"), "Mul", "ai.onnx", [pooled, cname], [y], {}, opset, origin=list(origin)
+                graph.fresh_name("LpPoolScale"),
+                "Mul",
+                "ai.onnx",
+                [pooled, cname],
+                [y],
+                {},
+                opset,
+                origin=list(origin),
+                rho=gamma(2),  # sqrt(c / k) in float64: a quotient and a square root (Higham 2002, Lemma 3.1)
             )
         )
     graph.replace(parts, new)

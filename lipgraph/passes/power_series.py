@@ -155,6 +155,11 @@ def recognise_power_series(graph: Graph) -> None:
             if m is None:
                 continue
             x, y, parts, op, coefs = m
+            # The weight is the model's own constant (this pass runs before the scale folding) and the
+            # coefficients are exact fractions: no float64 rounding to count. A weight some pass computed
+            # (Node.rho) is left to the generic rules, which count it.
+            if op.node.rho:
+                continue
             attrs = {"kind": op.kind, "coefficients": coefs, "terms": len(coefs) - 1}
             if op.kind == "dense":
                 attrs["matrix"] = op.matrix

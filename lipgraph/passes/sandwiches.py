@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lipgraph.graph import Graph, Node
+from lipgraph.norms.weight_rounding import compose
 from lipgraph.passes.fold_scale import _per_channel
 from lipgraph.passes.groupsort import const_value, fused_node, is_std, known_shape
 from lipgraph.passes.linear_ops import LinearOp, is_bias_add, linear_op, scalar_factor
@@ -182,6 +183,10 @@ def _attrs(br: Branch) -> dict:
         "c_post": list(br.c_post),
         "c_post_divs": br.c_post_divs,
         "activation": br.act.op_type,
+        # Weights a pass computed in float64 (folded scales; Node.rho): the rule adds their rounding. The
+        # scaling nodes between sigma and the residual belong to P's side.
+        "rho_q": br.q.node.rho,
+        "rho_p": compose(*(n.rho for n in br.nodes if n is not br.q.node)),
     }
     if br.q.kind == "dense":
         base.update(q=br.q.matrix, p=br.p.matrix)

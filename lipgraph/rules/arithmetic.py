@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from lipgraph.errors import Refuse
+from lipgraph.norms import EPS64
 from lipgraph.rules.registry import Bound, RuleContext, rule
 from lipgraph.rules.shapes import broadcast_factor, scale_gain
 
@@ -44,7 +45,9 @@ def mul(ctx: RuleContext) -> Bound:
     """Mul by a constant c: ``max over x elements of sqrt(sum of c^2 over its broadcast copies)``.
 
     That is ``max |c|`` when c broadcasts onto x (per-channel scales). Two variable factors (gates,
-    attention) are not globally Lipschitz: refused. Exact. Source: docs/operators.md.
+    attention) are not globally Lipschitz: refused. Exact. A scale a pass computed in float64 (the
+    L2-pooling pass's ``sqrt(c / k)``, ``rho`` > 0) is multiplied by ``1 + rho``.
+    Source: docs/operators.md; Higham 2002, Lemma 3.1.
     """
     var = ctx.variable_indices()
     if len(var) != 1:
@@ -54,6 +57,8 @@ def mul(ctx: RuleContext) -> Bound:
     if c is None:
         raise Refuse("the constant factor has no known value")
     gain = scale_gain(ctx, i, c)
+    if ctx.node.rho:  # a scale a pass computed in float64: the exact one is within rho |c| (Node.rho)
+        gain = float(np.nextafter(gain * (1.0 + ctx.node.rho) * (1.0 + 4 * EPS64), np.inf))
     lin = ctx.input_bounds[i]
     assert lin is not None
     return Bound(gain * lin, "scale by a constant", factor=gain)
@@ -62,6 +67,8 @@ def mul(ctx: RuleContext) -> Bound:
 @rule("Div")
 def div(ctx: RuleContext) -> Bound:
     """Div ``x / c`` by a constant: as Mul by ``1/c``. A variable divisor is not Lipschitz: refused.
+
+    The float64 reciprocal's rounding is counted (the factor is ``max |1/c|`` moved up by 2 ulps).
 
     Source: docs/operators.md.
     """
@@ -74,6 +81,9 @@ def div(ctx: RuleContext) -> Bound:
     if np.any(c == 0):
         raise Refuse("division by zero in the constant divisor")
     gain = scale_gain(ctx, 0, 1.0 / c)
+    # 1 / c is rounded to nearest (it may land an ulp below the exact reciprocal); a divisor a pass computed
+    # (Node.rho) is within rho of exact: gamma_1 and rho on top, rounded up (Higham 2002, Lemma 3.1)
+    gain = float(np.nextafter(gain * (1.0 + 2 * EPS64) * (1.0 + ctx.node.rho), np.inf))
     lin = ctx.input_bounds[0]
     assert lin is not None
     return Bound(gain * lin, "scale by 1/constant", factor=gain)

@@ -10,6 +10,7 @@ from lipgraph.errors import Refuse
 from lipgraph.norms import NormBound
 from lipgraph.norms.circular import circular_conv_norm
 from lipgraph.norms.conv import conv_bound, conv_transpose_bound, resolve_pads
+from lipgraph.norms.weight_rounding import abs_norm_conv, add_rounding
 from lipgraph.rules.registry import LIPGRAPH_DOMAIN, Bound, RuleContext, rule
 
 # max |w| * sqrt(entries) above which the conv certificates' float64 arithmetic could overflow: the Gram
@@ -63,13 +64,18 @@ def _bias_term(ctx: RuleContext) -> float:
     return math.sqrt(math.prod(int(v) for v in out[2:])) * float(ctx.input_bounds[2] or 0.0)
 
 
-def _finish(ctx: RuleContext, nb: NormBound, warnings: list[str]) -> Bound:
+def _finish(ctx: RuleContext, nb: NormBound, warnings: list[str], w: np.ndarray, groups: int) -> Bound:
+    """The op's bound from the stored kernel's ``nb``, plus ``rho || |W| ||_2`` when a pass computed the
+    kernel in float64 (``Node.rho``; the exact kernel is within rho |W| entrywise)."""
     lin = float(ctx.input_bounds[0] or 0.0)
     bias = _bias_term(ctx)
+    rho = float(ctx.node.rho)
+    value = add_rounding(nb.value, rho, abs_norm_conv(w, groups)) if rho else nb.value
+    method = f"{nb.method} + folded-weight rounding (rho {rho:.1e})" if rho else nb.method
     return Bound(
-        nb.value * lin + bias,
-        nb.method,
-        factor=nb.value if bias == 0.0 else None,
+        value * lin + bias,
+        method,
+        factor=value if bias == 0.0 else None,
         lower=nb.lower,
         warnings=warnings,
     )
@@ -100,7 +106,9 @@ def conv(ctx: RuleContext) -> Bound:
     symbol's largest singular value (FFT, rounding allowances included), (c) the LMT overlap bound.
     Groups: max over groups (block diagonal). Unknown spatial size: the LMT bound, which holds for every
     size. The weight must be a constant (a variable weight makes the op bilinear: refused); the bias
-    does not change the constant.
+    does not change the constant. A kernel a pass computed in float64 (a folded BatchNormalization or
+    scale, ``rho`` > 0) adds ``rho sqrt(max row sum * max column sum of |kernel|)``, which bounds the
+    exact kernel's distance from the stored one (Schur test; Higham 2002, Lemma 3.1).
     How tight: exact for small inputs; the circulant bound measured 1.0x-1.1x the exact norm for inputs
     of a few pixels and more (bench/conv_tightness.py); LMT 1.5x-2.7x.
     Source: Sedghi, Gupta, Long 2019 (singular values of convolutions); Tsuzuku, Sato, Sugiyama 2018
@@ -122,7 +130,7 @@ def conv(ctx: RuleContext) -> Bound:
             nb = conv_bound(w, groups, strides, dilations, pb, pe, spatial)
     except ValueError as exc:
         raise Refuse(str(exc)) from exc
-    return _finish(ctx, nb, warnings)
+    return _finish(ctx, nb, warnings, w, groups)
 
 
 @rule("ConvTranspose")
@@ -134,7 +142,8 @@ def conv_transpose(ctx: RuleContext) -> Bound:
     makes it exactly the adjoint of a zero-padded conv on the visible window; output_padding only
     extends with zeros. That conv is bounded as for Conv (dense exact, polyphase circulant, LMT).
     Where ONNX and runtimes disagree on how an odd SAME/output_shape padding is split, the max over
-    both splits (sound for either). Unknown input size: the LMT bound of the adjoint conv.
+    both splits (sound for either). Unknown input size: the LMT bound of the adjoint conv. A folded
+    kernel's float64 rounding is added as for Conv.
     How tight: exact or circulant-tight for explicit pads; a split ambiguity can cost up to ~1.5x.
     Source: docs/operators.md; Sedghi et al. 2019; Tsuzuku et al. 2018; Delattre et al. 2023.
     """
@@ -159,7 +168,7 @@ def conv_transpose(ctx: RuleContext) -> Bound:
         )
     except ValueError as exc:
         raise Refuse(str(exc)) from exc
-    return _finish(ctx, nb, [])
+    return _finish(ctx, nb, [], w, groups)
 
 
 @rule("CircularConv", domain=LIPGRAPH_DOMAIN)
@@ -173,6 +182,7 @@ def circular_conv(ctx: RuleContext) -> Bound:
     strides dividing the grid handled by the exact space-to-depth rewrite and groups by a max.
     How tight: exact, up to the rounding allowances of the DFT and the SVD (~1e-14 relative); the
     op-by-op bound it replaces charges sqrt(3) or 2 per padded axis on top of the padded-grid norm.
+    A kernel folded in float64 (a Conv -> BatchNormalization pair) adds its rounding as for Conv.
     Source: Sedghi, Gupta, Long 2019 (singular values of convolutional layers); the families that
     use circular convs: Li et al. 2019 (BCOP), Trockman & Kolter 2021 (Cayley), Xu et al. 2022 (LOT).
     """
@@ -186,4 +196,4 @@ def circular_conv(ctx: RuleContext) -> Bound:
         nb = circular_conv_norm(w, groups, strides, dilations, [int(v) for v in spatial])  # type: ignore[arg-type]
     except ValueError as exc:
         raise Refuse(str(exc)) from exc
-    return _finish(ctx, nb, [])
+    return _finish(ctx, nb, [], w, groups)

@@ -14,7 +14,9 @@ from lipgraph.errors import Refuse
 from lipgraph.norms import EPS64 as EPS
 from lipgraph.norms.conv import conv_bound
 from lipgraph.norms.dense import spectral_norm
+from lipgraph.norms.rounding import gamma
 from lipgraph.norms.series import abs_series, imaginary_axis_max, perturbation, skew_split_kernel, skew_split_matrix
+from lipgraph.norms.weight_rounding import abs_norm_conv, abs_norm_dense, compose
 from lipgraph.rules.registry import LIPGRAPH_DOMAIN, Bound, RuleContext, rule
 
 
@@ -102,6 +104,19 @@ def _up(x: float) -> float:
     return float(np.nextafter(x * (1 + 8 * EPS), np.inf))
 
 
+def _cmax(c: object) -> float:
+    arr = np.abs(np.asarray(c, dtype=np.float64))
+    return float(arr.max()) if arr.size else 1.0
+
+
+def _scales(attrs: dict, factor: float) -> float:
+    """Upper bound of ``|c_post product| * max |c_pre|`` (the scalings between and after the two weights)."""
+    # c_pre and the c_post product were formed in float64 (reciprocals of Divs, products): their exact
+    # values are within gamma_ops of the stored ones
+    ops = len(attrs.get("c_post", [])) + int(attrs.get("c_post_divs", 0)) + int(attrs.get("c_pre_ops", 0)) + 2
+    return _up(abs(factor) * _cmax(attrs.get("c_pre", 1.0)) * (1.0 + gamma(ops)))
+
+
 def _l1_err(arr: np.ndarray, ops: int) -> float:
     """Operator-norm bound of the rounding of ``ops`` float64 products per entry of ``arr``.
 
@@ -121,6 +136,25 @@ def _second_operator(attrs: dict, factor: float) -> tuple[np.ndarray, float]:
     # products here, and those that formed c_pre (counted k + divs + 2: one to spare)
     ops = len(attrs["c_post"]) + int(attrs.get("c_post_divs", 0)) + 2 + int(attrs["c_pre_ops"])
     return scaled, _l1_err(scaled, ops)
+
+
+def _folded_term(attrs: dict, first: str, second: str, scales: float) -> float:
+    """The exact block's distance from the stored one when a pass computed its weights in float64.
+
+    With ``|Q_exact - Q| <= rho_q |Q|`` and ``|P_exact - P| <= rho_p |P|`` entrywise (lipgraph/norms/
+    weight_rounding.py; the scalings between are part of P), every Jacobian ``P C D Q`` (D diagonal in
+    [0, 1], C the constant scalings, ``scales`` >= their largest modulus) moves by at most
+    ``((1 + rho_p)(1 + rho_q) - 1) scales || |P| || || |Q| ||``: expand the product entrywise.
+    0 when neither weight was computed by a pass."""
+    rho = compose(float(attrs.get(f"rho_{first}", 0.0)), float(attrs.get(f"rho_{second}", 0.0)))
+    if rho == 0.0:
+        return 0.0
+    norms = []
+    for key in (first, second):
+        w = np.asarray(attrs[key], dtype=np.float64)
+        group = int(attrs.get(f"{key}_group", attrs.get("group", 1)))  # circular: n_group / m_group
+        norms.append(abs_norm_dense(w) if attrs.get("kind") == "dense" else abs_norm_conv(w, group))
+    return _up(_up(_up(rho * scales) * norms[0]) * norms[1])
 
 
 def _rows(q: np.ndarray, kind: str) -> np.ndarray:
@@ -181,6 +215,7 @@ def residual_sandwich(ctx: RuleContext) -> Bound:
         best = cert
     else:
         best, method = generic, f"residual sandwich, 1 + ||P|| ||Q|| (P is not Q^T S with S >= 0; {kind})"
+    best = _up(best + _folded_term(attrs, "q", "p", _scales(attrs, factor)))
     return Bound(best * lin, method, factor=best)
 
 
@@ -216,6 +251,7 @@ def sandwich(ctx: RuleContext) -> Bound:
         best, method = cert, f"sandwich (LBDN), lambda_max(G) <= {gap:.2e}"
     else:
         best, method = generic, "sandwich, ||M|| ||N|| (no diagonal Lambda tried certifies less)"
+    best = _up(best + _folded_term(attrs, "q", "p", _scales(attrs, factor)))
     return Bound(best * lin, method, factor=best)
 
 
@@ -254,4 +290,9 @@ def circular_sandwich(ctx: RuleContext) -> Bound:
     else:
         why = "too many frequencies" if b.certificate is None else "no per-channel Lambda certifies less"
         best, method = generic, f"circular sandwich, ||M|| ||N|| ({why})"
+    attrs = ctx.node.attrs
+    # c_mid, c_pre: float64 products of the scalings (a reciprocal per Div): 2 roundings each, counted
+    scales = _up(_cmax(attrs.get("c_mid", 1.0)) * _cmax(attrs.get("c_pre", 1.0)))
+    scales = _up(scales * (1.0 + gamma(2 * int(attrs.get("scalings", 0)) + 2)))
+    best = _up(best + _folded_term(attrs, "n", "m", scales))
     return Bound(best * lin, method, factor=best)

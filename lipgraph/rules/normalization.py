@@ -70,7 +70,7 @@ def batch_normalization(ctx: RuleContext) -> Bound:
     var = _const_input(ctx, 4, "variance")
     _const_input(ctx, 2, "bias")
     _const_input(ctx, 3, "mean")
-    eps = float(ctx.attr("epsilon", 1e-5))
+    eps = float(ctx.attr("epsilon", float(np.float32(1e-5))))  # ONNX's default: a float32 attribute
     denom = var + eps
     if denom.size and (not np.all(np.isfinite(denom)) or np.any(denom <= 0)):
         raise Refuse("variance + epsilon is not positive")
