@@ -45,7 +45,8 @@ def mul(ctx: RuleContext) -> Bound:
     """Mul by a constant c: ``max over x elements of sqrt(sum of c^2 over its broadcast copies)``.
 
     That is ``max |c|`` when c broadcasts onto x (per-channel scales). Two variable factors (gates,
-    attention) are not globally Lipschitz: refused. Exact. A scale a pass computed in float64 (the
+    attention) are not globally Lipschitz: refused. Exact up to float64 rounding, rounded up (squares of tiny or
+    huge constants are scaled by a power of two first). A scale a pass computed in float64 (the
     L2-pooling pass's ``sqrt(c / k)``, ``rho`` > 0) is multiplied by ``1 + rho``.
     Source: docs/operators.md; Higham 2002, Lemma 3.1.
     """
