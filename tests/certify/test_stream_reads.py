@@ -35,6 +35,26 @@ def _mapped(path: Path) -> bool:
     return any(line.rstrip().endswith(real) for line in Path("/proc/self/maps").read_text().splitlines())
 
 
+def _read_from_six_threads(ds, x: np.ndarray, block: int) -> list[str]:
+    """Six threads read staggered blocks of ``ds.x`` at once; the blocks (or errors) that differ from ``x``."""
+    bad: list[str] = []
+
+    def work(k: int) -> None:
+        try:
+            for start in range(k * 37 % block, len(x), block):
+                if ds.x.read(start, start + block).tobytes() != x[start : start + block].tobytes():
+                    bad.append(f"thread {k} rows {start}")
+        except Exception as exc:  # noqa: BLE001 - any failure of a reader counts
+            bad.append(f"thread {k}: {exc!r}")
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return bad
+
+
 # ------------------------------------------------------------------------------------------ exact bytes
 
 
@@ -71,20 +91,7 @@ def test_reads_without_os_preadv_are_exact_from_many_threads(tmp_path: Path, mon
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2000, 33)).astype(">f8")
     np.save(tmp_path / "x.npy", x)
-    ds = open_data(tmp_path / "x.npy")
-    bad: list[str] = []
-
-    def work(k: int) -> None:
-        for start in range(k * 13 % 200, 2000, 200):
-            if ds.x.read(start, start + 200).tobytes() != x[start : start + 200].tobytes():
-                bad.append(f"thread {k} rows {start}")
-
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert bad == []
+    assert _read_from_six_threads(open_data(tmp_path / "x.npy"), x, 200) == []
 
 
 def test_stored_npz_member_is_read_in_place_not_decoded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -130,23 +137,7 @@ def test_compressed_member_read_from_many_threads_at_once_is_exact(tmp_path: Pat
     rng = np.random.default_rng(2)
     x = rng.standard_normal((4000, 16)).astype(np.float32)
     np.savez_compressed(tmp_path / "c.npz", x=x)
-    ds = open_data(tmp_path / "c.npz")
-    bad: list[str] = []
-
-    def work(k: int) -> None:
-        try:
-            for start in range(k * 37 % 400, 4000, 400):
-                if ds.x.read(start, start + 400).tobytes() != x[start : start + 400].tobytes():
-                    bad.append(f"thread {k} rows {start}")
-        except Exception as exc:  # noqa: BLE001 - any failure of a reader counts
-            bad.append(f"thread {k}: {exc!r}")
-
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert bad == []
+    assert _read_from_six_threads(open_data(tmp_path / "c.npz"), x, 400) == []
 
 
 # --------------------------------------------------------------------------------------------- memory

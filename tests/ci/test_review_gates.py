@@ -421,34 +421,22 @@ def test_merge_refuses_missing_and_repeated_parts(capsys, parts) -> None:
     assert rc == 2 and "repeated [4]" in err
 
 
-def test_merge_refuses_accuracy_gates_on_unlabeled_parts(capsys, tmp_path, digits) -> None:
+def _shard_part(data: Path, k: int, out: Path) -> None:
+    """Part k of 2 of ``data`` (batches of 32, no config) written to ``out``."""
     from lipgraph.cli import main
 
+    args = ["-q", "certify", str(MODEL), "--data", str(data), "--batch-size", "32", "--no-config"]
+    assert main([*args, "--shard", f"{k}/2", "-o", str(out)]) == 0
+
+
+def test_merge_refuses_accuracy_gates_on_unlabeled_parts(capsys, tmp_path, digits) -> None:
     x, _ = digits
     data = tmp_path / "x.npy"
     np.save(data, x)
     paths = []
     for k in (1, 2):
         p = tmp_path / f"u{k}.json"
-        assert (
-            main(
-                [
-                    "-q",
-                    "certify",
-                    str(MODEL),
-                    "--data",
-                    str(data),
-                    "--batch-size",
-                    "32",
-                    "--no-config",
-                    "--shard",
-                    f"{k}/2",
-                    "-o",
-                    str(p),
-                ]
-            )
-            == 0
-        )
+        _shard_part(data, k, p)
         paths.append(str(p))
     rc, _, err = run(capsys, "merge", *paths, "--no-config", "--min-certified-accuracy", "0.1=0.5")
     assert rc == 2 and "needs labels" in err
@@ -477,33 +465,13 @@ def test_shard_without_samples_is_loud(capsys, tmp_path) -> None:
 
 def test_merge_refuses_parts_of_other_data(capsys, tmp_path) -> None:
     """was: part 1 of A.npz and part 2 of B.npz (same size) merged into a report of neither, exit 0."""
-    from lipgraph.cli import main
-
     with np.load(DATA) as d:
         x, y = d["x"], d["y"]
     paths = []
     for k, (name, rows) in enumerate((("A.npz", slice(0, 120)), ("B.npz", slice(120, 240))), start=1):
         np.savez(tmp_path / name, x=x[rows], y=y[rows])
         p = tmp_path / f"p{k}.json"
-        assert (
-            main(
-                [
-                    "-q",
-                    "certify",
-                    str(MODEL),
-                    "--data",
-                    str(tmp_path / name),
-                    "--batch-size",
-                    "32",
-                    "--no-config",
-                    "--shard",
-                    f"{k}/2",
-                    "-o",
-                    str(p),
-                ]
-            )
-            == 0
-        )
+        _shard_part(tmp_path / name, k, p)
         paths.append(str(p))
     rc, _, err = run(capsys, "merge", *paths, "--no-config", "--min-clean-accuracy", "0.5")
     assert rc == 2 and "other data" in err and "A.npz" in err
