@@ -479,6 +479,12 @@ def open_data(
     if y is not None and limit is not None:
         y = y[:limit]
     rows = shard.rows(n, block) if shard is not None else [(0, n)]
+    if shard is not None and n and not rows:
+        batches = -(-n // block)
+        raise DataError(
+            f"--shard {shard.index}/{shard.count}: this part holds no batch ({n} samples make {batches} batches "
+            f"of {block}); use at most {batches} part{'s' if batches != 1 else ''}, or a smaller --batch-size"
+        )
     x = StreamedInputs(reader, (n, *shape[1:]), dtype, str(p), rows)
     if y is not None and shard is not None and len(y) == n:
         y = y[x.global_indices()]

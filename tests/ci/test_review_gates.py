@@ -460,7 +460,7 @@ def test_partial_report_is_no_baseline(capsys, parts) -> None:
 
 def test_shard_without_samples_is_loud(capsys, tmp_path) -> None:
     rc, _, err = _certify(capsys, "--no-config", "--batch-size", "64", "--shard", "2/2", "-o", str(tmp_path / "p.json"))
-    assert rc == 2 and "zero samples" in err
+    assert rc == 2 and "holds no batch" in err and "use at most 1 part," in err
 
 
 def test_merge_refuses_parts_of_other_data(capsys, tmp_path) -> None:
