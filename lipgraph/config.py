@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lipgraph.errors import LipgraphError
-from lipgraph.gates import _KEYS, _OTHER_TABLES, GateConfig, load_config
+from lipgraph.gates import GATE_KEYS, OTHER_TABLES, GateConfig, load_config
 
 TABLE = "[tool.lipgraph]"
 # Files a user may expect lipgraph to read; it reads only pyproject.toml, so finding one is an error
@@ -65,9 +65,9 @@ def _certify_table(path: Path) -> bool:
         return True  # load_config refuses a non-table; an empty table is an explicit "no gates here"
     # a sub-table holding a gate key counts, so that load_config refuses it rather than the search skipping it
     return not all(
-        k.replace("_", "-") in _OTHER_TABLES
+        k.replace("_", "-") in OTHER_TABLES
         and isinstance(v, dict)
-        and not any(str(g).replace("_", "-") in _KEYS for g in v)
+        and not any(str(g).replace("_", "-") in GATE_KEYS for g in v)
         for k, v in table.items()
     )
 

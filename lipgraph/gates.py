@@ -28,8 +28,8 @@ from typing import Any
 from lipgraph.errors import LipgraphError
 from lipgraph.numbers import comparison, round_down, shortest
 
-_OTHER_TABLES = {"train", "bound", "report", "html", "rules"}
-_KEYS = {"min-certified-accuracy", "min-clean-accuracy", "max-lipschitz", "baseline", "max-drop", "eps"}
+OTHER_TABLES = {"train", "bound", "report", "html", "rules"}
+GATE_KEYS = {"min-certified-accuracy", "min-clean-accuracy", "max-lipschitz", "baseline", "max-drop", "eps"}
 
 
 @dataclass
@@ -168,14 +168,14 @@ def load_config(path: Path) -> GateConfig:
     where = f"[tool.lipgraph] in '{path}'"
     for raw_key, value in table.items():
         key = raw_key.replace("_", "-")
-        if key not in _KEYS:
-            if isinstance(value, dict) and key in _OTHER_TABLES:
-                misplaced = sorted(str(k) for k in value if str(k).replace("_", "-") in _KEYS)
+        if key not in GATE_KEYS:
+            if isinstance(value, dict) and key in OTHER_TABLES:
+                misplaced = sorted(str(k) for k in value if str(k).replace("_", "-") in GATE_KEYS)
                 if misplaced:  # certify reads only [tool.lipgraph] itself: a gate here would never run
                     raise LipgraphError(f"{', '.join(misplaced)} in [tool.lipgraph.{raw_key}] of '{path}' is a gate "
                                         "setting: put it directly under [tool.lipgraph]")
                 continue  # sub-tables of other commands (e.g. [tool.lipgraph.train])
-            raise LipgraphError(f"unknown key '{raw_key}' in {where} (known: {', '.join(sorted(_KEYS))})")
+            raise LipgraphError(f"unknown key '{raw_key}' in {where} (known: {', '.join(sorted(GATE_KEYS))})")
         what = f"{raw_key} in {where}"
         if key == "min-certified-accuracy":
             if not isinstance(value, dict) or not value:  # an empty table would be a gate that checks nothing
