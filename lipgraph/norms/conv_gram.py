@@ -196,8 +196,14 @@ def _block_products(
             rg[zero] += xs[ia] @ xs[ia].T
             for ib in range(ia + 1, tp.size):
                 rg[index[tuple(int(v) for v in taps[tp[ia]] - taps[tp[ib]])]] += xs[ia] @ xs[ib].T
+    mirror_positive_offsets(rg, index)
+
+
+def mirror_positive_offsets(rg: np.ndarray, index: dict[tuple[int, ...], int]) -> None:
+    """``R_delta = R_{-delta}^T`` for every positive offset (lexicographically above 0), exactly: the block
+    products fill only the negative offsets and zero (taps in lexicographic order, ``a < b``)."""
     for dl, k in index.items():
-        if dl > (0,) * d:
+        if dl > (0,) * len(dl):
             rg[k] = rg[index[tuple(-v for v in dl)]].T
 
 

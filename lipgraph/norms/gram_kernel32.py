@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lipgraph.norms.conv_gram import _BLOCK_MIN_SIDE, _SYRK_SLOWDOWN, _offset_twiddles, tap_l1
+from lipgraph.norms.conv_gram import _BLOCK_MIN_SIDE, _SYRK_SLOWDOWN, _offset_twiddles, mirror_positive_offsets, tap_l1
 from lipgraph.norms.conv_tiers import certify_two_tiers, symbol_parts
 from lipgraph.norms.stack_sv32 import INNER_BLOCK, _up, blocked_product32, gamma32
 
@@ -184,9 +184,7 @@ def _block_products32(xs: np.ndarray, taps: np.ndarray, index: dict[tuple[int, .
         for b in range(a + 1, t):
             z, _ = blocked_product32(xs[a], xs[b])
             rg[index[tuple(int(v) for v in taps[a] - taps[b])]] += z
-    for dl, k in index.items():
-        if dl > (0,) * d:
-            rg[k] = rg[index[tuple(-v for v in dl)]].T
+    mirror_positive_offsets(rg, index)
     return depth
 
 
