@@ -31,9 +31,18 @@ def spectral_norm(matrix: np.ndarray) -> NormBound:
         return NormBound(float("inf"), "non-finite weights", None)
     m, n = a.shape
     if min(m, n) == 1:
-        # A vector: its Euclidean norm, with a summation allowance.
-        s = float(np.sqrt(np.sum(a * a)))
-        return NormBound(inflate(s, max(m, n)), "exact (vector)", s)
+        # A vector: its Euclidean norm, with a summation allowance. Scaled by a power of two near its largest
+        # entry first (exact): squares of entries below ~1e-154 would underflow (a 1e-200 weight gave 5e-324),
+        # and each square that still underflows loses less than 2^-1022, added per entry.
+        top = float(np.max(np.abs(a)))
+        if top == 0.0:
+            return NormBound(0.0, "exact (vector)", 0.0)
+        exponent = int(np.frexp(top)[1])
+        b = np.ldexp(a, -exponent)
+        scaled = float(np.sqrt(np.sum(b * b) + a.size * 2.0**-1022))
+        s = float(np.ldexp(inflate(scaled, max(m, n)), exponent))
+        s = float(np.nextafter(s, np.inf)) if s < 2.0**-1021 else s  # scaling back into subnormals rounds
+        return NormBound(s, "exact (vector)", float(np.ldexp(scaled, exponent)))
     if _CERTIFY_MIN < min(m, n) <= _SVD_LIMIT:
         from lipgraph.norms.stack_sv import top_sv_stack  # (a late import: stack_sv imports lipgraph.norms)
 

@@ -285,7 +285,34 @@ def _readers_foldable(graph: Graph, tensor: str, aff: Affine) -> list[Node] | No
             return None
         if not _fits(aff, _linear_channel_axis(graph, r, "in", aff.rank)):
             return None
+        if not _products_normal(graph, r, aff):
+            return None
     return readers
+
+
+_NORMAL_MIN = 2.0**-1022  # the smallest normal float64
+
+
+def _products_normal(graph: Graph, lin: Node, aff: Affine) -> bool:
+    """Whether every nonzero product of ``lin``'s weight (and Gemm's alpha) with the scale is a normal float64.
+
+    ``rho`` counts relative roundings (Higham 2002, Lemma 3.1), which hold only without underflow: a product
+    that lands in the subnormal range (or flushes to 0) may lose most of its value, so such a fold is not made
+    and the generic rules bound the unfolded ops. Checked on the smallest magnitudes, conservatively."""
+    w = const_value(graph, lin.inputs[1]) if len(lin.inputs) > 1 and lin.inputs[1] else None
+    if w is None:
+        return False
+
+    def smallest(a: np.ndarray) -> float:
+        a = np.abs(np.asarray(a, dtype=np.float64))
+        a = a[a != 0]
+        return float(a.min()) if a.size else np.inf
+
+    alpha = abs(float(lin.attrs.get("alpha", 1.0))) if lin.op_type == "Gemm" else 1.0
+    s_min, w_min = smallest(aff.s), smallest(w)
+    if s_min == np.inf or w_min == np.inf:
+        return True  # a zero scale or weight: every product is an exact zero
+    return s_min >= _NORMAL_MIN and w_min * s_min * min(alpha, 1.0) >= 2 * _NORMAL_MIN
 
 
 def _shift_node(graph: Graph, aff: Affine, src: str, shift: np.ndarray) -> tuple[Node, str]:
@@ -315,6 +342,8 @@ def _try_post(graph: Graph) -> bool:
             continue
         if lin.op_type == "MatMul" and _pure_shift(aff):
             continue  # MatMul has no bias: the shift would stay an Add
+        if not _products_normal(graph, lin, aff):
+            continue
         graph.replace([lin, node], _post_fold(graph, lin, aff))
         return True
     return False

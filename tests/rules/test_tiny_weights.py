@@ -1,0 +1,54 @@
+"""Weights near the bottom of float64 (a float64 model): the bounds stay upper bounds.
+
+Oracle: exact rationals (fractions) of the float64 weights. Found by review: a weight vector of 1e-200
+squared to 0 in the vector norm (bound 5e-324 for an exact 3.7e-200), and folding scales into weights whose
+products land in the subnormal range broke the relative rounding count of the folded weights.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from lipgraph.analyze import analyze
+from lipgraph.graph_build import build_graph
+from lipgraph.passes import run_passes
+
+
+def _model(nodes, inits, in_dim: int, out_dim: int):
+    g = helper.make_graph(
+        nodes,
+        "t",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [1, in_dim])],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [1, out_dim])],
+        [numpy_helper.from_array(np.asarray(v, dtype=np.float64), k) for k, v in inits.items()],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+@pytest.mark.parametrize("scale", [1e-200, 1e-160, 1e-300, 1.0, 1e150])
+def test_vector_weight_norm_of_any_magnitude(scale: float) -> None:
+    w = np.array([[1.0], [2.0], [-3.0]]) * scale
+    bound = analyze(_model([helper.make_node("MatMul", ["x", "w"], ["y"])], {"w": w}, 3, 1)).bound
+    exact_sq = sum(Fraction(float(v)) ** 2 for v in w.reshape(-1))
+    assert Fraction(bound) ** 2 >= exact_sq
+    assert Fraction(bound) ** 2 <= exact_sq * Fraction(1 + 1e-12) ** 2
+
+
+def test_no_fold_into_subnormal_products() -> None:
+    """MatMul(diag(1e-300)) -> Mul(1e-22): the folded weight would be subnormal; the fold is not made."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Mul", ["h", "c"], ["y"])]
+    m = _model(nodes, {"w": np.diag([1e-300, 1e-300]), "c": np.array(1e-22)}, 2, 2)
+    graph = build_graph(m, None, None)
+    run_passes(graph)
+    assert sorted(n.op_type for n in graph.nodes) == ["MatMul", "Mul"]
+    # a normal product still folds
+    m2 = _model(nodes, {"w": np.diag([1e-200, 1e-200]), "c": np.array(1e-22)}, 2, 2)
+    graph2 = build_graph(m2, None, None)
+    run_passes(graph2)
+    assert [n.op_type for n in graph2.nodes] == ["MatMul"]
