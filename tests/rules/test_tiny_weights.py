@@ -52,3 +52,25 @@ def test_no_fold_into_subnormal_products() -> None:
     graph2 = build_graph(m2, None, None)
     run_passes(graph2)
     assert [n.op_type for n in graph2.nodes] == ["MatMul"]
+
+
+def test_composition_of_tiny_factors_rounds_up() -> None:
+    """MatMul(diag(1e-300)) then 41 Muls: each product of the cumulative bound rounds in the subnormal range;
+    the composed bound must stay above the exact product (it was 0.84 of it with the folds, before)."""
+    k = 40
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h0"]), helper.make_node("Mul", ["h0", "c0"], ["h1"])]
+    for i in range(1, k + 1):
+        nodes.append(helper.make_node("Mul", [f"h{i}", "c"], [f"h{i + 1}" if i < k else "y"]))
+    inits = {"w": np.diag([1e-300, 1e-300]), "c0": np.array(1e-22), "c": np.array(1.004)}
+    bound = analyze(_model(nodes, inits, 2, 2)).bound
+    exact = Fraction(1e-300) * Fraction(1e-22) * Fraction(1.004) ** k
+    assert Fraction(bound) >= exact
+
+
+def test_composition_of_normal_factors_rounds_up() -> None:
+    """60 Muls by 1.1 (not a float64 number exactly representable product chain): bound >= exact product."""
+    k = 60
+    nodes = [helper.make_node("Mul", ["x" if i == 0 else f"h{i}", "c"], [f"h{i + 1}" if i < k - 1 else "y"])
+             for i in range(k)]
+    bound = analyze(_model(nodes, {"c": np.array(1.1)}, 2, 2)).bound
+    assert Fraction(bound) >= Fraction(1.1) ** k
