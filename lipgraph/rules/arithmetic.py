@@ -84,7 +84,10 @@ def div(ctx: RuleContext) -> Bound:
     gain = scale_gain(ctx, 0, 1.0 / c)
     # 1 / c is rounded to nearest (it may land an ulp below the exact reciprocal); a divisor a pass computed
     # (Node.rho) is within rho of exact: gamma_1 and rho on top, rounded up (Higham 2002, Lemma 3.1)
-    gain = float(np.nextafter(gain * (1.0 + 2 * EPS64) * (1.0 + ctx.node.rho), np.inf))
+    # a divisor within rho |c'| of the exact c gives |1/c| <= |1/c'| / (1 - rho), not (1 + rho)
+    if ctx.node.rho >= 0.5:
+        raise Refuse(f"the divisor's recorded rounding ({ctx.node.rho:g} relative) is too large to bound 1/c")
+    gain = float(np.nextafter(gain * (1.0 + 4 * EPS64) / (1.0 - ctx.node.rho), np.inf))
     lin = ctx.input_bounds[0]
     assert lin is not None
     return Bound(gain * lin, "scale by 1/constant", factor=gain)
