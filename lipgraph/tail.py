@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lipgraph.graph import FLOAT_TYPES, Graph, Node
+from lipgraph.norms.dense import row_norms_up
 
 EPS64 = float(2.0**-53)
 MAX_TAIL_DIM = 16384  # columns of A: the basis of h is pushed through the tail
@@ -58,8 +59,8 @@ class TailCandidate:
 
     def pair_norms(self, t: int) -> np.ndarray:
         """Upper bounds of ``||a_t - a_i||_2`` for every i (the i = t entry is meaningless)."""
-        diff = np.linalg.norm(self.matrix - self.matrix[t], axis=1)
-        absn = np.linalg.norm(self.abs_matrix, axis=1)
+        diff = row_norms_up(self.matrix - self.matrix[t])  # (the difference rounds: inside gamma's count)
+        absn = row_norms_up(self.abs_matrix)
         g = self.gamma
         up = diff * (1.0 + g) + (g + self.rho) * (absn + absn[t]) * (1.0 + g)
         return np.nextafter(up, np.inf)
@@ -67,8 +68,8 @@ class TailCandidate:
     def row_norms(self) -> np.ndarray:
         """Upper bounds of ``||a_i||_2`` (for a single-logit model)."""
         g = self.gamma
-        absn = np.linalg.norm(self.abs_matrix, axis=1)
-        up = np.linalg.norm(self.matrix, axis=1) * (1.0 + g) + (g + self.rho) * absn * (1.0 + g)
+        absn = row_norms_up(self.abs_matrix)
+        up = row_norms_up(self.matrix) * (1.0 + g) + (g + self.rho) * absn * (1.0 + g)
         return np.nextafter(up, np.inf)
 
 

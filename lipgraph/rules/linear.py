@@ -6,7 +6,7 @@ import numpy as np
 
 from lipgraph.errors import Refuse
 from lipgraph.norms import EPS64, NormBound
-from lipgraph.norms.dense import spectral_norm
+from lipgraph.norms.dense import row_norms_up, spectral_norm
 from lipgraph.norms.weight_rounding import abs_norm_dense, add_rounding
 from lipgraph.rules.registry import LIPGRAPH_DOMAIN, Bound, RuleContext, rule
 from lipgraph.rules.shapes import broadcast_factor
@@ -124,7 +124,8 @@ def linear_map(ctx: RuleContext) -> Bound:
     n = int(ctx.attr("inner", 0)) + int(np.asarray(mat).shape[1]) + 8
     gamma = n * EPS64 / (1.0 - n * EPS64)
     rho = float(ctx.attr("rho", 0.0))  # folded constants' own rounding (composed over the region's ops)
-    err = (gamma + rho) * float(np.linalg.norm(np.asarray(amat, dtype=np.float64))) * (1.0 + 2 * gamma)
+    frob = float(row_norms_up(np.asarray(amat, dtype=np.float64).reshape(1, -1))[0])  # no underflow of squares
+    err = (gamma + rho) * frob * (1.0 + 2 * gamma)
     value = float(np.nextafter(nb.value + err, np.inf))
     ops = ctx.attr("ops", [])
     method = f"composed linear region ({' -> '.join(ops)}): {nb.method}"

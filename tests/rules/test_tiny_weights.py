@@ -74,3 +74,36 @@ def test_composition_of_normal_factors_rounds_up() -> None:
              for i in range(k)]
     bound = analyze(_model(nodes, {"c": np.array(1.1)}, 2, 2)).bound
     assert Fraction(bound) >= Fraction(1.1) ** k
+
+
+@pytest.mark.parametrize("scale", [1e-170, 1e-300, 1e-320, 1.0, 1e150, 1e300])
+def test_row_norms_up_against_exact(scale: float) -> None:
+    from lipgraph.norms.dense import row_norms_up
+
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((6, 9)) * scale
+    a[2] *= 1e-6  # a row far below the others
+    a[4] = 0.0
+    got = row_norms_up(a)
+    for row, bound in zip(a, got, strict=True):
+        exact_sq = sum(Fraction(float(v)) ** 2 for v in row)
+        assert Fraction(float(bound)) ** 2 >= exact_sq
+        slack = exact_sq * Fraction(1 + 1e-10) ** 2 + Fraction(2.0**-1070)
+        assert exact_sq == 0 or Fraction(float(bound)) ** 2 <= slack
+
+
+def test_pairwise_tail_norms_of_tiny_weights() -> None:
+    """A float64 Gemm with 1e-170 weights: the affine tail's pair norms (the radii's denominators) were 0."""
+    from lipgraph.tail import find_tail
+
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((4, 3)) * 1e-170
+    m = _model([helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)], {"w": w}, 3, 4)
+    a = analyze(m)
+    tail = find_tail(a.graph, a.logits_name, a.tensor_bounds)[-1]
+    for t in range(4):
+        got = tail.pair_norms(t)
+        for i in range(4):
+            if i != t:
+                exact_sq = sum((Fraction(float(p)) - Fraction(float(q))) ** 2 for p, q in zip(w[t], w[i], strict=True))
+                assert Fraction(float(got[i])) ** 2 >= exact_sq
