@@ -21,7 +21,7 @@ from lipgraph.norms import lapack, values_discarded
 from lipgraph.rules.registry import Bound, RuleContext, lookup
 
 
-def _composed_up(outs: list[float], in_bounds: list[float | None]) -> list[float]:
+def _composed_up(outs: list[float], in_bounds: list[float | None], factor: float | None = None) -> list[float]:
     """A rule's output bounds, moved up by the rounding of composing them in float64.
 
     A rule returns ``factor * L_in`` (or sums of ``sqrt(k) L_i``, a square root, a division by the count):
@@ -29,9 +29,12 @@ def _composed_up(outs: list[float], in_bounds: list[float | None]) -> list[float
     to 2^-1075 below (or at 0: 1e-200 x 1e-200). The rules' factors are upper bounds themselves; these few
     operations per node (at most ``4 + 3 k`` for ``k`` variable inputs) are counted here once, for all rules:
     ``v (1 + c u)`` rounded up plus ``c 2^-1074`` (each rounding errs by at most ``max(u |x|, 2^-1075)``;
-    Higham 2002, ch. 2). Outputs of nodes whose inputs are all constant (bound 0) stay 0."""
+    Higham 2002, ch. 2). Outputs of nodes whose inputs are all constant (bound 0) stay 0, and so does a
+    1-Lipschitz node's ``1.0 * L_in`` (reported factor exactly 1, one variable input, output equal to it: exact)."""
     live = [b for b in in_bounds if b]
     if not live:
+        return outs
+    if factor == 1.0 and len(live) == 1 and all(v == live[0] for v in outs):
         return outs
     c = 4 + 3 * len(live)
     return [
@@ -272,7 +275,7 @@ def _walk(graph: Graph, progress: Callable[[int, int], None] | None = None
                 raise Refuse(_unknown_reason(node))
             ctx = RuleContext(node, graph, in_bounds)
             result: Bound = spec.fn(ctx)
-            outs = _composed_up(result.output_bounds(n_out), in_bounds)
+            outs = _composed_up(result.output_bounds(n_out), in_bounds, result.factor)
             if any(math.isnan(v) or v < 0 for v in outs):
                 raise Refuse("the bound is not a number (are there NaN or Inf values among its constants?)")
             if any(math.isinf(v) for v in outs) and all(
